@@ -1,0 +1,333 @@
+//! The crate's own validation: the same rules the CRD schema enforces, applied
+//! by our binaries before they act, returning parsed values on success.
+//!
+//! The schema already makes the API server refuse bad objects; these checks
+//! exist because an object can predate a schema change or be written with
+//! validation off, and a bad object must be reported, never half-applied.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::cidr::{self, check_node_prefix};
+use crate::error::{Result, ValidationError};
+use crate::node_subnet::{NodeSubnetSpec, NodeSubnetStatus};
+use crate::overlay_network::{Backend, BackendType, OverlayNetworkSpec};
+
+/// Longest IPv4 node prefix: a /30 still holds the gateway and one pod.
+pub const MAX_IPV4_NODE_PREFIX: u8 = 30;
+/// Longest IPv6 node prefix accepted.
+pub const MAX_IPV6_NODE_PREFIX: u8 = 120;
+
+/// An `OverlayNetworkSpec` that passed validation, with its CIDRs parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidNetwork {
+    pub cidr: Ipv4Net,
+    pub node_prefix_length: u8,
+    pub ipv6: Option<Ipv6Pool>,
+    pub backend: Backend,
+    pub mtu: Option<u32>,
+    pub masquerade: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Pool {
+    pub cidr: Ipv6Net,
+    pub node_prefix_length: u8,
+}
+
+impl OverlayNetworkSpec {
+    /// Checks every field as the schema does and returns the parsed network.
+    pub fn validate(&self) -> Result<ValidNetwork> {
+        let cidr = cidr::ipv4_network("spec.cidr", &self.cidr)?;
+        check_node_prefix(
+            "spec.nodePrefixLength",
+            self.node_prefix_length,
+            cidr.prefix_len(),
+            MAX_IPV4_NODE_PREFIX,
+        )?;
+        let ipv6 = match &self.ipv6_cidr {
+            None => None,
+            Some(value) => {
+                let cidr = cidr::ipv6_network("spec.ipv6Cidr", value)?;
+                check_node_prefix(
+                    "spec.ipv6NodePrefixLength",
+                    self.ipv6_node_prefix_length,
+                    cidr.prefix_len(),
+                    MAX_IPV6_NODE_PREFIX,
+                )?;
+                Some(Ipv6Pool {
+                    cidr,
+                    node_prefix_length: self.ipv6_node_prefix_length,
+                })
+            }
+        };
+        validate_backend(&self.backend)?;
+        if let Some(mtu) = self.mtu {
+            in_range("spec.mtu", mtu, 576, 9216)?;
+        }
+        Ok(ValidNetwork {
+            cidr,
+            node_prefix_length: self.node_prefix_length,
+            ipv6,
+            backend: self.backend.clone(),
+            mtu: self.mtu,
+            masquerade: self.masquerade,
+        })
+    }
+}
+
+fn validate_backend(backend: &Backend) -> Result<()> {
+    in_range("spec.backend.vxlan.vni", backend.vxlan.vni, 1, 16_777_215)?;
+    in_range("spec.backend.vxlan.port", backend.vxlan.port, 1, 65_535)?;
+    in_range("spec.backend.udp.port", backend.udp.port, 1, 65_535)?;
+    in_range(
+        "spec.backend.bgp.asNumber",
+        backend.bgp.as_number,
+        1,
+        u32::MAX,
+    )?;
+    let mut seen = BTreeSet::new();
+    for (i, peer) in backend.bgp.peers.iter().enumerate() {
+        let field = format!("spec.backend.bgp.peers[{i}].address");
+        let address = cidr::parse_ip(&peer.address)
+            .ok_or_else(|| ValidationError::new(&field, &peer.address, "not an IP address"))?;
+        if !seen.insert(address) {
+            return Err(ValidationError::new(field, &peer.address, "duplicate peer"));
+        }
+        in_range(
+            &format!("spec.backend.bgp.peers[{i}].asNumber"),
+            peer.as_number,
+            1,
+            u32::MAX,
+        )?;
+    }
+    if backend.type_ == BackendType::Udp && backend.udp.port == backend.vxlan.port {
+        return Err(ValidationError::new(
+            "spec.backend.udp.port",
+            backend.udp.port,
+            "must differ from spec.backend.vxlan.port so both can run during a switch",
+        ));
+    }
+    Ok(())
+}
+
+fn in_range(field: &str, value: u32, min: u32, max: u32) -> Result<()> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            value,
+            format!("must be between {min} and {max}"),
+        ))
+    }
+}
+
+/// A `NodeSubnetSpec` that passed validation, with its CIDRs parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidNodeSubnet {
+    pub node_name: String,
+    pub network: String,
+    pub cidr: Ipv4Net,
+    pub ipv6_cidr: Option<Ipv6Net>,
+}
+
+impl NodeSubnetSpec {
+    pub fn validate(&self) -> Result<ValidNodeSubnet> {
+        if self.node_name.is_empty() {
+            return Err(ValidationError::new(
+                "spec.nodeName",
+                "",
+                "must not be empty",
+            ));
+        }
+        Ok(ValidNodeSubnet {
+            node_name: self.node_name.clone(),
+            network: self.network.clone(),
+            cidr: cidr::ipv4_network("spec.cidr", &self.cidr)?,
+            ipv6_cidr: self
+                .ipv6_cidr
+                .as_deref()
+                .map(|v| cidr::ipv6_network("spec.ipv6Cidr", v))
+                .transpose()?,
+        })
+    }
+}
+
+/// A peer's addresses as its agent reported them, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ValidEndpoint {
+    pub node_ip: Option<Ipv4Addr>,
+    pub node_ipv6: Option<Ipv6Addr>,
+    pub vtep_mac: Option<[u8; 6]>,
+}
+
+impl NodeSubnetStatus {
+    /// Parses the addresses a node's agent published.
+    pub fn endpoint(&self) -> Result<ValidEndpoint> {
+        let node_ip = match self.node_ip.as_deref().map(|v| (v, cidr::parse_ip(v))) {
+            None => None,
+            Some((_, Some(IpAddr::V4(ip)))) => Some(ip),
+            Some((v, _)) => {
+                return Err(ValidationError::new(
+                    "status.nodeIP",
+                    v,
+                    "not an IPv4 address",
+                ));
+            }
+        };
+        let node_ipv6 = match self.node_ipv6.as_deref().map(|v| (v, cidr::parse_ip(v))) {
+            None => None,
+            Some((_, Some(IpAddr::V6(ip)))) => Some(ip),
+            Some((v, _)) => {
+                return Err(ValidationError::new(
+                    "status.nodeIPv6",
+                    v,
+                    "not an IPv6 address",
+                ));
+            }
+        };
+        let vtep_mac = self
+            .vtep_mac
+            .as_deref()
+            .map(|v| {
+                parse_mac(v).ok_or_else(|| {
+                    ValidationError::new(
+                        "status.vtepMAC",
+                        v,
+                        "not a MAC address (aa:bb:cc:dd:ee:ff)",
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(ValidEndpoint {
+            node_ip,
+            node_ipv6,
+            vtep_mac,
+        })
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (lower or upper case).
+pub fn parse_mac(value: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = value.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Formats a MAC the way the schema and `ip link` write it.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_network_is_valid() {
+        let net = OverlayNetworkSpec::with_cidr("10.244.0.0/16")
+            .validate()
+            .expect("valid");
+        assert_eq!(net.cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(net.node_prefix_length, 24);
+        assert!(net.ipv6.is_none());
+    }
+
+    #[test]
+    fn malformed_cidr_names_the_field() {
+        let err = OverlayNetworkSpec::with_cidr("10.244.0.0/40")
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "spec.cidr");
+        assert_eq!(err.value, "10.244.0.0/40");
+    }
+
+    #[test]
+    fn out_of_range_vni_names_the_field() {
+        let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+        spec.backend.vxlan.vni = 16_777_216;
+        let err = spec.validate().unwrap_err();
+        assert_eq!(err.field, "spec.backend.vxlan.vni");
+        assert_eq!(
+            err.to_string(),
+            "spec.backend.vxlan.vni: invalid value \"16777216\": must be between 1 and 16777215"
+        );
+        spec.backend.vxlan.vni = 0;
+        assert_eq!(spec.validate().unwrap_err().field, "spec.backend.vxlan.vni");
+    }
+
+    #[test]
+    fn node_prefix_shorter_than_pool_is_refused() {
+        let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+        spec.node_prefix_length = 12;
+        assert_eq!(spec.validate().unwrap_err().field, "spec.nodePrefixLength");
+    }
+
+    #[test]
+    fn ipv6_pool_is_checked() {
+        let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+        spec.ipv6_cidr = Some("fd00:10:244::/56".into());
+        assert!(spec.validate().expect("valid").ipv6.is_some());
+        spec.ipv6_cidr = Some("fd00:10:244::1/56".into());
+        assert_eq!(spec.validate().unwrap_err().field, "spec.ipv6Cidr");
+        spec.ipv6_cidr = Some("fd00::/32".into());
+        assert_eq!(
+            spec.validate().unwrap_err().field,
+            "spec.ipv6NodePrefixLength"
+        );
+    }
+
+    #[test]
+    fn duplicate_bgp_peers_are_refused() {
+        let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+        let peer = crate::BgpPeer {
+            address: "192.0.2.1".into(),
+            as_number: 65000,
+        };
+        spec.backend.bgp.peers = vec![peer.clone(), peer];
+        assert_eq!(
+            spec.validate().unwrap_err().field,
+            "spec.backend.bgp.peers[1].address"
+        );
+    }
+
+    #[test]
+    fn node_subnet_endpoint_parses_addresses() {
+        let status = NodeSubnetStatus {
+            node_ip: Some("192.168.0.3".into()),
+            vtep_mac: Some("0e:2a:c0:a8:00:03".into()),
+            ..Default::default()
+        };
+        let ep = status.endpoint().expect("valid");
+        assert_eq!(ep.node_ip, Some(Ipv4Addr::new(192, 168, 0, 3)));
+        assert_eq!(
+            ep.vtep_mac.map(|m| format_mac(&m)),
+            Some("0e:2a:c0:a8:00:03".into())
+        );
+        let bad = NodeSubnetStatus {
+            vtep_mac: Some("0e:2a".into()),
+            ..Default::default()
+        };
+        assert_eq!(bad.endpoint().unwrap_err().field, "status.vtepMAC");
+    }
+
+    #[test]
+    fn mac_parsing_is_strict() {
+        assert!(parse_mac("0e:2a:c0:a8:00:03:04").is_none());
+        assert!(parse_mac("0e:2a:c0:a8:0:03").is_none());
+        assert!(parse_mac("zz:2a:c0:a8:00:03").is_none());
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the tests need when it is missing; a no-op on a prepared machine.
+set -euo pipefail
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip      || need_apt+=(iproute2)
+have nft     || need_apt+=(nftables)
+have ping    || need_apt+=(iputils-ping)
+have iperf3  || need_apt+=(iperf3)
+have ethtool || need_apt+=(ethtool)
+[ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need_apt+=(containernetworking-plugins)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install-test-deps: apt-get install ${need_apt[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: not root; install these by hand: ${need_apt[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

@@ -1,20 +1,8 @@
-//! `tartan-operator`: allocates one pod subnet per Node into `NodeSubnet` objects.
+//! `tartan-operator`: see the crate documentation of `tartan_operator`.
 
 use clap::Parser;
 
-/// Tartan operator: per-node pod subnet allocation into NodeSubnet objects.
-#[derive(Parser, Debug)]
-#[command(name = "tartan-operator", version, about)]
-struct Args {
-    /// Name of the OverlayNetwork this operator manages.
-    #[arg(long, env = "TARTAN_NETWORK", default_value = "default")]
-    network: String,
-}
-
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    anyhow::bail!(
-        "tartan-operator for network {:?}: the controller is not built yet",
-        args.network
-    )
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tartan_operator::run::main(tartan_operator::cli::Args::parse()).await
 }

@@ -1,0 +1,171 @@
+//! The operator's three controllers, sharing one [`Context`]:
+//!
+//! ```text
+//!   Node watch ──────────────▶ node::reconcile     allocate, write NodeSubnet spec (SSA)
+//!   NodeSubnet watch ─┬─────▶ subnet::reconcile   remove orphans, Conflict condition
+//!                     └─feed─▶ SubnetIndex ◀──────── (allocations, conflicts, usage)
+//!   OverlayNetwork watch ───▶ network::reconcile  pool from spec, status (SSA)
+//! ```
+//!
+//! Writes are fenced by the leader lease: each one checks [`Leadership`] first.
+
+pub mod network;
+pub mod node;
+pub mod subnet;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use kube::Client;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use tartan_crds::NodeSubnet;
+
+use crate::error::{Error, Result};
+use crate::index::SubnetIndex;
+use crate::lease::Leadership;
+use crate::metrics::Metrics;
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "tartan-operator";
+/// Label on each NodeSubnet naming its OverlayNetwork.
+pub const NETWORK_LABEL: &str = "tartan.dev/network";
+
+pub struct Context {
+    pub client: Client,
+    /// Name of the OverlayNetwork this operator manages.
+    pub network: String,
+    pub index: Arc<Mutex<SubnetIndex>>,
+    pub nodes: Store<Node>,
+    pub subnets: Store<NodeSubnet>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub leader: Leadership,
+    /// Reconciles every Node (a subnet was freed, the network appeared).
+    pub wake_nodes: mpsc::UnboundedSender<()>,
+    /// Recomputes the network status.
+    pub wake_network: mpsc::UnboundedSender<()>,
+}
+
+impl Context {
+    pub fn index(&self) -> MutexGuard<'_, SubnetIndex> {
+        // A panic while holding the lock leaves a consistent index (every
+        // method finishes its update before returning), so poisoning is ignored.
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn ensure_leader(&self) -> Result<()> {
+        if self.leader.is_leader() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+
+    pub async fn event(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Allocate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, reference).await {
+            tracing::warn!(error = %e, reason, "publishing event");
+        }
+    }
+
+    pub fn network_ref(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some(format!("{}/{}", tartan_crds::GROUP, tartan_crds::VERSION)),
+            kind: Some("OverlayNetwork".into()),
+            name: Some(self.network.clone()),
+            ..Default::default()
+        }
+    }
+
+    pub fn reporter(identity: &str) -> Reporter {
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.into()),
+        }
+    }
+}
+
+/// Shared retry policy: log, count, and try again soon.
+pub fn error_policy(controller: &'static str, error: &Error, ctx: &Context) -> Action {
+    ctx.metrics.error(controller, error);
+    match error {
+        Error::NotLeader | Error::NotSynced => Action::requeue(Duration::from_secs(2)),
+        _ => {
+            tracing::warn!(controller, error = %error, "reconcile failed");
+            Action::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+/// Feeds NodeSubnet watch events into the index, the way a reflector feeds a store.
+pub struct IndexFeeder {
+    index: Arc<Mutex<SubnetIndex>>,
+    relist: Vec<NodeSubnet>,
+    wake_nodes: mpsc::UnboundedSender<()>,
+    wake_network: mpsc::UnboundedSender<()>,
+}
+
+impl IndexFeeder {
+    pub fn new(ctx: &Context) -> Self {
+        Self {
+            index: ctx.index.clone(),
+            relist: Vec::new(),
+            wake_nodes: ctx.wake_nodes.clone(),
+            wake_network: ctx.wake_network.clone(),
+        }
+    }
+
+    pub fn feed(&mut self, event: &watcher::Event<NodeSubnet>) {
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let freed = match event {
+            watcher::Event::Init => {
+                self.relist.clear();
+                return;
+            }
+            watcher::Event::InitApply(subnet) => {
+                self.relist.push(subnet.clone());
+                return;
+            }
+            watcher::Event::InitDone => {
+                index.reset(&std::mem::take(&mut self.relist));
+                true
+            }
+            watcher::Event::Apply(subnet) => {
+                index.apply(subnet);
+                false
+            }
+            watcher::Event::Delete(subnet) => index.delete(&kube::ResourceExt::name_any(subnet)),
+        };
+        drop(index);
+        // Closed channels mean the controllers are shutting down; nothing to wake.
+        if freed {
+            let _ = self.wake_nodes.unbounded_send(());
+        }
+        let _ = self.wake_network.unbounded_send(());
+    }
+}
+
+/// An ObjectReference for a NodeSubnet or Node (cluster-scoped objects).
+pub fn reference<K: kube::Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
+    kube::Resource::object_ref(obj, &())
+}

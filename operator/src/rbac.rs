@@ -81,7 +81,10 @@ mod tests {
         for rule in cluster_rules().iter().chain(lease_rules().iter()) {
             assert!(!rule.verbs.iter().any(|v| v == "*"), "{rule:?}");
             let resources = rule.resources.clone().unwrap_or_default();
-            assert!(!resources.iter().any(|r| r == "*" || r == "secrets"), "{rule:?}");
+            assert!(
+                !resources.iter().any(|r| r == "*" || r == "secrets"),
+                "{rule:?}"
+            );
         }
     }
 

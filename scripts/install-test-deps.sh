@@ -9,6 +9,9 @@ have nft     || need_apt+=(nftables)
 have ping    || need_apt+=(iputils-ping)
 have iperf3  || need_apt+=(iperf3)
 have ethtool || need_apt+=(ethtool)
+have iptables || need_apt+=(iptables)        # the CNI portmap plugin
+have nsenter || need_apt+=(util-linux)      # nft inside a node namespace
+have bridge  || need_apt+=(iproute2)
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need_apt+=(containernetworking-plugins)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,0 +1,20 @@
+//! tartan-agent: turns NodeSubnet objects into this node's kernel state.
+//!
+//! ```text
+//!  plan/       pure: NodeSubnets + OverlayNetwork + local facts → DesiredState
+//!  netlink/    thin: observe (dump, parse) → diff (pure) → apply (batched netlink)
+//!  repair      pure: a drift notification → the operation that undoes it
+//!  dataplane   the worker thread: apply, repair, resync; cleanup
+//!  masquerade  nftables table `inet tartan`;  cni: 10-tartan.conflist;  sysctl
+//! ```
+
+pub mod cni;
+pub mod dataplane;
+pub mod masquerade;
+pub mod metrics;
+pub mod netlink;
+pub mod netns;
+pub mod plan;
+pub mod repair;
+pub mod sysctl;
+pub mod testbed;

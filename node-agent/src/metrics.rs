@@ -1,0 +1,86 @@
+//! The agent's Prometheus metrics (`tartan_agent_*`). Labels are bounded:
+//! kind, backend, state, result; never addresses or names.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub netlink_changes: IntCounterVec,
+    pub drift_repairs: IntCounterVec,
+    pub apply_duration: Histogram,
+    pub apply_errors: IntCounterVec,
+    pub kernel_objects: IntGaugeVec,
+    pub peers: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let m = Self {
+            netlink_changes: IntCounterVec::new(
+                Opts::new(
+                    "tartan_agent_netlink_changes_total",
+                    "Kernel objects added, replaced or removed, by kind.",
+                ),
+                &["kind"],
+            )?,
+            drift_repairs: IntCounterVec::new(
+                Opts::new(
+                    "tartan_agent_drift_repairs_total",
+                    "Tartan objects changed by someone else and restored, by kind.",
+                ),
+                &["kind"],
+            )?,
+            apply_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tartan_agent_apply_duration_seconds",
+                    "Time to diff and apply the desired kernel state.",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            )?,
+            apply_errors: IntCounterVec::new(
+                Opts::new(
+                    "tartan_agent_apply_errors_total",
+                    "Applies that failed, by kind of failure.",
+                ),
+                &["kind"],
+            )?,
+            kernel_objects: IntGaugeVec::new(
+                Opts::new(
+                    "tartan_agent_kernel_objects",
+                    "Kernel objects in the desired state, by kind.",
+                ),
+                &["kind"],
+            )?,
+            peers: IntGaugeVec::new(
+                Opts::new("tartan_agent_peers", "Peers by state."),
+                &["state"],
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.netlink_changes.clone()))?;
+        m.registry.register(Box::new(m.drift_repairs.clone()))?;
+        m.registry.register(Box::new(m.apply_duration.clone()))?;
+        m.registry.register(Box::new(m.apply_errors.clone()))?;
+        m.registry.register(Box::new(m.kernel_objects.clone()))?;
+        m.registry.register(Box::new(m.peers.clone()))?;
+        for kind in ["link", "address", "route", "neighbour", "fdb", "offload"] {
+            m.netlink_changes.with_label_values(&[kind]);
+            m.drift_repairs.with_label_values(&[kind]);
+        }
+        Ok(m)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}

@@ -1,0 +1,22 @@
+//! The kernel edge: observe (dump and parse), diff (pure), apply (batched).
+//!
+//! ```text
+//!   RouteSocket ──dump──▶ observe::parse_* ──▶ Observed ┐
+//!                                                      ├─ diff() ─▶ [Op] ─▶ messages ─▶ batch send
+//!   plan::DesiredState ────────────────────────────────┘
+//! ```
+
+pub mod apply;
+pub mod diff;
+pub mod messages;
+pub mod monitor;
+pub mod observe;
+pub mod offload;
+pub mod socket;
+
+#[cfg(test)]
+mod diff_tests;
+
+pub use apply::{Applier, ApplyError, ApplyReport};
+pub use diff::{Op, diff};
+pub use observe::Observed;

@@ -1,0 +1,223 @@
+//! A cluster's underlay in network namespaces, for the tests and the lab:
+//! one L2 switch (a bridge in its own namespace), nodes attached to it by veth,
+//! an "outside" host, and pods attached to nodes through the real CNI plugins.
+//!
+//! ```text
+//!   [node n1: eth0 192.168.100.11] ─┐
+//!   [node n2: eth0 192.168.100.12] ─┼─ br0 in [switch] ─ [outside: eth0 192.168.100.254]
+//!   [node n3: eth0 192.168.100.13] ─┘
+//! ```
+//!
+//! Every name starts with a per-run prefix; [`Topology`] removes what it made
+//! on drop, and [`remove_by_prefix`] finds leftovers after a crash.
+
+pub mod bench;
+pub mod cni;
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+
+use crate::netns::NetNs;
+
+/// Runs `ip ARGS...`, failing with its stderr.
+pub fn ip(args: &[&str]) -> io::Result<Output> {
+    run(Command::new("ip").args(args))
+}
+
+pub fn run(command: &mut Command) -> io::Result<Output> {
+    let output = command.output()?;
+    if !output.status.success() {
+        return Err(io::Error::other(format!(
+            "{:?} failed: {}",
+            command,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(output)
+}
+
+/// Runs a command inside a named namespace.
+pub fn exec(netns: &str, args: &[&str]) -> io::Result<Output> {
+    let mut all = vec!["netns", "exec", netns];
+    all.extend_from_slice(args);
+    ip(&all)
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub iface: String,
+}
+
+impl Node {
+    pub fn ns(&self) -> NetNs {
+        NetNs::named(&self.netns)
+    }
+}
+
+/// A switch with nodes and an outside host; namespaces removed on drop.
+pub struct Topology {
+    pub prefix: String,
+    pub switch: String,
+    pub nodes: Vec<Node>,
+    pub outside: Node,
+    keep: bool,
+}
+
+/// The address of node `i` (0-based) on the underlay.
+pub fn node_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 100, 11 + i as u8)
+}
+
+impl Topology {
+    /// `n` nodes on one L2 segment 192.168.100.0/24.
+    pub fn l2(prefix: &str, n: usize) -> io::Result<Self> {
+        remove_by_prefix(prefix)?;
+        let switch = format!("{prefix}-sw");
+        add_netns(&switch)?;
+        let mut topology = Topology {
+            prefix: prefix.to_string(),
+            switch: switch.clone(),
+            nodes: Vec::new(),
+            outside: Node {
+                name: "outside".into(),
+                netns: format!("{prefix}-out"),
+                ip: Ipv4Addr::new(192, 168, 100, 254),
+                prefix: 24,
+                iface: "eth0".into(),
+            },
+            keep: false,
+        };
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+        for i in 0..n {
+            let node = Node {
+                name: format!("n{}", i + 1),
+                netns: format!("{prefix}-n{}", i + 1),
+                ip: node_ip(i),
+                prefix: 24,
+                iface: "eth0".into(),
+            };
+            topology.attach(&node, &format!("p{}", i + 1))?;
+            topology.nodes.push(node);
+        }
+        let outside = topology.outside.clone();
+        topology.attach(&outside, "pout")?;
+        Ok(topology)
+    }
+
+    fn attach(&self, node: &Node, port: &str) -> io::Result<()> {
+        add_netns(&node.netns)?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &node.iface,
+            "netns",
+            &node.netns,
+        ])?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            port,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        let address = format!("{}/{}", node.ip, node.prefix);
+        ip(&[
+            "-n",
+            &node.netns,
+            "addr",
+            "add",
+            &address,
+            "dev",
+            &node.iface,
+        ])?;
+        ip(&["-n", &node.netns, "link", "set", &node.iface, "up"])?;
+        ip(&["-n", &node.netns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Leaves the namespaces in place after drop (the lab's `up`).
+    pub fn keep(mut self) -> Self {
+        self.keep = true;
+        self
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = remove_by_prefix(&self.prefix);
+        }
+    }
+}
+
+pub fn add_netns(name: &str) -> io::Result<()> {
+    ip(&["netns", "add", name])?;
+    Ok(())
+}
+
+/// Every namespace whose name starts with `prefix-`.
+pub fn list_by_prefix(prefix: &str) -> io::Result<Vec<String>> {
+    let out = ip(&["netns", "list"])?;
+    let wanted = format!("{prefix}-");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&wanted))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Deletes every namespace whose name starts with `prefix-` (veths go with them).
+pub fn remove_by_prefix(prefix: &str) -> io::Result<usize> {
+    let names = list_by_prefix(prefix)?;
+    for name in &names {
+        ip(&["netns", "del", name])?;
+    }
+    Ok(names.len())
+}
+
+/// Whether the tests may touch the kernel: root, and the tools present. Outside
+/// CI a missing requirement skips with a printed reason; with `CI=true` it fails.
+pub fn kernel_tests_allowed(tools: &[&str]) -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let mut missing = Vec::new();
+    if !nix::unistd::Uid::effective().is_root() {
+        missing.push("root".to_string());
+    }
+    for tool in tools {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            missing.push(tool.to_string());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        !ci,
+        "kernel test cannot run under CI=true: missing {}",
+        missing.join(", ")
+    );
+    eprintln!("SKIPPED: needs {}", missing.join(", "));
+    false
+}

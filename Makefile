@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test deps fmt-check clippy cargo-test crds lab
+.PHONY: test deps fmt-check clippy cargo-test crds lab lab-down bench
 
 test: deps fmt-check clippy cargo-test
 
@@ -23,5 +23,13 @@ cargo-test:
 crds:
 	$(CARGO) run -q -p tartan-crds -- write crds
 
-lab:
-	$(CARGO) run -q -p tartan-lab -- up --nodes 3 --backend vxlan
+lab: deps
+	$(CARGO) build -q --release -p tartan-lab
+	./target/release/tartan-lab up --nodes 3 --backend vxlan
+
+lab-down:
+	./target/release/tartan-lab down
+
+bench: deps
+	$(CARGO) build -q --release -p tartan-lab
+	./target/release/tartan-lab bench --out bench/out

@@ -2,7 +2,7 @@
 //! 5,000 peers from empty, Tartan's batched netlink against iproute2's
 //! `-batch`, measured in the same run.
 
-use tartan_agent::testbed::bench::{ProgramFigures, program_from_empty};
+use tartan_agent::testbed::bench::best_of;
 
 fn main() {
     if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "bridge"]) {
@@ -14,18 +14,7 @@ fn main() {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for peers in [1_000, 5_000] {
-        let mut best: Option<ProgramFigures> = None;
-        // Best of three: the machine is shared and noisy.
-        for _ in 0..3 {
-            let f = program_from_empty(&prefix, peers).expect("benchmark");
-            if best
-                .as_ref()
-                .is_none_or(|b| f.tartan + f.iproute2 < b.tartan + b.iproute2)
-            {
-                best = Some(f);
-            }
-        }
-        let f = best.expect("ran");
+        let f = best_of(3, &prefix, peers).expect("benchmark");
         println!(
             "| {} | {} | {:.1} ms | {:.1} ms | {:.2} | {:.2} ms ({} changes) | {:.1} ms |",
             f.peers,

@@ -16,5 +16,7 @@ pub mod netlink;
 pub mod netns;
 pub mod plan;
 pub mod repair;
+pub mod status;
 pub mod sysctl;
 pub mod testbed;
+pub mod underlay;

@@ -202,12 +202,8 @@ fn neighbour_parts(message: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6
             // AF_BRIDGE (FDB) messages carry the remote as raw bytes.
             NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
                 ip = match raw.len() {
-                    4 => <[u8; 4]>::try_from(raw.as_slice())
-                        .ok()
-                        .map(IpAddr::from),
-                    16 => <[u8; 16]>::try_from(raw.as_slice())
-                        .ok()
-                        .map(IpAddr::from),
+                    4 => <[u8; 4]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
                     _ => None,
                 }
             }

@@ -187,8 +187,11 @@ pub fn plan(
             }
             continue;
         };
-        // A problem with a backend we did not end up using is not a problem.
-        peer_problems.retain(|p| p.peer() != peer.name);
+        // Reaching the peer over the target settles it; a fallback (the peer
+        // is still reachable over an older backend) stays reported.
+        if backend == target {
+            peer_problems.retain(|p| p.peer() != peer.name);
+        }
         let routed =
             backend == BackendType::HostGw || (backend == BackendType::Vxlan && direct && on_link);
         let subnets: Vec<IpNet> = std::iter::once(IpNet::V4(peer.subnet.cidr))
@@ -231,14 +234,8 @@ pub fn plan(
                 });
             }
         }
-        peer_backends.insert(
-            peer.name.clone(),
-            if routed {
-                BackendType::HostGw
-            } else {
-                BackendType::Vxlan
-            },
-        );
+        // Recorded as configured: a direct-routed vxlan peer still counts as vxlan.
+        peer_backends.insert(peer.name.clone(), backend);
     }
 
     let needs_vxlan = receive.contains(&BackendType::Vxlan) || !fdb.is_empty();
@@ -277,13 +274,18 @@ pub fn plan(
     if vxlan.is_some() {
         receive.insert(BackendType::Vxlan);
     }
-    // The node sends with the target once it is programmed; before any peer
-    // follows it still reports the target, which is what it will use.
-    let backend = if SUPPORTED.contains(&target) {
+    // What this node sends with: the target once every programmed peer gets it,
+    // until then the old backend, so peers keep their old receive path for us.
+    let fallback = if SUPPORTED.contains(&target) {
         target
     } else {
         BackendType::Vxlan
     };
+    let backend = peer_backends
+        .values()
+        .copied()
+        .find(|b| *b != fallback)
+        .unwrap_or(fallback);
     DesiredState {
         bridge: BridgeSpec {
             name: BRIDGE.into(),

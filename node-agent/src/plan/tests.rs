@@ -230,7 +230,26 @@ fn switch_sends_on_the_new_backend_only_to_peers_that_receive_it() {
     // c still sends vxlan to us, so we keep receiving vxlan.
     assert!(state.receive_backends.contains(&V) && state.receive_backends.contains(&H));
     assert!(state.vxlan.is_some());
+    assert_eq!(state.backend, V, "still sends vxlan to c, so it says so");
+}
+
+#[test]
+fn reports_the_target_once_every_peer_gets_it() {
+    let peers = [
+        peer("b", 2, [192, 168, 0, 2], &[H, V]),
+        peer("c", 3, [192, 168, 0, 3], &[H]),
+    ];
+    let state = plan(
+        &network(H, false, false),
+        &subnet("a", 1, false),
+        &peers,
+        &facts(),
+    );
     assert_eq!(state.backend, H);
+    assert_eq!(
+        state.peer_backends.values().collect::<Vec<_>>(),
+        vec![&H, &H]
+    );
 }
 
 #[test]
@@ -316,4 +335,24 @@ fn planning_is_deterministic_and_peer_order_does_not_matter() {
         plan(&net, &subnet("a", 1, false), &a, &facts()),
         plan(&net, &subnet("a", 1, false), &b, &facts())
     );
+}
+
+#[test]
+fn off_link_host_gw_falls_back_to_vxlan_and_says_so() {
+    let peers = [peer("c", 3, [10, 0, 0, 3], &[V, H])];
+    let state = plan(
+        &network(H, false, false),
+        &subnet("a", 1, false),
+        &peers,
+        &facts(),
+    );
+    assert_eq!(
+        state.peer_backends.get("c"),
+        Some(&V),
+        "traffic keeps flowing over vxlan"
+    );
+    assert!(matches!(
+        state.peer_problems.iter().next(),
+        Some(PeerProblem::NotOnLink { .. })
+    ));
 }

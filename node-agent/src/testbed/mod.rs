@@ -110,6 +110,98 @@ impl Topology {
         Ok(topology)
     }
 
+    /// `n` nodes each on its own /24 behind a router namespace (no shared L2),
+    /// with the outside host behind the router too.
+    pub fn routed(prefix: &str, n: usize) -> io::Result<Self> {
+        remove_by_prefix(prefix)?;
+        let router = format!("{prefix}-rt");
+        add_netns(&router)?;
+        ip(&["-n", &router, "link", "set", "lo", "up"])?;
+        exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        let mut topology = Topology {
+            prefix: prefix.to_string(),
+            switch: router.clone(),
+            nodes: Vec::new(),
+            outside: Node {
+                name: "outside".into(),
+                netns: format!("{prefix}-out"),
+                ip: Ipv4Addr::new(192, 168, 200, 2),
+                prefix: 24,
+                iface: "eth0".into(),
+            },
+            keep: false,
+        };
+        for i in 0..n {
+            let node = Node {
+                name: format!("n{}", i + 1),
+                netns: format!("{prefix}-n{}", i + 1),
+                ip: Ipv4Addr::new(192, 168, 10 + i as u8, 2),
+                prefix: 24,
+                iface: "eth0".into(),
+            };
+            topology.attach_routed(
+                &node,
+                &format!("r{}", i + 1),
+                Ipv4Addr::new(192, 168, 10 + i as u8, 1),
+            )?;
+            topology.nodes.push(node);
+        }
+        let outside = topology.outside.clone();
+        topology.attach_routed(&outside, "rout", Ipv4Addr::new(192, 168, 200, 1))?;
+        Ok(topology)
+    }
+
+    fn attach_routed(&self, node: &Node, port: &str, gateway: Ipv4Addr) -> io::Result<()> {
+        add_netns(&node.netns)?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &node.iface,
+            "netns",
+            &node.netns,
+        ])?;
+        let router_address = format!("{gateway}/{}", node.prefix);
+        ip(&[
+            "-n",
+            &self.switch,
+            "addr",
+            "add",
+            &router_address,
+            "dev",
+            port,
+        ])?;
+        ip(&["-n", &self.switch, "link", "set", port, "up"])?;
+        let address = format!("{}/{}", node.ip, node.prefix);
+        ip(&[
+            "-n",
+            &node.netns,
+            "addr",
+            "add",
+            &address,
+            "dev",
+            &node.iface,
+        ])?;
+        ip(&["-n", &node.netns, "link", "set", &node.iface, "up"])?;
+        ip(&["-n", &node.netns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &node.netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway.to_string(),
+        ])?;
+        Ok(())
+    }
+
     fn attach(&self, node: &Node, port: &str) -> io::Result<()> {
         add_netns(&node.netns)?;
         ip(&[

@@ -1,0 +1,247 @@
+//! `bench`: in one run, pod-to-pod TCP throughput (iperf3) across two nodes
+//! for each backend, next to the raw underlay and hand-programmed kernel
+//! VXLAN; the time to program 1,000 and 5,000 peers from empty (Tartan against
+//! `ip -batch`), one peer joining 5,000, and the process RSS holding 5,000.
+//! Written as Markdown and an SVG bar chart.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use plotters::prelude::*;
+use tartan_agent::testbed::{self, Topology, bench::best_of, exec, ip};
+use tartan_crds::{BackendType, OverlayNetworkSpec};
+
+use crate::lifecycle::{UpOptions, down, up};
+
+#[derive(Debug, Clone)]
+pub struct Throughput {
+    pub label: String,
+    pub gbps: f64,
+}
+
+fn iperf_server(netns: &str) -> anyhow::Result<Child> {
+    let child = Command::new("ip")
+        .args(["netns", "exec", netns, "iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(child)
+}
+
+/// TCP throughput from `client` to `server_ip` (where `server_netns` listens), in Gbit/s.
+pub fn iperf(
+    client: &str,
+    server_netns: &str,
+    server_ip: &str,
+    seconds: u32,
+) -> anyhow::Result<f64> {
+    let mut server = iperf_server(server_netns)?;
+    let out = exec(
+        client,
+        &["iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out.context("iperf3 -c")?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .context("iperf3 reported no throughput")
+}
+
+fn lab_throughput(
+    name: &str,
+    backend: BackendType,
+    direct: bool,
+    seconds: u32,
+) -> anyhow::Result<f64> {
+    let mut network = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+    network.backend.type_ = backend;
+    network.backend.vxlan.direct_routing = direct;
+    let _ = down(name);
+    let lab = up(UpOptions {
+        name: name.into(),
+        nodes: 2,
+        pods_per_node: 1,
+        network,
+        routed: false,
+    })?;
+    let result = iperf(
+        &lab.pods[0].netns,
+        &lab.pods[1].netns,
+        &lab.pods[1].ip.to_string(),
+        seconds,
+    );
+    down(name)?;
+    result
+}
+
+/// The underlay alone, and a VXLAN tunnel set up by hand with iproute2.
+fn baselines(prefix: &str, seconds: u32) -> anyhow::Result<(f64, f64)> {
+    let topo = Topology::l2(prefix, 2)?;
+    let (a, b) = (&topo.nodes[0], &topo.nodes[1]);
+    let raw = iperf(&a.netns, &b.netns, &b.ip.to_string(), seconds)?;
+    for (me, other, addr) in [(a, b, "10.99.0.1/24"), (b, a, "10.99.0.2/24")] {
+        let (local, remote) = (me.ip.to_string(), other.ip.to_string());
+        ip(&[
+            "-n", &me.netns, "link", "add", "vx0", "type", "vxlan", "id", "42", "dev", "eth0",
+            "local", &local, "remote", &remote, "dstport", "4789",
+        ])?;
+        ip(&["-n", &me.netns, "link", "set", "vx0", "mtu", "1450", "up"])?;
+        ip(&["-n", &me.netns, "addr", "add", addr, "dev", "vx0"])?;
+    }
+    let vxlan = iperf(&a.netns, &b.netns, "10.99.0.2", seconds)?;
+    Ok((raw, vxlan))
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
+    crate::lifecycle::require_root()?;
+    if !testbed::kernel_tests_allowed(&["iperf3", "ip", "bridge", "nft"]) {
+        bail!("bench needs iperf3, iproute2 and nft");
+    }
+    let prefix = format!("tbench{}", std::process::id() % 10_000);
+    let (raw, kernel_vxlan) = baselines(&prefix, seconds)?;
+    let mut rows = vec![
+        Throughput {
+            label: "raw underlay (node to node)".into(),
+            gbps: raw,
+        },
+        Throughput {
+            label: "kernel VXLAN by hand (ip link)".into(),
+            gbps: kernel_vxlan,
+        },
+    ];
+    for (label, backend, direct) in [
+        ("tartan vxlan", BackendType::Vxlan, false),
+        ("tartan host-gw", BackendType::HostGw, false),
+        ("tartan vxlan + directRouting", BackendType::Vxlan, true),
+    ] {
+        let gbps = lab_throughput(
+            &format!("bench{}", std::process::id() % 1000),
+            backend,
+            direct,
+            seconds,
+        )?;
+        rows.push(Throughput {
+            label: label.into(),
+            gbps,
+        });
+    }
+    let rss_before = rss_kib();
+    let p1000 = best_of(3, &prefix, 1_000)?;
+    let p5000 = best_of(3, &prefix, 5_000)?;
+    let rss_after = rss_kib();
+
+    let machine = machine();
+    let mut md = format!(
+        "# tartan-lab bench\n\n{machine}\n\n## Pod-to-pod TCP throughput (iperf3, {seconds} s, one stream)\n\n| path | Gbit/s | ratio to raw underlay |\n|---|---:|---:|\n"
+    );
+    for row in &rows {
+        md.push_str(&format!(
+            "| {} | {:.2} | {:.2} |\n",
+            row.label,
+            row.gbps,
+            row.gbps / raw
+        ));
+    }
+    md.push_str("\n## Programming peers from empty (same objects both ways, best of 3)\n\n| peers | objects | tartan | iproute2 `ip -batch` + `bridge -batch` | ratio |\n|---:|---:|---:|---:|---:|\n");
+    for f in [&p1000, &p5000] {
+        md.push_str(&format!(
+            "| {} | {} | {:.1} ms | {:.1} ms | {:.2} |\n",
+            f.peers,
+            f.objects,
+            f.tartan.as_secs_f64() * 1e3,
+            f.iproute2.as_secs_f64() * 1e3,
+            f.tartan.as_secs_f64() / f.iproute2.as_secs_f64()
+        ));
+    }
+    md.push_str(&format!(
+        "\n- one peer joining with 5,000 present: {:.1} ms ({} kernel changes)\n- a no-op full resync at 5,000 peers: {:.1} ms\n- process RSS holding the 5,000-peer state: {} KiB ({} KiB before programming)\n",
+        p5000.one_join.as_secs_f64() * 1e3,
+        p5000.join_changes,
+        p5000.noop_resync.as_secs_f64() * 1e3,
+        rss_after,
+        rss_before
+    ));
+    std::fs::create_dir_all(out_dir)?;
+    std::fs::write(out_dir.join("bench.md"), &md)?;
+    chart(&out_dir.join("throughput.svg"), &rows)?;
+    Ok(md)
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    format!(
+        "Machine: {cores} cores ({cpu}), Linux {kernel}; all namespaces on one host, so the \"network\" is veth and memory bandwidth."
+    )
+}
+
+fn chart(path: &Path, rows: &[Throughput]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let max = rows.iter().map(|r| r.gbps).fold(0.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Pod-to-pod TCP throughput (Gbit/s)", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(230)
+        .build_cartesian_2d(0.0..max.max(0.1), (0..rows.len()).into_segmented())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => rows.get(*i).map(|r| r.label.clone()).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, r)| {
+            let color = if r.label.starts_with("tartan") {
+                BLUE.mix(0.7)
+            } else {
+                BLACK.mix(0.4)
+            };
+            Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (r.gbps, SegmentValue::Exact(i + 1)),
+                ],
+                color.filled(),
+            )
+        }))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+use tartan_crds::{BackendType, OverlayNetworkSpec};
+
+use crate::lifecycle::{self, UpOptions};
+
+/// Tartan lab: nodes and pods as network namespaces, driven by Tartan's own code.
+#[derive(Parser, Debug)]
+#[command(name = "tartan-lab", version, about)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// Build the lab: node namespaces, subnets from IPAM, agents, pods via CNI; print the matrix.
+    Up {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2)]
+        pods_per_node: usize,
+        #[arg(long, default_value = "vxlan")]
+        backend: BackendType,
+        /// vxlan only: host-gw routes to peers on the same L2 segment.
+        #[arg(long)]
+        direct_routing: bool,
+        /// Put every node on its own L3 subnet behind a router.
+        #[arg(long)]
+        routed: bool,
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cidr: String,
+        #[arg(long)]
+        ipv6_cidr: Option<String>,
+    },
+    /// The NodeSubnets and the connectivity matrix.
+    Status {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// Change the backend while a 100/s ping flow runs; print loss and the longest gap.
+    Switch {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long)]
+        backend: BackendType,
+        #[arg(long)]
+        direct_routing: Option<bool>,
+    },
+    /// Remove everything the lab created (also leftovers of a crashed lab).
+    Down {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// Throughput per backend against the raw underlay and kernel VXLAN; programming speed; memory.
+    Bench {
+        #[arg(long, default_value = "bench/out")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
+    /// (internal) The agents daemon `up` starts.
+    #[command(hide = true)]
+    Agents {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        LabCommand::Up {
+            name,
+            nodes,
+            pods_per_node,
+            backend,
+            direct_routing,
+            routed,
+            cidr,
+            ipv6_cidr,
+        } => {
+            if nodes < 2 {
+                bail!("--nodes: a lab needs at least 2 nodes, got {nodes}");
+            }
+            let mut network = OverlayNetworkSpec::with_cidr(cidr);
+            network.ipv6_cidr = ipv6_cidr;
+            network.backend.type_ = backend;
+            network.backend.vxlan.direct_routing = direct_routing;
+            let lab = lifecycle::up(UpOptions {
+                name: name.clone(),
+                nodes,
+                pods_per_node,
+                network,
+                routed,
+            })?;
+            let (text, failures) = lifecycle::status(&name)?;
+            println!(
+                "lab {name:?} is up: {} nodes, {} pods, backend {backend}{}\n",
+                lab.nodes.len(),
+                lab.pods.len(),
+                if routed { ", routed underlay" } else { "" }
+            );
+            println!("{text}");
+            println!("{}", lifecycle::how_to_look_around(&lab));
+            if failures > 0 {
+                bail!("{failures} paths do not work");
+            }
+            Ok(())
+        }
+        LabCommand::Status { name } => {
+            let (text, failures) = lifecycle::status(&name)?;
+            println!("{text}");
+            if failures > 0 {
+                bail!("{failures} paths do not work");
+            }
+            Ok(())
+        }
+        LabCommand::Switch {
+            name,
+            backend,
+            direct_routing,
+        } => {
+            let result = crate::switch::switch(&name, backend, direct_routing)?;
+            println!(
+                "switched {} -> {} in {} rounds: {} sent, {} lost, longest gap {:?}",
+                result.from,
+                result.to,
+                result.rounds,
+                result.sent,
+                result.lost(),
+                result.longest_gap
+            );
+            Ok(())
+        }
+        LabCommand::Down { name } => {
+            let removed = lifecycle::down(&name)?;
+            println!("lab {name:?} removed ({removed} namespaces)");
+            Ok(())
+        }
+        LabCommand::Bench { out, seconds } => {
+            let md = crate::bench::run(&out, seconds)?;
+            println!("{md}\nwritten to {}", out.display());
+            Ok(())
+        }
+        LabCommand::Agents { name } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+            crate::agents::run(&name)
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! tartan-lab: a whole cluster's data plane on one machine, in network
+//! namespaces, driven by the operator's IPAM and the agent's planner, applier
+//! and drift repair; also the benchmark driver.
+//!
+//! ```text
+//!   up ──▶ namespaces (testbed) ──▶ IPAM → NodeSubnets ──▶ agents daemon (one
+//!          process, a data plane per node) ──▶ pods via CNI ──▶ matrix
+//!   switch ──▶ state.json generation+1 ──▶ agents roll out make-before-break
+//! ```
+
+pub mod agents;
+pub mod bench;
+pub mod cli;
+pub mod lifecycle;
+pub mod matrix;
+pub mod state;
+pub mod switch;

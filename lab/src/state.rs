@@ -1,0 +1,106 @@
+//! The lab's state on disk (`/run/tartan-lab/<name>/state.json`): topology,
+//! pods, the network spec and the NodeSubnet objects. `up` writes it, the
+//! agents daemon keeps the NodeSubnet statuses current, `down` removes it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tartan_agent::testbed::Node;
+use tartan_crds::{NodeSubnet, OverlayNetworkSpec};
+
+pub const ROOT: &str = "/run/tartan-lab";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabNode {
+    pub name: String,
+    pub netns: String,
+    pub ip: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub iface: String,
+}
+
+impl From<&Node> for LabNode {
+    fn from(n: &Node) -> Self {
+        Self {
+            name: n.name.clone(),
+            netns: n.netns.clone(),
+            ip: n.ip,
+            prefix: n.prefix,
+            iface: n.iface.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pod {
+    pub node: String,
+    pub name: String,
+    pub netns: String,
+    pub ip: std::net::Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    pub prefix: String,
+    pub routed: bool,
+    pub network: OverlayNetworkSpec,
+    /// Bumped by `switch`; the daemon reports the generation it converged on.
+    pub generation: u64,
+    pub nodes: Vec<LabNode>,
+    pub outside: LabNode,
+    pub pods: Vec<Pod>,
+}
+
+/// What the agents daemon publishes: NodeSubnets with statuses, and progress.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentsReport {
+    pub pid: u32,
+    pub converged_generation: Option<u64>,
+    pub subnets: Vec<NodeSubnet>,
+    pub rounds: u64,
+    pub error: Option<String>,
+}
+
+pub fn dir(name: &str) -> PathBuf {
+    Path::new(ROOT).join(name)
+}
+
+pub fn node_dir(name: &str, node: &str) -> PathBuf {
+    dir(name).join(node)
+}
+
+fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn write<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_vec_pretty(value)?;
+    tartan_agent::cni::write_atomic(path, &text)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+impl LabState {
+    pub fn load(name: &str) -> anyhow::Result<Self> {
+        read(&dir(name).join("state.json"))
+            .with_context(|| format!("lab {name:?} is not up (run `tartan-lab up`)"))
+    }
+
+    pub fn save(&self) -> anyhow::Result<()> {
+        write(&dir(&self.name).join("state.json"), self)
+    }
+}
+
+impl AgentsReport {
+    pub fn load(name: &str) -> anyhow::Result<Self> {
+        read(&dir(name).join("agents.json"))
+    }
+
+    pub fn save(&self, name: &str) -> anyhow::Result<()> {
+        write(&dir(name).join("agents.json"), self)
+    }
+}

@@ -1,0 +1,146 @@
+//! `switch`: changes the lab's backend the way a live cluster does, while a
+//! ping flow at 100 packets a second runs between pods on different nodes.
+
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tartan_crds::BackendType;
+
+use crate::lifecycle::wait_converged;
+use crate::state::LabState;
+
+#[derive(Debug, Clone)]
+pub struct SwitchResult {
+    pub from: BackendType,
+    pub to: BackendType,
+    pub sent: u64,
+    pub received: u64,
+    pub longest_gap: Duration,
+    pub rounds: u64,
+}
+
+impl SwitchResult {
+    pub fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.received)
+    }
+}
+
+const INTERVAL: Duration = Duration::from_millis(10);
+
+pub fn switch(
+    name: &str,
+    to: BackendType,
+    direct_routing: Option<bool>,
+) -> anyhow::Result<SwitchResult> {
+    let mut lab = LabState::load(name)?;
+    let from = lab.network.backend.type_;
+    let rounds_before = crate::state::AgentsReport::load(name)
+        .map(|r| r.rounds)
+        .unwrap_or(0);
+    let (Some(a), Some(b)) = (
+        lab.pods.first(),
+        lab.pods.iter().find(|p| p.node != lab.pods[0].node),
+    ) else {
+        bail!("the lab needs pods on two nodes for a flow");
+    };
+    let mut ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a.netns,
+            "ping",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            &b.ip.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the ping flow")?;
+    std::thread::sleep(Duration::from_millis(500));
+    lab.network.backend.type_ = to;
+    if let Some(direct) = direct_routing {
+        lab.network.backend.vxlan.direct_routing = direct;
+    }
+    lab.network.validate().context("the new backend")?;
+    lab.generation += 1;
+    lab.save()?;
+    let report = wait_converged(name, lab.generation, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ping.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let mut output = String::new();
+    ping.stdout
+        .take()
+        .context("ping output")?
+        .read_to_string(&mut output)?;
+    let _ = ping.wait();
+    let report = report?;
+    let (sent, received, longest_gap) = parse_ping(&output)?;
+    Ok(SwitchResult {
+        from,
+        to,
+        sent,
+        received,
+        longest_gap,
+        rounds: report.rounds - rounds_before,
+    })
+}
+
+/// Transmitted, received, and the longest run of missing sequence numbers as time.
+pub fn parse_ping(output: &str) -> anyhow::Result<(u64, u64, Duration)> {
+    let mut seqs: Vec<u64> = output
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let summary = output
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .context("ping printed no summary")?;
+    let numbers: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (sent, received) = (
+        numbers.first().copied().unwrap_or(0),
+        numbers.get(1).copied().unwrap_or(0),
+    );
+    let mut gap = 0;
+    let mut previous = 0;
+    for seq in seqs.iter().copied().chain(std::iter::once(sent + 1)) {
+        gap = gap.max(seq.saturating_sub(previous).saturating_sub(1));
+        previous = seq;
+    }
+    Ok((
+        sent,
+        received,
+        INTERVAL * u32::try_from(gap).unwrap_or(u32::MAX),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_loss_and_the_longest_gap() {
+        let out = "64 bytes from 10.244.2.2: icmp_seq=1 ttl=62 time=0.1 ms\n\
+                   64 bytes from 10.244.2.2: icmp_seq=2 ttl=62 time=0.1 ms\n\
+                   64 bytes from 10.244.2.2: icmp_seq=6 ttl=62 time=0.1 ms\n\
+                   \n--- 10.244.2.2 ping statistics ---\n\
+                   6 packets transmitted, 3 received, 50% packet loss, time 50ms\n";
+        let (sent, received, gap) = parse_ping(out).expect("parses");
+        assert_eq!((sent, received), (6, 3));
+        assert_eq!(gap, Duration::from_millis(30));
+    }
+}

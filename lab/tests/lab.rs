@@ -1,0 +1,194 @@
+//! The lab end to end, through its command line: `up`, `status`, `switch`
+//! (with the loss figure) and `down` for each backend, and the clean-up.
+
+use std::process::{Command, Output};
+
+const LAB: &str = env!("CARGO_BIN_EXE_tartan-lab");
+
+fn lab(args: &[&str]) -> Output {
+    Command::new(LAB)
+        .args(args)
+        .output()
+        .expect("tartan-lab runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = lab(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "tartan-lab {args:?} failed:\n{text}");
+    text
+}
+
+fn namespaces(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Lost packets from `switch`'s report line.
+fn lost(report: &str) -> u64 {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("switched"))
+        .expect("switch report line");
+    let before = line.split(" lost").next().expect("lost figure");
+    before
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = lab(&["down", "--name", &self.0]);
+    }
+}
+
+fn round_trip(name: &str, up_args: &[&str], switches: &[(&str, Option<&str>)]) {
+    if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter"]) {
+        return;
+    }
+    let name = format!("{name}{}", std::process::id() % 1000);
+    let _guard = Down(name.clone());
+    let mut args = vec![
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "3",
+        "--pods-per-node",
+        "2",
+    ];
+    args.extend_from_slice(up_args);
+    let up = ok(&args);
+    assert!(up.contains("36 of 36 paths work"), "{up}");
+    let status = ok(&["status", "--name", &name]);
+    assert!(
+        status.contains("NODE-IP") && status.contains("36 of 36 paths work"),
+        "{status}"
+    );
+    for (backend, direct) in switches {
+        let mut args = vec!["switch", "--name", &name, "--backend", backend];
+        if let Some(direct) = direct {
+            args.extend_from_slice(&["--direct-routing", direct]);
+        }
+        let report = ok(&args);
+        assert_eq!(
+            lost(&report),
+            0,
+            "make-before-break loses nothing: {report}"
+        );
+        let status = ok(&["status", "--name", &name]);
+        assert!(
+            status.contains("36 of 36 paths work"),
+            "after switching to {backend}: {status}"
+        );
+        assert!(
+            status.contains(&format!(" {backend} ")),
+            "NodeSubnets report {backend}: {status}"
+        );
+    }
+    let down = ok(&["down", "--name", &name]);
+    assert!(down.contains("removed"), "{down}");
+    assert!(
+        namespaces(&format!("tlab-{name}-")).is_empty(),
+        "down leaves no namespace"
+    );
+    assert!(
+        !std::path::Path::new("/run/tartan-lab").join(&name).exists(),
+        "down leaves no state"
+    );
+}
+
+#[test]
+fn vxlan_lab_switches_to_host_gw_and_back_without_loss() {
+    round_trip(
+        "vx",
+        &["--backend", "vxlan"],
+        &[("host-gw", None), ("vxlan", None)],
+    );
+}
+
+#[test]
+fn host_gw_lab_switches_to_vxlan_with_direct_routing_without_loss() {
+    round_trip(
+        "hg",
+        &["--backend", "host-gw"],
+        &[("vxlan", Some("true")), ("host-gw", None)],
+    );
+}
+
+#[test]
+fn direct_routing_lab_switches_to_plain_vxlan_without_loss() {
+    round_trip(
+        "dr",
+        &["--backend", "vxlan", "--direct-routing"],
+        &[("vxlan", Some("false"))],
+    );
+}
+
+#[test]
+fn routed_underlay_works_with_vxlan_and_reports_host_gw_as_impossible() {
+    if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter"]) {
+        return;
+    }
+    let name = format!("rt{}", std::process::id() % 1000);
+    let _guard = Down(name.clone());
+    let up = ok(&[
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "3",
+        "--pods-per-node",
+        "1",
+        "--routed",
+    ]);
+    assert!(up.contains("9 of 9 paths work"), "{up}");
+    let report = ok(&["switch", "--name", &name, "--backend", "host-gw"]);
+    assert_eq!(lost(&report), 0, "{report}");
+    let status = ok(&["status", "--name", &name]);
+    assert!(
+        status.contains("9 of 9 paths work"),
+        "still reachable over vxlan: {status}"
+    );
+    assert!(
+        status.contains("False"),
+        "Ready=False (HostGwPeerNotOnLink): {status}"
+    );
+}
+
+#[test]
+fn a_second_up_of_the_same_lab_is_refused_and_non_root_is_told() {
+    if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter"]) {
+        return;
+    }
+    let name = format!("tw{}", std::process::id() % 1000);
+    let _guard = Down(name.clone());
+    ok(&[
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+    ]);
+    let again = lab(&["up", "--name", &name, "--nodes", "2"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already up"));
+}

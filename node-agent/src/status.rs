@@ -1,0 +1,198 @@
+//! This node's NodeSubnet status from what was programmed. Pure.
+//!
+//! `Ready` says, in words a person understands, why the node is or is not
+//! fully programmed: `Programmed`, `PeersPending`, `HostGwPeerNotOnLink`,
+//! `NoCommonBackend`, `MtuClamped`, `BackendUnavailable`, `ApplyFailed`.
+
+use tartan_crds::condition::{self, Condition};
+use tartan_crds::validate::format_mac;
+use tartan_crds::{CONDITION_READY, NodeSubnetStatus};
+
+use crate::plan::{DesiredState, LocalFacts, LocalProblem, PeerProblem, vtep_mac};
+
+/// The status to publish; conditions keep their transition time when unchanged.
+pub fn node_status(
+    previous: Option<&NodeSubnetStatus>,
+    desired: &DesiredState,
+    facts: &LocalFacts,
+    generation: Option<i64>,
+    apply_error: Option<&str>,
+) -> NodeSubnetStatus {
+    let mut conditions = previous.map(|p| p.conditions.clone()).unwrap_or_default();
+    condition::set(
+        &mut conditions,
+        ready(desired, apply_error).generation(generation),
+    );
+    NodeSubnetStatus {
+        node_ip: Some(facts.node_ip.to_string()),
+        node_ipv6: facts.node_ipv6.map(|(ip, _)| ip.to_string()),
+        vtep_mac: Some(format_mac(&vtep_mac(facts.node_ip))),
+        backend: Some(desired.backend),
+        receive_backends: desired.receive_backends.iter().copied().collect(),
+        mtu: Some(desired.mtu),
+        peers: desired.peer_backends.len() as u32,
+        conditions,
+        observed_generation: generation,
+    }
+}
+
+fn names(problems: &[&PeerProblem]) -> String {
+    let mut names: Vec<&str> = problems.iter().map(|p| p.peer()).collect();
+    names.dedup();
+    let shown = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    if names.len() > 5 {
+        format!("{shown} and {} more", names.len() - 5)
+    } else {
+        shown
+    }
+}
+
+fn ready(desired: &DesiredState, apply_error: Option<&str>) -> Condition {
+    if let Some(error) = apply_error {
+        return Condition::falsy(CONDITION_READY, "ApplyFailed").message(error.to_string());
+    }
+    if let Some(problem) = desired.local_problems.first() {
+        match problem {
+            LocalProblem::BackendUnavailable { backend } => {
+                return Condition::falsy(CONDITION_READY, "BackendUnavailable").message(format!(
+                    "backend {backend} is not available in this agent; sending with {}",
+                    desired.backend
+                ));
+            }
+            LocalProblem::MtuClamped { requested, clamped } => {
+                return Condition::falsy(CONDITION_READY, "MtuClamped").message(format!(
+                    "spec.mtu {requested} does not fit the underlay; pods use {clamped}"
+                ));
+            }
+        }
+    }
+    let by = |f: fn(&PeerProblem) -> bool| {
+        desired
+            .peer_problems
+            .iter()
+            .filter(|p| f(p))
+            .collect::<Vec<_>>()
+    };
+    let not_on_link = by(|p| matches!(p, PeerProblem::NotOnLink { .. }));
+    if !not_on_link.is_empty() {
+        return Condition::falsy(CONDITION_READY, "HostGwPeerNotOnLink").message(format!(
+            "host-gw cannot reach {} (not on this node's L2 segment); use vxlan or vxlan with directRouting",
+            names(&not_on_link)
+        ));
+    }
+    let no_common = by(|p| {
+        matches!(
+            p,
+            PeerProblem::NoCommonBackend { .. } | PeerProblem::Invalid { .. }
+        )
+    });
+    if !no_common.is_empty() {
+        return Condition::falsy(CONDITION_READY, "NoCommonBackend")
+            .message(format!("no usable backend to {}", names(&no_common)));
+    }
+    let pending = by(|p| matches!(p, PeerProblem::Pending { .. }));
+    if !pending.is_empty() {
+        return Condition::falsy(CONDITION_READY, "PeersPending").message(format!(
+            "waiting for {} to publish their addresses",
+            names(&pending)
+        ));
+    }
+    Condition::truthy(CONDITION_READY, "Programmed").message(format!(
+        "{} peers programmed over {}",
+        desired.peer_backends.len(),
+        desired.backend
+    ))
+}
+
+/// The running kernel's (major, minor), from uname.
+pub fn kernel_version() -> (u32, u32) {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PeerProblem, plan};
+    use std::net::Ipv4Addr;
+    use tartan_crds::{OverlayNetworkSpec, ValidNodeSubnet};
+
+    fn facts() -> LocalFacts {
+        LocalFacts {
+            underlay: "eth0".into(),
+            node_ip: Ipv4Addr::new(192, 168, 0, 1),
+            underlay_prefix: 24,
+            node_ipv6: None,
+            underlay_mtu: 1500,
+            kernel: (6, 1),
+        }
+    }
+
+    fn state() -> DesiredState {
+        let network = OverlayNetworkSpec::with_cidr("10.244.0.0/16")
+            .validate()
+            .expect("valid");
+        let local = ValidNodeSubnet {
+            node_name: "a".into(),
+            network: "default".into(),
+            cidr: "10.244.1.0/24".parse().expect("cidr"),
+            ipv6_cidr: None,
+        };
+        plan(&network, &local, &[], &facts())
+    }
+
+    #[test]
+    fn programmed_node_is_ready_with_its_addresses() {
+        let status = node_status(None, &state(), &facts(), Some(3), None);
+        assert_eq!(status.node_ip.as_deref(), Some("192.168.0.1"));
+        assert_eq!(status.vtep_mac.as_deref(), Some("0e:2a:c0:a8:00:01"));
+        assert_eq!(status.mtu, Some(1450));
+        let ready = condition::find(&status.conditions, "Ready").expect("Ready");
+        assert_eq!(
+            (ready.is_true(), ready.reason.as_str()),
+            (true, "Programmed")
+        );
+        assert_eq!(ready.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn reasons_name_the_peers() {
+        let mut s = state();
+        s.peer_problems.insert(PeerProblem::NotOnLink {
+            peer: "c".into(),
+            node_ip: "10.0.0.3".parse().expect("ip"),
+        });
+        let condition = ready(&s, None);
+        assert_eq!(condition.reason, "HostGwPeerNotOnLink");
+        assert!(
+            condition.message.contains("host-gw cannot reach c"),
+            "{}",
+            condition.message
+        );
+        let mut s = state();
+        s.peer_problems.insert(PeerProblem::Pending {
+            peer: "b".into(),
+            missing: "nodeIP",
+        });
+        assert_eq!(ready(&s, None).reason, "PeersPending");
+        assert_eq!(ready(&state(), Some("netlink: boom")).reason, "ApplyFailed");
+    }
+
+    #[test]
+    fn unchanged_status_keeps_its_transition_time() {
+        let first = node_status(None, &state(), &facts(), Some(1), None);
+        let second = node_status(Some(&first), &state(), &facts(), Some(1), None);
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn kernel_version_parses() {
+        let (major, _) = kernel_version();
+        assert!(major >= 3);
+    }
+}

@@ -12,6 +12,7 @@ have ethtool || need_apt+=(ethtool)
 have iptables || need_apt+=(iptables)        # the CNI portmap plugin
 have nsenter || need_apt+=(util-linux)      # nft inside a node namespace
 have bridge  || need_apt+=(iproute2)
+have promtool || need_apt+=(prometheus)     # promtool check metrics
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need_apt+=(containernetworking-plugins)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

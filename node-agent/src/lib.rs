@@ -8,15 +8,24 @@
 //!  masquerade  nftables table `inet tartan`;  cni: 10-tartan.conflist;  sysctl
 //! ```
 
+pub mod agent;
+pub mod cli;
 pub mod cni;
 pub mod dataplane;
+pub mod http;
+pub mod index;
 pub mod masquerade;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod plan;
+pub mod rbac;
 pub mod repair;
+pub mod run;
 pub mod status;
 pub mod sysctl;
 pub mod testbed;
 pub mod underlay;
+
+#[cfg(test)]
+mod agent_tests;

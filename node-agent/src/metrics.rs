@@ -14,6 +14,11 @@ pub struct Metrics {
     pub apply_errors: IntCounterVec,
     pub kernel_objects: IntGaugeVec,
     pub peers: IntGaugeVec,
+    pub backend_info: IntGaugeVec,
+    pub applies: IntCounterVec,
+    pub convergence_lag: Histogram,
+    pub watch_errors: IntCounterVec,
+    pub status_writes: IntCounterVec,
 }
 
 impl Metrics {
@@ -57,9 +62,26 @@ impl Metrics {
                 ),
                 &["kind"],
             )?,
-            peers: IntGaugeVec::new(
-                Opts::new("tartan_agent_peers", "Peers by state."),
-                &["state"],
+            peers: IntGaugeVec::new(Opts::new("tartan_agent_peers", "Peers by state."), &["state"])?,
+            backend_info: IntGaugeVec::new(
+                Opts::new("tartan_agent_backend_info", "1 for the backend this node sends with."),
+                &["backend"],
+            )?,
+            applies: IntCounterVec::new(Opts::new("tartan_agent_applies_total", "Applies of the desired state, by result."), &["result"])?,
+            convergence_lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tartan_agent_convergence_lag_seconds",
+                    "Seconds from a peer NodeSubnet's creation to its being programmed on this node.",
+                )
+                .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            )?,
+            watch_errors: IntCounterVec::new(
+                Opts::new("tartan_agent_watch_errors_total", "Errors of the API watches, by resource."),
+                &["resource"],
+            )?,
+            status_writes: IntCounterVec::new(
+                Opts::new("tartan_agent_status_writes_total", "NodeSubnet status writes, by result."),
+                &["result"],
             )?,
             registry,
         };
@@ -69,6 +91,22 @@ impl Metrics {
         m.registry.register(Box::new(m.apply_errors.clone()))?;
         m.registry.register(Box::new(m.kernel_objects.clone()))?;
         m.registry.register(Box::new(m.peers.clone()))?;
+        m.registry.register(Box::new(m.backend_info.clone()))?;
+        m.registry.register(Box::new(m.applies.clone()))?;
+        m.registry.register(Box::new(m.convergence_lag.clone()))?;
+        m.registry.register(Box::new(m.watch_errors.clone()))?;
+        m.registry.register(Box::new(m.status_writes.clone()))?;
+        for state in ["programmed", "pending", "problem"] {
+            m.peers.with_label_values(&[state]);
+        }
+        for result in ["ok", "error"] {
+            m.applies.with_label_values(&[result]);
+            m.status_writes.with_label_values(&[result]);
+        }
+        for resource in ["nodes", "nodesubnets", "overlaynetworks"] {
+            m.watch_errors.with_label_values(&[resource]);
+        }
+        m.apply_errors.with_label_values(&["netlink"]);
         for kind in ["link", "address", "route", "neighbour", "fdb", "offload"] {
             m.netlink_changes.with_label_values(&[kind]);
             m.drift_repairs.with_label_values(&[kind]);

@@ -418,3 +418,36 @@ fn cleanup_leaves_no_tartan_object_behind() {
     );
     assert!(!f.cni[0].path().exists(), "conflist removed");
 }
+
+#[test]
+fn a_restarted_agent_changes_nothing_on_a_programmed_node() {
+    let Some(mut f) = Fixture::new("rs", 2, BackendType::Vxlan, false) else {
+        return;
+    };
+    f.program_all();
+    let (a, _) = f.add_pod(0, "a");
+    let (_, b_ip) = f.add_pod(1, "b");
+    // The agent stops (upgrade): the kernel keeps working.
+    f.planes.remove(0).stop();
+    assert!(
+        pings(&a, b_ip),
+        "pods keep their network while the agent is down"
+    );
+    let config = DataplaneConfig {
+        netns: f.topo.nodes[0].ns(),
+        cni: Some(f.cni[0].clone()),
+        sysctls: Sysctls::default(),
+        resync: Duration::from_secs(300),
+    };
+    let restarted = Dataplane::start(config, f.metrics.clone()).expect("restart");
+    let report = restarted
+        .set(f.target(0, &f.peers(0, None)))
+        .expect("apply after restart");
+    assert_eq!(
+        report.total(),
+        0,
+        "a restart against a programmed node changes nothing: {report:?}"
+    );
+    assert!(pings(&a, b_ip));
+    f.planes.insert(0, restarted);
+}

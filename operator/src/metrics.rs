@@ -106,6 +106,9 @@ impl Metrics {
         for result in ["allocated", "exhausted"] {
             m.allocations.with_label_values(&[result]);
         }
+        for direction in ["acquired", "lost"] {
+            m.leader_transitions.with_label_values(&[direction]);
+        }
         Ok(m)
     }
 

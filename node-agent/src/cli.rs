@@ -1,0 +1,72 @@
+//! Command line, with environment fallbacks for what a DaemonSet sets.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Tartan node agent: programs this node's bridge, VXLAN, routes and masquerade from NodeSubnets.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tartan-agent", version, about)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// This node's name (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Name of the OverlayNetwork to program.
+    #[arg(long, env = "TARTAN_NETWORK", default_value = "default")]
+    pub network: String,
+
+    /// Underlay interface (default: the one holding the Node's InternalIP).
+    #[arg(long, env = "TARTAN_IFACE", conflicts_with = "iface_regex")]
+    pub iface: Option<String>,
+
+    /// Regular expression picking the underlay interface by name.
+    #[arg(long, env = "TARTAN_IFACE_REGEX")]
+    pub iface_regex: Option<String>,
+
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "TARTAN_METRICS_ADDR", default_value = "0.0.0.0:9101")]
+    pub metrics_addr: SocketAddr,
+
+    /// Directory of the CNI configuration.
+    #[arg(long, env = "TARTAN_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+
+    /// Seconds between full resyncs of the kernel state (drift is repaired at once anyway).
+    #[arg(long, env = "TARTAN_RESYNC_SECONDS", default_value_t = 300)]
+    pub resync_seconds: u64,
+
+    /// Remove everything Tartan owns on this node, then exit (uninstall).
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// Program a named network namespace instead of this one (labs and tests).
+    #[arg(long, env = "TARTAN_NETNS")]
+    pub netns: Option<String>,
+
+    /// Path of a kubeconfig file (defaults to KUBECONFIG, ~/.kube/config, then in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    #[arg(long, env = "TARTAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print the ClusterRole the agent needs.
+    Rbac {
+        #[arg(long, default_value = "tartan-agent")]
+        name: String,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,68 @@
+//! The exact permissions the agent uses, as data the Helm chart renders
+//! (`tartan-agent rbac` prints them).
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn cluster_rules() -> Vec<PolicyRule> {
+    vec![
+        // This node's InternalIP (the default underlay).
+        rule("", &["nodes"], &["get", "list", "watch"]),
+        // Every node's subnet and status: the peers.
+        rule("tartan.dev", &["nodesubnets"], &["get", "list", "watch"]),
+        // Its own NodeSubnet's status, by server-side apply.
+        rule("tartan.dev", &["nodesubnets/status"], &["patch"]),
+        rule(
+            "tartan.dev",
+            &["overlaynetworks"],
+            &["get", "list", "watch"],
+        ),
+    ]
+}
+
+pub fn render(name: &str) -> Result<String, serde_json::Error> {
+    let role = ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        rules: Some(cluster_rules()),
+        ..Default::default()
+    };
+    // YAML is a superset of JSON; pretty JSON keeps this crate free of a YAML dependency.
+    serde_json::to_string_pretty(&role)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_everything_it_plans_from_and_writes_only_status() {
+        let rules = cluster_rules();
+        let writes: Vec<_> = rules
+            .iter()
+            .filter(|r| {
+                r.verbs
+                    .iter()
+                    .any(|v| !["get", "list", "watch"].contains(&v.as_str()))
+            })
+            .flat_map(|r| r.resources.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(writes, vec!["nodesubnets/status".to_string()]);
+        assert!(
+            render("tartan-agent")
+                .expect("renders")
+                .contains("\"nodesubnets/status\"")
+        );
+    }
+}

@@ -9,6 +9,7 @@ test: deps fmt-check clippy cargo-test
 
 deps:
 	bash scripts/install-test-deps.sh
+	bash tests/control-plane/build.sh
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

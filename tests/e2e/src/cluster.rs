@@ -1,0 +1,262 @@
+//! Starting and stopping the control plane.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::pki;
+use crate::process::Process;
+
+/// The Kubernetes release the control plane is built from (tests/control-plane/kube/go.mod).
+pub const VERSION: &str = "v1.37.2";
+
+pub fn binaries_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/control-plane")
+        .join(VERSION)
+}
+
+/// Whether the control plane can run here. Outside CI a missing binary or root
+/// skips with a printed reason; with CI=true it fails.
+pub fn require_binaries() -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let missing: Vec<&str> = [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kubectl",
+    ]
+    .into_iter()
+    .filter(|b| !binaries_dir().join(b).exists())
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        !ci,
+        "control plane binaries missing under CI=true: {missing:?} (run tests/control-plane/build.sh)"
+    );
+    eprintln!(
+        "SKIPPED: control plane binaries missing: {missing:?}; run tests/control-plane/build.sh"
+    );
+    false
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    // Order matters for drop: the controller manager, then the API server, then etcd.
+    controller_manager: Process,
+    apiserver: Process,
+    etcd: Process,
+    keep_dir: bool,
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver and kube-controller-manager and waits until ready.
+    pub async fn start(name: &str) -> anyhow::Result<Self> {
+        let bin = binaries_dir();
+        let dir = std::env::temp_dir().join(format!("tartan-cp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("etcd"))?;
+        let pki = pki::generate().context("generating certificates")?;
+        let write = |file: &str, text: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.join(file);
+            std::fs::write(&path, text)?;
+            Ok(path)
+        };
+        let ca = write("ca.crt", &pki.ca_pem)?;
+        let server_crt = write("apiserver.crt", &pki.server_cert_pem)?;
+        let server_key = write("apiserver.key", &pki.server_key_pem)?;
+        let sa_key = write("sa.key", &pki.sa_private_pem)?;
+        let sa_pub = write("sa.pub", &pki.sa_public_pem)?;
+        let (client_port, peer_port, secure_port) = (free_port()?, free_port()?, free_port()?);
+
+        let s = |v: &str| v.to_string();
+        let etcd = Process::spawn(
+            "etcd",
+            &bin.join("etcd"),
+            &[
+                s("--name=e2e"),
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-cluster=e2e=http://127.0.0.1:{peer_port}"),
+                s("--unsafe-no-fsync"),
+                s("--log-level=warn"),
+            ],
+            &dir.join("etcd.log"),
+            &[],
+        )?;
+        let server = format!("https://127.0.0.1:{secure_port}");
+        let apiserver = Process::spawn(
+            "kube-apiserver",
+            &bin.join("kube-apiserver"),
+            &[
+                format!("--etcd-servers=http://127.0.0.1:{client_port}"),
+                s("--bind-address=127.0.0.1"),
+                s("--advertise-address=127.0.0.1"),
+                s("--endpoint-reconciler-type=none"),
+                format!("--secure-port={secure_port}"),
+                format!("--tls-cert-file={}", server_crt.display()),
+                format!("--tls-private-key-file={}", server_key.display()),
+                format!("--client-ca-file={}", ca.display()),
+                format!("--service-account-key-file={}", sa_pub.display()),
+                format!("--service-account-signing-key-file={}", sa_key.display()),
+                s("--service-account-issuer=https://kubernetes.default.svc"),
+                s("--authorization-mode=RBAC"),
+                s("--service-cluster-ip-range=10.96.0.0/16"),
+                s("--allow-privileged=true"),
+                s("--enable-priority-and-fairness=false"),
+                s("--v=1"),
+            ],
+            &dir.join("kube-apiserver.log"),
+            &[],
+        )?;
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, admin_kubeconfig(&server, &pki))?;
+        let mut cp = Self {
+            dir,
+            kubeconfig,
+            server,
+            controller_manager: Process::placeholder(),
+            apiserver,
+            etcd,
+            keep_dir: false,
+        };
+        cp.wait_ready(Duration::from_secs(60)).await?;
+        cp.controller_manager = Process::spawn(
+            "kube-controller-manager",
+            &bin.join("kube-controller-manager"),
+            &[
+                format!("--kubeconfig={}", cp.kubeconfig.display()),
+                s("--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token"),
+                s("--leader-elect=false"),
+                format!("--service-account-private-key-file={}", sa_key.display()),
+                format!("--root-ca-file={}", ca.display()),
+                s("--bind-address=127.0.0.1"),
+                s("--secure-port=0"),
+                s("--v=1"),
+            ],
+            &cp.dir.join("kube-controller-manager.log"),
+            &[],
+        )?;
+        Ok(cp)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let client = self.client().await?;
+        loop {
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            if let Ok(text) = client.request_text(request).await
+                && text.trim() == "ok"
+            {
+                return Ok(());
+            }
+            if !self.apiserver.alive() || !self.etcd.alive() {
+                bail!(
+                    "the control plane died:\n--- etcd ---\n{}\n--- kube-apiserver ---\n{}",
+                    self.log_tail("etcd.log"),
+                    self.log_tail("kube-apiserver.log")
+                );
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "kube-apiserver not ready within {timeout:?}:\n{}",
+                    self.log_tail("kube-apiserver.log")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log_tail(&self, file: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// An admin client (system:masters).
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        client_for(&self.kubeconfig, None).await
+    }
+
+    /// A client that impersonates `user` (e.g. a ServiceAccount), with the admin's credentials.
+    pub async fn impersonating(&self, user: &str) -> anyhow::Result<Client> {
+        client_for(&self.kubeconfig, Some(user)).await
+    }
+
+    /// A kubeconfig file that impersonates `user`, for the binaries under test.
+    pub fn kubeconfig_as(&self, user: &str, file: &str) -> anyhow::Result<PathBuf> {
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        let mut config: serde_yaml::Value = serde_yaml::from_str(&text)?;
+        config["users"][0]["user"]["as"] = serde_yaml::Value::String(user.to_string());
+        let path = self.dir.join(file);
+        std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+        Ok(path)
+    }
+
+    /// Runs the real kubectl against this control plane.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let output = std::process::Command::new(binaries_dir().join("kubectl"))
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(args)
+            .output()
+            .context("running kubectl")?;
+        Ok(output)
+    }
+
+    /// Keeps the temporary directory (logs) after drop, for a person to read.
+    pub fn keep_files(&mut self) {
+        self.keep_dir = true;
+    }
+}
+
+async fn client_for(kubeconfig: &Path, impersonate: Option<&str>) -> anyhow::Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
+    let mut config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    if let Some(user) = impersonate {
+        config.auth_info.impersonate = Some(user.to_string());
+    }
+    Ok(Client::try_from(config)?)
+}
+
+fn admin_kubeconfig(server: &str, pki: &pki::Pki) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: e2e\n  context:\n    cluster: e2e\n    user: admin\ncurrent-context: e2e\n",
+        b64(&pki.ca_pem),
+        b64(&pki.admin_cert_pem),
+        b64(&pki.admin_key_pem)
+    )
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.controller_manager.stop(Duration::from_secs(2));
+        self.apiserver.stop(Duration::from_secs(5));
+        self.etcd.stop(Duration::from_secs(2));
+        if std::thread::panicking() {
+            for log in ["kube-apiserver.log", "kube-controller-manager.log"] {
+                eprintln!("--- last lines of {log} ---\n{}", self.log_tail(log));
+            }
+        }
+        if !self.keep_dir && std::env::var_os("TARTAN_E2E_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Installing Tartan's pieces into a control plane: CRDs, the RBAC the chart
+//! renders (bound to ServiceAccounts the binaries impersonate), the default
+//! OverlayNetwork, Nodes; and starting the real binaries as processes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeAddress, NodeStatus, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use tartan_crds::{OverlayNetwork, OverlayNetworkSpec};
+
+use crate::cluster::ControlPlane;
+use crate::process::Process;
+
+pub const NAMESPACE: &str = "tartan-system";
+pub const OPERATOR_SA: &str = "system:serviceaccount:tartan-system:tartan-operator";
+pub const AGENT_SA: &str = "system:serviceaccount:tartan-system:tartan-agent";
+
+/// Where cargo put the workspace's binaries.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/debug")
+        .join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built; run `cargo build --workspace` (cargo test --workspace does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Applies the CRDs and waits until they are served.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in tartan_crds::generate::crds() {
+        crds.patch(
+            &file.crd.name_any(),
+            &PatchParams::apply("tartan-e2e").force(),
+            &Patch::Apply(&file.crd),
+        )
+        .await?;
+    }
+    let start = Instant::now();
+    loop {
+        let networks: Api<OverlayNetwork> = Api::all(client.clone());
+        if networks.list(&Default::default()).await.is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("CRDs not served within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn subject(name: &str) -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        namespace: Some(NAMESPACE.into()),
+        ..Default::default()
+    }
+}
+
+/// The namespace, ServiceAccounts, and exactly the roles the binaries declare.
+pub async fn install_rbac(client: &Client) -> anyhow::Result<()> {
+    let pp = PostParams::default();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(NAMESPACE.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    namespaces.create(&pp, &ns).await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    for (name, rules) in [
+        ("tartan-operator", tartan_operator::rbac::cluster_rules()),
+        ("tartan-agent", tartan_agent::rbac::cluster_rules()),
+    ] {
+        let meta = ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        sas.create(
+            &pp,
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(NAMESPACE.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await?;
+        roles
+            .create(
+                &pp,
+                &ClusterRole {
+                    metadata: meta.clone(),
+                    rules: Some(rules),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let role_ref = RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: name.into(),
+        };
+        bindings
+            .create(
+                &pp,
+                &ClusterRoleBinding {
+                    metadata: meta,
+                    role_ref,
+                    subjects: Some(vec![subject(name)]),
+                },
+            )
+            .await?;
+    }
+    let meta = ObjectMeta {
+        name: Some("tartan-operator".into()),
+        namespace: Some(NAMESPACE.into()),
+        ..Default::default()
+    };
+    Api::<Role>::namespaced(client.clone(), NAMESPACE)
+        .create(
+            &pp,
+            &Role {
+                metadata: meta.clone(),
+                rules: Some(tartan_operator::rbac::lease_rules()),
+            },
+        )
+        .await?;
+    let role_ref = RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "Role".into(),
+        name: "tartan-operator".into(),
+    };
+    Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE)
+        .create(
+            &pp,
+            &RoleBinding {
+                metadata: meta,
+                role_ref,
+                subjects: Some(vec![subject("tartan-operator")]),
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn create_network(client: &Client, cidr: &str) -> anyhow::Result<()> {
+    let api: Api<OverlayNetwork> = Api::all(client.clone());
+    api.create(
+        &PostParams::default(),
+        &OverlayNetwork::new("default", OverlayNetworkSpec::with_cidr(cidr)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A Node object with an InternalIP.
+pub async fn create_node(client: &Client, name: &str, internal_ip: &str) -> anyhow::Result<Node> {
+    let api: Api<Node> = Api::all(client.clone());
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let created = api.create(&PostParams::default(), &node).await?;
+    let status = serde_json::json!({
+        "status": NodeStatus {
+            addresses: Some(vec![NodeAddress { type_: "InternalIP".into(), address: internal_ip.into() }]),
+            ..Default::default()
+        }
+    });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(created)
+}
+
+/// Starts `tartan-operator` as `identity`, impersonating its ServiceAccount.
+pub fn start_operator(cp: &ControlPlane, identity: &str) -> anyhow::Result<Process> {
+    let kubeconfig = cp.kubeconfig_as(OPERATOR_SA, &format!("operator-{identity}.kubeconfig"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Process::spawn(
+        identity,
+        &binary("tartan-operator")?,
+        &[
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--leader-election-namespace={NAMESPACE}"),
+            format!("--identity={identity}"),
+            format!("--metrics-addr=127.0.0.1:{port}"),
+        ],
+        &cp.dir.join(format!("{identity}.log")),
+        &[("RUST_LOG", "info,kube=warn")],
+    )
+    .context("starting tartan-operator")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if start.elapsed() > timeout {
+            bail!("{what}: not within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

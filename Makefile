@@ -25,7 +25,7 @@ crds:
 	$(CARGO) run -q -p tartan-crds -- write crds
 
 lab: deps
-	$(CARGO) build -q --release -p tartan-lab
+	$(CARGO) build -q --release -p tartan-lab -p tartan-operator -p tartan-agent
 	./target/release/tartan-lab up --nodes 3 --backend vxlan
 
 lab-down:

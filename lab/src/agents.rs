@@ -43,6 +43,9 @@ fn facts(node: &LabNode) -> LocalFacts {
 /// Runs until killed: converges whenever `state.json`'s generation moves.
 pub fn run(name: &str) -> anyhow::Result<()> {
     let state = LabState::load(name)?;
+    if state.control_plane {
+        return crate::control_plane::run(name);
+    }
     let metrics = Arc::new(Metrics::new().context("metrics")?);
     let planes: Vec<Dataplane> = state
         .nodes

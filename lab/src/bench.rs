@@ -70,6 +70,7 @@ fn lab_throughput(
         pods_per_node: 1,
         network,
         routed: false,
+        control_plane: false,
     })?;
     let result = iperf(
         &lab.pods[0].netns,

@@ -38,6 +38,9 @@ pub enum LabCommand {
         cidr: String,
         #[arg(long)]
         ipv6_cidr: Option<String>,
+        /// Run a real control plane: Node objects, the real operator and one agent per node.
+        #[arg(long)]
+        control_plane: bool,
     },
     /// The NodeSubnets and the connectivity matrix.
     Status {
@@ -84,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             routed,
             cidr,
             ipv6_cidr,
+            control_plane,
         } => {
             if nodes < 2 {
                 bail!("--nodes: a lab needs at least 2 nodes, got {nodes}");
@@ -98,6 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 pods_per_node,
                 network,
                 routed,
+                control_plane,
             })?;
             let (text, failures) = lifecycle::status(&name)?;
             println!(
@@ -108,6 +113,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
             println!("{text}");
             println!("{}", lifecycle::how_to_look_around(&lab));
+            if let Some(kubeconfig) = crate::state::AgentsReport::load(&name)
+                .ok()
+                .and_then(|r| r.kubeconfig)
+            {
+                let kubectl = tartan_e2e::cluster::binaries_dir().join("kubectl");
+                let kubectl = kubectl.canonicalize().unwrap_or(kubectl);
+                println!("a real control plane runs the operator and one agent per node:");
+                println!("  export KUBECONFIG={kubeconfig}");
+                println!("  alias kubectl={}", kubectl.display());
+                println!("  kubectl get nodesubnets");
+                println!(
+                    "  kubectl patch overlaynetwork default --type merge -p '{{\"spec\":{{\"backend\":{{\"type\":\"host-gw\"}}}}}}'"
+                );
+            }
             if failures > 0 {
                 bail!("{failures} paths do not work");
             }

@@ -20,6 +20,8 @@ pub struct UpOptions {
     pub pods_per_node: usize,
     pub network: OverlayNetworkSpec,
     pub routed: bool,
+    /// Real API server, operator and agents (see `control_plane`).
+    pub control_plane: bool,
 }
 
 /// The namespace prefix of a lab: keeps labs apart from each other and the host.
@@ -69,6 +71,16 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
             network.backend.type_
         );
     }
+    if options.control_plane
+        && !tartan_e2e::cluster::binaries_dir()
+            .join("kube-apiserver")
+            .exists()
+    {
+        bail!(
+            "--control-plane: the Kubernetes binaries are not built; run `bash tests/control-plane/build.sh` ({})",
+            tartan_e2e::cluster::binaries_dir().display()
+        );
+    }
     let prefix = prefix(&options.name);
     let topology = if options.routed {
         Topology::routed(&prefix, options.nodes)
@@ -79,10 +91,11 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
     let topology = topology.keep();
     std::fs::create_dir_all(&dir)?;
 
-    // Subnets from the operator's own IPAM, as NodeSubnet objects.
+    // Subnets from the operator's own IPAM, as NodeSubnet objects (with a
+    // control plane, the real operator allocates them instead).
     let mut ipam = Ipam::new(&network);
     let mut subnets = Vec::new();
-    for node in &topology.nodes {
+    for node in topology.nodes.iter().filter(|_| !options.control_plane) {
         let allocation = ipam
             .allocate(&node.name, Preference::default())
             .context("allocating node subnets")?;
@@ -110,6 +123,7 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
         nodes: topology.nodes.iter().map(LabNode::from).collect(),
         outside: LabNode::from(&topology.outside),
         pods: Vec::new(),
+        control_plane: options.control_plane,
     };
     lab.save()?;
     AgentsReport {
@@ -118,7 +132,8 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
     }
     .save(&lab.name)?;
     start_agents(&lab.name)?;
-    wait_converged(&lab.name, lab.generation, Duration::from_secs(30))?;
+    let timeout = Duration::from_secs(if options.control_plane { 90 } else { 30 });
+    wait_converged(&lab.name, lab.generation, timeout)?;
 
     let plugins = cni::plugin_dir()
         .context("CNI reference plugins not found in /opt/cni/bin or /usr/lib/cni")?;

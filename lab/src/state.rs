@@ -51,6 +51,9 @@ pub struct LabState {
     pub nodes: Vec<LabNode>,
     pub outside: LabNode,
     pub pods: Vec<Pod>,
+    /// The nodes are Node objects on a real API server; real operator and agents run.
+    #[serde(default)]
+    pub control_plane: bool,
 }
 
 /// What the agents daemon publishes: NodeSubnets with statuses, and progress.
@@ -61,6 +64,9 @@ pub struct AgentsReport {
     pub subnets: Vec<NodeSubnet>,
     pub rounds: u64,
     pub error: Option<String>,
+    /// The admin kubeconfig of the lab's control plane (`--control-plane`).
+    #[serde(default)]
+    pub kubeconfig: Option<String>,
 }
 
 pub fn dir(name: &str) -> PathBuf {

@@ -35,7 +35,18 @@ pub fn switch(
     direct_routing: Option<bool>,
 ) -> anyhow::Result<SwitchResult> {
     let mut lab = LabState::load(name)?;
-    let from = lab.network.backend.type_;
+    // With a control plane, someone may have switched with kubectl: ask the nodes.
+    let reported = crate::state::AgentsReport::load(name).ok().and_then(|r| {
+        r.subnets
+            .first()
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.backend)
+    });
+    let from = if lab.control_plane {
+        reported.unwrap_or(lab.network.backend.type_)
+    } else {
+        lab.network.backend.type_
+    };
     let rounds_before = crate::state::AgentsReport::load(name)
         .map(|r| r.rounds)
         .unwrap_or(0);

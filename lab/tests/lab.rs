@@ -192,3 +192,83 @@ fn a_second_up_of_the_same_lab_is_refused_and_non_root_is_told() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already up"));
 }
+
+#[test]
+fn control_plane_lab_runs_the_real_operator_and_agents_and_switches_with_kubectl() {
+    if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter"])
+        || !tartan_e2e::require_binaries()
+    {
+        return;
+    }
+    let name = format!("cp{}", std::process::id() % 1000);
+    let _guard = Down(name.clone());
+    let up = ok(&[
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "3",
+        "--pods-per-node",
+        "1",
+        "--control-plane",
+    ]);
+    assert!(up.contains("9 of 9 paths work"), "{up}");
+    let kubeconfig = up
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export KUBECONFIG="))
+        .expect("a KUBECONFIG to export")
+        .to_string();
+    let kubectl = |args: &[&str]| {
+        let out = Command::new(tartan_e2e::binaries_dir().join("kubectl"))
+            .arg(format!("--kubeconfig={kubeconfig}"))
+            .args(args)
+            .output()
+            .expect("kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = kubectl(&["get", "nodesubnets"]);
+    assert_eq!(
+        before
+            .lines()
+            .filter(|l| l.contains(" vxlan ") && l.contains("True"))
+            .count(),
+        3,
+        "{before}"
+    );
+    kubectl(&[
+        "patch",
+        "overlaynetwork",
+        "default",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"backend":{"type":"host-gw"}}}"#,
+    ]);
+    let start = std::time::Instant::now();
+    loop {
+        let after = kubectl(&["get", "nodesubnets"]);
+        if after
+            .lines()
+            .filter(|l| l.contains(" host-gw ") && l.contains("True"))
+            .count()
+            == 3
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "rollout did not finish: {after}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let status = ok(&["status", "--name", &name]);
+    assert!(status.contains("9 of 9 paths work"), "{status}");
+    let report = ok(&["switch", "--name", &name, "--backend", "vxlan"]);
+    assert!(report.contains("host-gw -> vxlan"), "{report}");
+    assert_eq!(lost(&report), 0, "{report}");
+}

@@ -15,6 +15,9 @@ use crate::process::Process;
 pub const VERSION: &str = "v1.37.2";
 
 pub fn binaries_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TARTAN_CONTROL_PLANE_DIR") {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/control-plane")
         .join(VERSION)
@@ -64,8 +67,15 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager and waits until ready.
     pub async fn start(name: &str) -> anyhow::Result<Self> {
+        Self::start_in(
+            std::env::temp_dir().join(format!("tartan-cp-{name}-{}", std::process::id())),
+        )
+        .await
+    }
+
+    /// Like [`start`](Self::start), with its files in `dir`.
+    pub async fn start_in(dir: PathBuf) -> anyhow::Result<Self> {
         let bin = binaries_dir();
-        let dir = std::env::temp_dir().join(format!("tartan-cp-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("etcd"))?;
         let pki = pki::generate().context("generating certificates")?;

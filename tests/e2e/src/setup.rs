@@ -23,8 +23,15 @@ pub const NAMESPACE: &str = "tartan-system";
 pub const OPERATOR_SA: &str = "system:serviceaccount:tartan-system:tartan-operator";
 pub const AGENT_SA: &str = "system:serviceaccount:tartan-system:tartan-agent";
 
-/// Where cargo put the workspace's binaries.
+/// A workspace binary: beside the running executable (the lab), else where
+/// `cargo build` put it (the tests).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(name)));
+    if let Some(path) = beside.filter(|p| p.exists()) {
+        return Ok(path);
+    }
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/debug")
         .join(name);
@@ -164,13 +171,42 @@ pub async fn install_rbac(client: &Client) -> anyhow::Result<()> {
 }
 
 pub async fn create_network(client: &Client, cidr: &str) -> anyhow::Result<()> {
+    create_network_with(client, OverlayNetworkSpec::with_cidr(cidr)).await
+}
+
+pub async fn create_network_with(client: &Client, spec: OverlayNetworkSpec) -> anyhow::Result<()> {
     let api: Api<OverlayNetwork> = Api::all(client.clone());
     api.create(
         &PostParams::default(),
-        &OverlayNetwork::new("default", OverlayNetworkSpec::with_cidr(cidr)),
+        &OverlayNetwork::new("default", spec),
     )
     .await?;
     Ok(())
+}
+
+/// Starts `tartan-agent` for `node`, programming namespace `netns`, as its ServiceAccount.
+pub fn start_agent(
+    cp: &ControlPlane,
+    node: &str,
+    netns: &str,
+    cni_dir: &Path,
+    metrics_port: u16,
+) -> anyhow::Result<Process> {
+    let kubeconfig = cp.kubeconfig_as(AGENT_SA, "agent.kubeconfig")?;
+    Process::spawn(
+        node,
+        &binary("tartan-agent")?,
+        &[
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--node-name={node}"),
+            format!("--netns={netns}"),
+            format!("--cni-conf-dir={}", cni_dir.display()),
+            format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+        ],
+        &cp.dir.join(format!("agent-{node}.log")),
+        &[("RUST_LOG", "info,kube=warn")],
+    )
+    .context("starting tartan-agent")
 }
 
 /// A Node object with an InternalIP.

@@ -9,9 +9,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tartan_agent::testbed::{self, Topology};
 use tartan_crds::{BackendType, NodeSubnet, OverlayNetwork};
-use tartan_e2e::process::Process;
 use tartan_e2e::setup::{
-    AGENT_SA, binary, create_network, create_node, eventually, install_crds, install_rbac,
+    create_network, create_node, eventually, install_crds, install_rbac, start_agent,
     start_operator,
 };
 use tartan_e2e::{ControlPlane, require_binaries};
@@ -30,9 +29,6 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
         .expect("network");
     let _operator = start_operator(&cp, "op").expect("operator");
     let topo = Topology::l2(&format!("te{}", std::process::id() % 10_000), 2).expect("namespaces");
-    let kubeconfig = cp
-        .kubeconfig_as(AGENT_SA, "agent.kubeconfig")
-        .expect("kubeconfig");
     let mut agents = Vec::new();
     for node in &topo.nodes {
         create_node(&client, &node.name, &node.ip.to_string())
@@ -44,20 +40,8 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
             .expect("addr")
             .port();
         agents.push(
-            Process::spawn(
-                &node.name,
-                &binary("tartan-agent").expect("built"),
-                &[
-                    format!("--kubeconfig={}", kubeconfig.display()),
-                    format!("--node-name={}", node.name),
-                    format!("--netns={}", node.netns),
-                    format!("--cni-conf-dir={}", cp.dir.join(&node.name).display()),
-                    format!("--metrics-addr=127.0.0.1:{port}"),
-                ],
-                &cp.dir.join(format!("agent-{}.log", node.name)),
-                &[("RUST_LOG", "info,kube=warn")],
-            )
-            .expect("agent"),
+            start_agent(&cp, &node.name, &node.netns, &cp.dir.join(&node.name), port)
+                .expect("agent"),
         );
     }
     let subnets: Api<NodeSubnet> = Api::all(client.clone());

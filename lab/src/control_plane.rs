@@ -1,0 +1,89 @@
+//! `up --control-plane`: the same lab, but every node is a Node object on a
+//! real API server, and the real tartan-operator and one real tartan-agent per
+//! node namespace run as processes, each as its ServiceAccount. The lab only
+//! watches: it mirrors the NodeSubnets into its report for `status`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use tartan_crds::{NodeSubnet, OverlayNetwork};
+use tartan_e2e::ControlPlane;
+use tartan_e2e::setup::{
+    create_network_with, create_node, install_crds, install_rbac, start_agent, start_operator,
+};
+
+use crate::agents::cni_config;
+use crate::state::{self, AgentsReport, LabState};
+
+pub fn run(name: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(watch(name))
+}
+
+async fn watch(name: &str) -> anyhow::Result<()> {
+    let state = LabState::load(name)?;
+    let cp = ControlPlane::start_in(state::dir(name).join("control-plane")).await?;
+    let client = cp.client().await?;
+    install_crds(&client).await?;
+    install_rbac(&client).await?;
+    create_network_with(&client, state.network.clone()).await?;
+    for node in &state.nodes {
+        create_node(&client, &node.name, &node.ip.to_string()).await?;
+    }
+    let _operator = start_operator(&cp, "tartan-operator")?;
+    let mut _agents = Vec::new();
+    for node in &state.nodes {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        _agents.push(start_agent(
+            &cp,
+            &node.name,
+            &node.netns,
+            &cni_config(name, &node.name).dir,
+            port,
+        )?);
+    }
+    let mut report = AgentsReport::load(name)?;
+    report.pid = std::process::id();
+    report.kubeconfig = Some(cp.kubeconfig.display().to_string());
+    report.save(name)?;
+    let subnets: Api<NodeSubnet> = Api::all(client.clone());
+    let networks: Api<OverlayNetwork> = Api::all(client.clone());
+    let mut applied = state.generation;
+    loop {
+        let state = LabState::load(name)?;
+        if state.generation != applied {
+            // `tartan-lab switch` does what a person does with kubectl patch.
+            let patch = json!({"spec": {"backend": state.network.backend}});
+            networks
+                .patch("default", &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            applied = state.generation;
+        }
+        if let (Ok(list), Ok(network)) = (
+            subnets.list(&Default::default()).await,
+            networks.get("default").await,
+        ) {
+            let mut items = list.items;
+            items.sort_by_key(|s| state.nodes.iter().position(|n| n.name == s.spec.node_name));
+            let target = network.spec.backend.type_;
+            let converged = items.len() == state.nodes.len()
+                && items.iter().all(|s| {
+                    let status = s.status.clone().unwrap_or_default();
+                    status.backend == Some(target)
+                        && tartan_crds::condition::is_true(&status.conditions, "Ready")
+                });
+            report.subnets = items;
+            report.rounds += 1;
+            if converged {
+                report.converged_generation = Some(state.generation);
+            }
+            report.save(name)?;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -132,7 +132,7 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
     }
     .save(&lab.name)?;
     start_agents(&lab.name)?;
-    let timeout = Duration::from_secs(if options.control_plane { 90 } else { 30 });
+    let timeout = Duration::from_secs(if options.control_plane { 180 } else { 30 });
     wait_converged(&lab.name, lab.generation, timeout)?;
 
     let plugins = cni::plugin_dir()

@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+pub use tartan_runtime::LogFormat;
 
 /// Tartan node agent: programs this node's bridge, VXLAN, routes and masquerade from NodeSubnets.
 #[derive(Parser, Debug, Clone)]
@@ -63,10 +64,4 @@ pub enum Command {
         #[arg(long, default_value = "tartan-agent")]
         name: String,
     },
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }

@@ -12,7 +12,6 @@ pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod dataplane;
-pub mod http;
 pub mod index;
 pub mod masquerade;
 pub mod metrics;

@@ -8,12 +8,12 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Config, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tartan_crds::{NodeSubnet, OverlayNetwork};
 use tokio::sync::watch;
 
 use crate::agent::{Agent, Health, UnderlayChoice};
-use crate::cli::{Args, Command, LogFormat};
+use crate::cli::{Args, Command};
 use crate::cni::CniConfig;
 use crate::dataplane::{Dataplane, DataplaneConfig, cleanup};
 use crate::index::{AgentIndex, Inputs};
@@ -31,7 +31,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         println!("{}", crate::rbac::render(name)?);
         return Ok(());
     }
-    init_logging(args.log_format);
+    tartan_runtime::init_logging(args.log_format);
     let netns = args
         .netns
         .as_deref()
@@ -53,21 +53,24 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         .node_name
         .clone()
         .context("--node-name (or NODE_NAME) is required")?;
-    let client = client(&args).await?;
+    let client = tartan_runtime::client(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let health = Arc::new(Health::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
+    let shutdown = tartan_runtime::Shutdown::on_signals();
+    let stopped = || shutdown.wait();
+    let probes = tartan_runtime::Probes {
+        metrics: Arc::new({
+            let metrics = metrics.clone();
+            move || metrics.render()
+        }),
+        ready: Arc::new({
+            let health = health.clone();
+            move || health.ready()
+        }),
     };
-    tokio::spawn(signal_shutdown(stop_tx));
-    let server = tokio::spawn(crate::http::serve(
+    let server = tokio::spawn(tartan_runtime::serve_probes(
         args.metrics_addr,
-        metrics.clone(),
-        health.clone(),
+        probes,
         stopped(),
     ));
 
@@ -268,46 +271,4 @@ fn watch_into<K>(
             publish(&index, &tx);
         }
     });
-}
-
-async fn client(args: &Args) -> anyhow::Result<Client> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .with_context(|| format!("loading kubeconfig {}", path.display()))?
-        }
-        None => Config::infer()
-            .await
-            .context("finding a kubeconfig or in-cluster config")?,
-    };
-    Client::try_from(config).context("building the Kubernetes client")
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-async fn signal_shutdown(stop: watch::Sender<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    let _ = stop.send(true);
 }

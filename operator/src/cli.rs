@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+pub use tartan_runtime::LogFormat;
 
 /// Tartan operator: allocates one pod subnet per Node into NodeSubnet objects.
 #[derive(Parser, Debug, Clone)]
@@ -64,10 +65,4 @@ pub enum Command {
         #[arg(long, default_value = "kube-system")]
         namespace: String,
     },
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }

@@ -5,13 +5,12 @@
 //!  index/   pure: NodeSubnets seen → IPAM state, conflicts    (fed by the watch)
 //!  status   pure: OverlayNetwork status from the index
 //!  controller/  thin: Node, NodeSubnet and OverlayNetwork reconcilers (kube)
-//!  lease    leader election with fencing; http: /metrics /healthz /readyz
+//!  lease    leader election with fencing; run: wiring, probes via tartan-runtime
 //! ```
 
 pub mod cli;
 pub mod controller;
 pub mod error;
-pub mod http;
 pub mod index;
 pub mod ipam;
 pub mod lease;

@@ -2,15 +2,7 @@
 //! (`tartan-operator rbac` prints them) and the end-to-end tests impersonate.
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
-
-fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
-    PolicyRule {
-        api_groups: Some(vec![group.to_string()]),
-        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
-        verbs: verbs.iter().map(|v| v.to_string()).collect(),
-        ..Default::default()
-    }
-}
+use tartan_runtime::rule;
 
 /// Cluster-wide rules (a ClusterRole).
 pub fn cluster_rules() -> Vec<PolicyRule> {

@@ -13,13 +13,12 @@ use k8s_openapi::api::core::v1::Node;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use tartan_crds::{NodeSubnet, OverlayNetwork};
-use tokio::sync::watch;
 
-use crate::cli::{Args, Command, LogFormat};
+use crate::cli::{Args, Command};
 use crate::controller::{self, Context, IndexFeeder, error_policy};
-use crate::http::{self, Health};
+
 use crate::index::SubnetIndex;
 use crate::lease::{Leadership, LeaseConfig, LeaseManager};
 use crate::metrics::Metrics;
@@ -38,22 +37,25 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         }
         None => {}
     }
-    init_logging(args.log_format);
-    let client = client(&args).await?;
+    tartan_runtime::init_logging(args.log_format);
+    let client = tartan_runtime::client(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let health = Arc::new(Health::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
+    let shutdown = tartan_runtime::Shutdown::on_signals();
+    let stopped = || shutdown.wait();
+    let probes = tartan_runtime::Probes {
+        metrics: Arc::new({
+            let metrics = metrics.clone();
+            move || metrics.render()
+        }),
+        ready: Arc::new({
+            let health = health.clone();
+            move || health.ready.load(Ordering::Relaxed)
+        }),
     };
-    tokio::spawn(signal_shutdown(stop_tx));
-    let server = tokio::spawn(http::serve(
+    let server = tokio::spawn(tartan_runtime::serve_probes(
         args.metrics_addr,
-        metrics.clone(),
-        health.clone(),
+        probes,
         stopped(),
     ));
 
@@ -218,50 +220,15 @@ async fn run_controllers(
     );
 }
 
-async fn client(args: &Args) -> anyhow::Result<Client> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .with_context(|| format!("loading kubeconfig {}", path.display()))?
-        }
-        None => Config::infer()
-            .await
-            .context("finding a kubeconfig or in-cluster config")?,
-    };
-    Client::try_from(config).context("building the Kubernetes client")
+/// What `/readyz` reports; flipped as the controllers start.
+#[derive(Default)]
+pub struct Health {
+    /// Caches synced and (when leading) controllers running, or standing by.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "tartan-operator".into())
-}
-
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-async fn signal_shutdown(stop: watch::Sender<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    let _ = stop.send(true);
 }

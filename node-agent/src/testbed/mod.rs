@@ -151,62 +151,22 @@ impl Topology {
         Ok(topology)
     }
 
+    /// A router port with `gateway` on it, and the node's default route through it.
     fn attach_routed(&self, node: &Node, port: &str, gateway: Ipv4Addr) -> io::Result<()> {
-        add_netns(&node.netns)?;
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &node.iface,
-            "netns",
-            &node.netns,
-        ])?;
-        let router_address = format!("{gateway}/{}", node.prefix);
-        ip(&[
-            "-n",
-            &self.switch,
-            "addr",
-            "add",
-            &router_address,
-            "dev",
-            port,
-        ])?;
-        ip(&["-n", &self.switch, "link", "set", port, "up"])?;
-        let address = format!("{}/{}", node.ip, node.prefix);
-        ip(&[
-            "-n",
-            &node.netns,
-            "addr",
-            "add",
-            &address,
-            "dev",
-            &node.iface,
-        ])?;
-        ip(&["-n", &node.netns, "link", "set", &node.iface, "up"])?;
-        ip(&["-n", &node.netns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &node.netns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &gateway.to_string(),
-        ])?;
-        Ok(())
+        self.attach_with(node, port, Some(gateway))
     }
 
+    /// A port on the switch's bridge.
     fn attach(&self, node: &Node, port: &str) -> io::Result<()> {
+        self.attach_with(node, port, None)
+    }
+
+    fn attach_with(&self, node: &Node, port: &str, gateway: Option<Ipv4Addr>) -> io::Result<()> {
         add_netns(&node.netns)?;
+        let (sw, ns) = (self.switch.as_str(), node.netns.as_str());
         ip(&[
             "-n",
-            &self.switch,
+            sw,
             "link",
             "add",
             port,
@@ -216,30 +176,47 @@ impl Topology {
             "name",
             &node.iface,
             "netns",
-            &node.netns,
+            ns,
         ])?;
+        match gateway {
+            Some(gateway) => {
+                ip(&[
+                    "-n",
+                    sw,
+                    "addr",
+                    "add",
+                    &format!("{gateway}/{}", node.prefix),
+                    "dev",
+                    port,
+                ])?;
+                ip(&["-n", sw, "link", "set", port, "up"])?;
+            }
+            None => {
+                ip(&["-n", sw, "link", "set", port, "master", "br0", "up"])?;
+            }
+        }
         ip(&[
             "-n",
-            &self.switch,
-            "link",
-            "set",
-            port,
-            "master",
-            "br0",
-            "up",
-        ])?;
-        let address = format!("{}/{}", node.ip, node.prefix);
-        ip(&[
-            "-n",
-            &node.netns,
+            ns,
             "addr",
             "add",
-            &address,
+            &format!("{}/{}", node.ip, node.prefix),
             "dev",
             &node.iface,
         ])?;
-        ip(&["-n", &node.netns, "link", "set", &node.iface, "up"])?;
-        ip(&["-n", &node.netns, "link", "set", "lo", "up"])?;
+        ip(&["-n", ns, "link", "set", &node.iface, "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        if let Some(gateway) = gateway {
+            ip(&[
+                "-n",
+                ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &gateway.to_string(),
+            ])?;
+        }
         Ok(())
     }
 

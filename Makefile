@@ -23,6 +23,7 @@ cargo-test:
 # Regenerate crds/*.yaml from the API types.
 crds:
 	$(CARGO) run -q -p tartan-crds -- write crds
+	cp crds/*.yaml charts/tartan/crds/
 
 lab: deps
 	$(CARGO) build -q --release -p tartan-lab -p tartan-operator -p tartan-agent

@@ -212,9 +212,10 @@ pub fn wait_converged(
             }
         }
         if start.elapsed() > timeout {
-            let log =
-                std::fs::read_to_string(state::dir(name).join("agents.log")).unwrap_or_default();
-            bail!("the agents did not converge within {timeout:?}; their log:\n{log}");
+            bail!(
+                "the agents did not converge within {timeout:?}{}",
+                diagnostics(name)
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -289,4 +290,29 @@ pub fn down(name: &str) -> anyhow::Result<usize> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(removed)
+}
+
+/// The tails of the lab's logs and its NodeSubnets, for a failure message.
+fn diagnostics(name: &str) -> String {
+    let dir = state::dir(name);
+    let cp = dir.join("control-plane");
+    let mut out = AgentsReport::load(name)
+        .map(|r| format!("\n{}", nodesubnets_table(&r)))
+        .unwrap_or_default();
+    for file in [
+        dir.join("agents.log"),
+        cp.join("tartan-operator.log"),
+        cp.join("agent-n1.log"),
+        cp.join("kube-apiserver.log"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("failed with status 500"))
+                .collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            out.push_str(&format!("\n--- {} ---\n{tail}", file.display()));
+        }
+    }
+    out
 }

@@ -45,6 +45,16 @@ pub struct Args {
     #[arg(long)]
     pub cleanup: bool,
 
+    /// With --cleanup: keep cleaning every few seconds (a still-running agent
+    /// may restore things) and report ready on /readyz once two rounds in a row
+    /// found nothing; run until SIGTERM. What the uninstall hook uses.
+    #[arg(long, requires = "cleanup")]
+    pub cleanup_hold: bool,
+
+    /// Root of the sysctl tree (the chart mounts the host's /proc/sys/net here).
+    #[arg(long, env = "TARTAN_SYSCTL_ROOT", default_value = "/proc/sys")]
+    pub sysctl_root: std::path::PathBuf,
+
     /// Program a named network namespace instead of this one (labs and tests).
     #[arg(long, env = "TARTAN_NETNS")]
     pub netns: Option<String>,

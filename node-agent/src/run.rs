@@ -47,6 +47,9 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             removed = report.total(),
             "removed everything Tartan owned on this node"
         );
+        if args.cleanup_hold {
+            return hold_clean(&args, &netns, &cni, report.total() == 0).await;
+        }
         return Ok(());
     }
     let node_name = args
@@ -77,7 +80,9 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = DataplaneConfig {
         netns: netns.clone(),
         cni: Some(cni),
-        sysctls: Sysctls::default(),
+        sysctls: Sysctls {
+            root: args.sysctl_root.clone(),
+        },
         resync: Duration::from_secs(args.resync_seconds.max(10)),
     };
     let dataplane =
@@ -271,4 +276,51 @@ fn watch_into<K>(
             publish(&index, &tx);
         }
     });
+}
+
+/// The uninstall hook's loop: clean until two rounds in a row find nothing
+/// (the agent is gone and nothing came back), then report ready; until SIGTERM.
+async fn hold_clean(
+    args: &Args,
+    netns: &NetNs,
+    cni: &CniConfig,
+    mut clean: bool,
+) -> anyhow::Result<()> {
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = tartan_runtime::Shutdown::on_signals();
+    let probes = tartan_runtime::Probes {
+        metrics: Arc::new(String::new),
+        ready: Arc::new({
+            let ready = ready.clone();
+            move || ready.load(std::sync::atomic::Ordering::Relaxed)
+        }),
+    };
+    let server = tokio::spawn(tartan_runtime::serve_probes(
+        args.metrics_addr,
+        probes,
+        shutdown.wait(),
+    ));
+    let mut stop = std::pin::pin!(shutdown.wait());
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let removed = cleanup(netns, Some(cni)).context("cleaning up")?.total();
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "Tartan objects came back (an agent still runs); removed again"
+            );
+        }
+        if clean && removed == 0 && !ready.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!("node clean");
+        }
+        clean = removed == 0;
+    }
+    server
+        .await
+        .context("probes server task")?
+        .context("probes server")?;
+    Ok(())
 }

@@ -58,6 +58,18 @@ pub struct Args {
 pub enum Command {
     /// Print the CRDs (YAML).
     Crds,
+    /// (Helm uninstall hook) Delete the agent DaemonSet, then wait until the
+    /// cleanup DaemonSet reports every node clean.
+    Uninstall {
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: String,
+        #[arg(long)]
+        agent_daemonset: String,
+        #[arg(long)]
+        cleanup_daemonset: String,
+        #[arg(long, default_value_t = 300)]
+        timeout_seconds: u64,
+    },
     /// Print the ClusterRole and Role the operator needs (YAML).
     Rbac {
         #[arg(long, default_value = "tartan-operator")]

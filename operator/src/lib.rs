@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod rbac;
 pub mod run;
 pub mod status;
+pub mod uninstall;
 
 #[cfg(test)]
 pub mod fixtures;

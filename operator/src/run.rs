@@ -35,6 +35,24 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             print!("{}", crate::rbac::render(name, namespace)?);
             return Ok(());
         }
+        Some(Command::Uninstall {
+            namespace,
+            agent_daemonset,
+            cleanup_daemonset,
+            timeout_seconds,
+        }) => {
+            tartan_runtime::init_logging(args.log_format);
+            let client = tartan_runtime::client(args.kubeconfig.as_deref()).await?;
+            let timeout = Duration::from_secs(*timeout_seconds);
+            return crate::uninstall::run(
+                client,
+                namespace,
+                agent_daemonset,
+                cleanup_daemonset,
+                timeout,
+            )
+            .await;
+        }
         None => {}
     }
     tartan_runtime::init_logging(args.log_format);

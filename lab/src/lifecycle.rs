@@ -211,6 +211,9 @@ pub fn wait_converged(
                 bail!("the agents failed: {error}");
             }
         }
+        if !agents_alive(name) {
+            bail!("the agents process exited{}", diagnostics(name));
+        }
         if start.elapsed() > timeout {
             bail!(
                 "the agents did not converge within {timeout:?}{}",
@@ -315,4 +318,20 @@ fn diagnostics(name: &str) -> String {
         }
     }
     out
+}
+
+/// Whether the background agents process of the lab still runs.
+fn agents_alive(name: &str) -> bool {
+    let Ok(pid) = std::fs::read_to_string(state::dir(name).join("agents.pid")) else {
+        return true;
+    };
+    let Ok(pid) = pid.trim().parse::<i32>() else {
+        return true;
+    };
+    // Signal 0 checks existence; a zombie counts as gone.
+    let exists = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+        .unwrap_or(false);
+    exists && !zombie
 }

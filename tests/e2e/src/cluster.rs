@@ -61,6 +61,7 @@ pub struct ControlPlane {
     controller_manager: Process,
     apiserver: Process,
     etcd: Process,
+    apiserver_args: Vec<String>,
     keep_dir: bool,
 }
 
@@ -110,27 +111,28 @@ impl ControlPlane {
             &[],
         )?;
         let server = format!("https://127.0.0.1:{secure_port}");
+        let apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers=http://127.0.0.1:{client_port}"),
+            s("--bind-address=127.0.0.1"),
+            s("--advertise-address=127.0.0.1"),
+            s("--endpoint-reconciler-type=none"),
+            format!("--secure-port={secure_port}"),
+            format!("--tls-cert-file={}", server_crt.display()),
+            format!("--tls-private-key-file={}", server_key.display()),
+            format!("--client-ca-file={}", ca.display()),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            s("--service-account-issuer=https://kubernetes.default.svc"),
+            s("--authorization-mode=RBAC"),
+            s("--service-cluster-ip-range=10.96.0.0/16"),
+            s("--allow-privileged=true"),
+            s("--enable-priority-and-fairness=false"),
+            s("--v=1"),
+        ];
         let apiserver = Process::spawn(
             "kube-apiserver",
             &bin.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{client_port}"),
-                s("--bind-address=127.0.0.1"),
-                s("--advertise-address=127.0.0.1"),
-                s("--endpoint-reconciler-type=none"),
-                format!("--secure-port={secure_port}"),
-                format!("--tls-cert-file={}", server_crt.display()),
-                format!("--tls-private-key-file={}", server_key.display()),
-                format!("--client-ca-file={}", ca.display()),
-                format!("--service-account-key-file={}", sa_pub.display()),
-                format!("--service-account-signing-key-file={}", sa_key.display()),
-                s("--service-account-issuer=https://kubernetes.default.svc"),
-                s("--authorization-mode=RBAC"),
-                s("--service-cluster-ip-range=10.96.0.0/16"),
-                s("--allow-privileged=true"),
-                s("--enable-priority-and-fairness=false"),
-                s("--v=1"),
-            ],
+            &apiserver_args,
             &dir.join("kube-apiserver.log"),
             &[],
         )?;
@@ -143,9 +145,10 @@ impl ControlPlane {
             controller_manager: Process::placeholder(),
             apiserver,
             etcd,
+            apiserver_args,
             keep_dir: false,
         };
-        cp.wait_ready(Duration::from_secs(60)).await?;
+        cp.wait_ready(Duration::from_secs(120)).await?;
         cp.controller_manager = Process::spawn(
             "kube-controller-manager",
             &bin.join("kube-controller-manager"),
@@ -190,6 +193,23 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Stops kube-apiserver (the API becomes unreachable); etcd keeps the data.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.stop(Duration::from_secs(5));
+    }
+
+    /// Starts kube-apiserver again with the same flags and waits until ready.
+    pub async fn start_apiserver(&mut self) -> anyhow::Result<()> {
+        self.apiserver = Process::spawn(
+            "kube-apiserver",
+            &binaries_dir().join("kube-apiserver"),
+            &self.apiserver_args,
+            &self.dir.join("kube-apiserver-restarted.log"),
+            &[],
+        )?;
+        self.wait_ready(Duration::from_secs(120)).await
     }
 
     pub fn log_tail(&self, file: &str) -> String {

@@ -135,3 +135,120 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     drop(agents);
 }
+
+/// `GET /readyz` on the agent's probes port: the status code.
+fn readyz(port: u16) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn the_data_plane_outlives_an_unreachable_api_server_and_catches_up() {
+    if !require_binaries() || !testbed::kernel_tests_allowed(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let mut cp = ControlPlane::start("apidown").await.expect("control plane");
+    let client = cp.client().await.expect("client");
+    install_crds(&client).await.expect("CRDs");
+    install_rbac(&client).await.expect("RBAC");
+    create_network(&client, "10.244.0.0/16")
+        .await
+        .expect("network");
+    let _operator = start_operator(&cp, "op").expect("operator");
+    let topo = Topology::l2(&format!("ta{}", std::process::id() % 10_000), 2).expect("namespaces");
+    let mut agents = Vec::new();
+    let mut ports = Vec::new();
+    for node in &topo.nodes {
+        create_node(&client, &node.name, &node.ip.to_string())
+            .await
+            .expect("node");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        agents.push(
+            start_agent(&cp, &node.name, &node.netns, &cp.dir.join(&node.name), port)
+                .expect("agent"),
+        );
+        ports.push(port);
+    }
+    let ready_count = |client: kube::Client, backend: BackendType| async move {
+        let list = Api::<NodeSubnet>::all(client)
+            .list(&Default::default())
+            .await
+            .ok()?;
+        let n = list.items.iter().filter(|s| {
+            let st = s.status.clone().unwrap_or_default();
+            st.backend == Some(backend) && tartan_crds::condition::is_true(&st.conditions, "Ready")
+        });
+        (n.count() == 2).then_some(())
+    };
+    eventually("Ready", Duration::from_secs(60), || {
+        ready_count(client.clone(), BackendType::Vxlan)
+    })
+    .await
+    .expect("ready");
+    eventually("/readyz 200", Duration::from_secs(20), || async {
+        (readyz(ports[0]) == Some(200)).then_some(())
+    })
+    .await
+    .expect("agent ready");
+    let routes = |netns: &str| {
+        String::from_utf8_lossy(
+            &testbed::ip(&["-n", netns, "route", "show", "proto", "84"])
+                .expect("routes")
+                .stdout,
+        )
+        .into_owned()
+    };
+    let before = routes(&topo.nodes[0].netns);
+    assert!(before.contains("10.244."), "{before}");
+
+    cp.stop_apiserver();
+    eventually(
+        "/readyz fails while the API is unreachable",
+        Duration::from_secs(30),
+        || async { (readyz(ports[0]) == Some(503)).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        routes(&topo.nodes[0].netns),
+        before,
+        "the data plane stays as last programmed"
+    );
+
+    cp.start_apiserver().await.expect("API server back");
+    eventually("/readyz recovers", Duration::from_secs(60), || async {
+        (readyz(ports[0]) == Some(200)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
+    // Caught up: a change made after the outage is followed.
+    let client = cp.client().await.expect("client");
+    Api::<OverlayNetwork>::all(client.clone())
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"backend": {"type": "host-gw"}}})),
+        )
+        .await
+        .expect("switch");
+    eventually("host-gw after the outage", Duration::from_secs(60), || {
+        ready_count(client.clone(), BackendType::HostGw)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
+    drop(agents);
+}

@@ -15,21 +15,30 @@ use tartan_e2e::setup::{
 };
 use tartan_e2e::{ControlPlane, require_binaries};
 
-#[tokio::test]
-async fn agent_publishes_status_and_follows_a_backend_switch() {
-    if !require_binaries() || !testbed::kernel_tests_allowed(&["ip", "nft", "nsenter"]) {
-        return;
-    }
-    let cp = ControlPlane::start("agent").await.expect("control plane");
+/// A control plane with the CRDs, RBAC, the network and the operator, and two
+/// node namespaces each programmed by a real agent. Returns the probes ports.
+async fn two_agents(
+    name: &str,
+    tag: &str,
+) -> (
+    ControlPlane,
+    kube::Client,
+    Topology,
+    Vec<tartan_e2e::process::Process>,
+    Vec<u16>,
+) {
+    let cp = ControlPlane::start(name).await.expect("control plane");
     let client = cp.client().await.expect("client");
     install_crds(&client).await.expect("CRDs");
     install_rbac(&client).await.expect("RBAC");
     create_network(&client, "10.244.0.0/16")
         .await
         .expect("network");
-    let _operator = start_operator(&cp, "op").expect("operator");
-    let topo = Topology::l2(&format!("te{}", std::process::id() % 10_000), 2).expect("namespaces");
-    let mut agents = Vec::new();
+    let operator = start_operator(&cp, "op").expect("operator");
+    let topo =
+        Topology::l2(&format!("{tag}{}", std::process::id() % 10_000), 2).expect("namespaces");
+    let mut processes = vec![operator];
+    let mut ports = Vec::new();
     for node in &topo.nodes {
         create_node(&client, &node.name, &node.ip.to_string())
             .await
@@ -39,11 +48,21 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
             .local_addr()
             .expect("addr")
             .port();
-        agents.push(
+        processes.push(
             start_agent(&cp, &node.name, &node.netns, &cp.dir.join(&node.name), port)
                 .expect("agent"),
         );
+        ports.push(port);
     }
+    (cp, client, topo, processes, ports)
+}
+
+#[tokio::test]
+async fn agent_publishes_status_and_follows_a_backend_switch() {
+    if !require_binaries() || !testbed::kernel_tests_allowed(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let (cp, client, topo, agents, _) = two_agents("agent", "te").await;
     let subnets: Api<NodeSubnet> = Api::all(client.clone());
     let ready = |backend: BackendType| {
         let subnets = subnets.clone();
@@ -156,32 +175,7 @@ async fn the_data_plane_outlives_an_unreachable_api_server_and_catches_up() {
     if !require_binaries() || !testbed::kernel_tests_allowed(&["ip", "nft", "nsenter"]) {
         return;
     }
-    let mut cp = ControlPlane::start("apidown").await.expect("control plane");
-    let client = cp.client().await.expect("client");
-    install_crds(&client).await.expect("CRDs");
-    install_rbac(&client).await.expect("RBAC");
-    create_network(&client, "10.244.0.0/16")
-        .await
-        .expect("network");
-    let _operator = start_operator(&cp, "op").expect("operator");
-    let topo = Topology::l2(&format!("ta{}", std::process::id() % 10_000), 2).expect("namespaces");
-    let mut agents = Vec::new();
-    let mut ports = Vec::new();
-    for node in &topo.nodes {
-        create_node(&client, &node.name, &node.ip.to_string())
-            .await
-            .expect("node");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        agents.push(
-            start_agent(&cp, &node.name, &node.netns, &cp.dir.join(&node.name), port)
-                .expect("agent"),
-        );
-        ports.push(port);
-    }
+    let (mut cp, client, topo, agents, ports) = two_agents("apidown", "ta").await;
     let ready_count = |client: kube::Client, backend: BackendType| async move {
         let list = Api::<NodeSubnet>::all(client)
             .list(&Default::default())

@@ -74,7 +74,10 @@ impl Fixture {
                 node_name: format!("n{}", i + 1),
                 network: "default".into(),
                 cidr: format!("10.244.{}.0/24", i + 1).parse().expect("cidr"),
-                ipv6_cidr: None,
+                ipv6_cidr: fixture
+                    .network
+                    .ipv6
+                    .map(|_| format!("fd00:10:244:{}::/64", i + 1).parse().expect("cidr")),
             });
             let cni = CniConfig {
                 dir: fixture.dir.join(format!("n{}/net.d", i + 1)),
@@ -450,4 +453,47 @@ fn a_restarted_agent_changes_nothing_on_a_programmed_node() {
     );
     assert!(pings(&a, b_ip));
     f.planes.insert(0, restarted);
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_ipv6() {
+    let Some(mut f) = Fixture::new("v6", 2, BackendType::Vxlan, false) else {
+        return;
+    };
+    // Re-plan the same fixture as dual-stack.
+    let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+    spec.ipv6_cidr = Some("fd00:10:244::/56".into());
+    f.network = spec.validate().expect("valid");
+    for (i, subnet) in f.subnets.iter_mut().enumerate() {
+        subnet.ipv6_cidr = Some(format!("fd00:10:244:{}::/64", i + 1).parse().expect("cidr"));
+    }
+    f.program_all();
+    let (a, _) = f.add_pod(0, "a");
+    let (b, _) = f.add_pod(1, "b");
+    let b_v6 = String::from_utf8_lossy(
+        &exec(
+            &b,
+            &[
+                "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+            ],
+        )
+        .expect("addr")
+        .stdout,
+    )
+    .split_whitespace()
+    .nth(3)
+    .and_then(|a| a.split('/').next())
+    .expect("pod b has a global IPv6 address")
+    .to_string();
+    assert!(b_v6.starts_with("fd00:10:244:2:"), "{b_v6}");
+    // Duplicate address detection takes a moment on fresh interfaces.
+    let start = Instant::now();
+    while exec(&a, &["ping", "-6", "-c", "1", "-W", "1", &b_v6]).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pod a cannot reach pod b at {b_v6} over IPv6:\n{}",
+            route_dump(&f.topo.nodes[0].netns)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::route::RouteAttribute;
 
 use crate::netlink::Op;
 use crate::netlink::monitor::Change;
@@ -74,7 +73,9 @@ pub fn repairs(
                 Change::Route,
                 RouteNetlinkMessage::DelRoute(m) | RouteNetlinkMessage::NewRoute(m),
             ) => {
-                let Some(dst) = destination(m) else { continue };
+                let Some(dst) = observe::route_destination(m) else {
+                    continue;
+                };
                 let Some(want) = routes.get(&dst).copied() else {
                     continue;
                 };
@@ -105,7 +106,7 @@ pub fn repairs(
                     let Some(device) = names.get(&m.header.ifindex) else {
                         continue;
                     };
-                    let Some(address) = neighbour_address(m) else {
+                    let Some(address) = observe::neighbour_parts(m).0 else {
                         continue;
                     };
                     let Some(want) = neighbours.get(&(device.as_str(), address)).copied() else {
@@ -135,31 +136,4 @@ pub fn repairs(
         }
     }
     out
-}
-
-fn destination(m: &netlink_packet_route::route::RouteMessage) -> Option<ipnet::IpNet> {
-    let ip = m.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet(v4)) => {
-            Some(std::net::IpAddr::V4(*v4))
-        }
-        RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet6(v6)) => {
-            Some(std::net::IpAddr::V6(*v6))
-        }
-        _ => None,
-    })?;
-    ipnet::IpNet::new(ip, m.header.destination_prefix_length).ok()
-}
-
-fn neighbour_address(
-    m: &netlink_packet_route::neighbour::NeighbourMessage,
-) -> Option<std::net::IpAddr> {
-    m.attributes.iter().find_map(|a| match a {
-        netlink_packet_route::neighbour::NeighbourAttribute::Destination(
-            netlink_packet_route::neighbour::NeighbourAddress::Inet(v4),
-        ) => Some(std::net::IpAddr::V4(*v4)),
-        netlink_packet_route::neighbour::NeighbourAttribute::Destination(
-            netlink_packet_route::neighbour::NeighbourAddress::Inet6(v6),
-        ) => Some(std::net::IpAddr::V6(*v6)),
-        _ => None,
-    })
 }

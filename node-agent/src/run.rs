@@ -61,15 +61,9 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let shutdown = tartan_runtime::Shutdown::on_signals();
     let stopped = || shutdown.wait();
-    let probes = tartan_runtime::Probes {
-        metrics: Arc::new({
-            let metrics = metrics.clone();
-            move || metrics.render()
-        }),
-        ready: Arc::new({
-            let health = health.clone();
-            move || health.ready()
-        }),
+    let probes = {
+        let (metrics, health) = (metrics.clone(), health.clone());
+        tartan_runtime::Probes::new(move || metrics.render(), move || health.ready())
     };
     let server = tokio::spawn(tartan_runtime::serve_probes(
         args.metrics_addr,
@@ -288,12 +282,11 @@ async fn hold_clean(
 ) -> anyhow::Result<()> {
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let shutdown = tartan_runtime::Shutdown::on_signals();
-    let probes = tartan_runtime::Probes {
-        metrics: Arc::new(String::new),
-        ready: Arc::new({
-            let ready = ready.clone();
-            move || ready.load(std::sync::atomic::Ordering::Relaxed)
-        }),
+    let probes = {
+        let ready = ready.clone();
+        tartan_runtime::Probes::new(String::new, move || {
+            ready.load(std::sync::atomic::Ordering::Relaxed)
+        })
     };
     let server = tokio::spawn(tartan_runtime::serve_probes(
         args.metrics_addr,

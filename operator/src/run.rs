@@ -61,15 +61,12 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let shutdown = tartan_runtime::Shutdown::on_signals();
     let stopped = || shutdown.wait();
-    let probes = tartan_runtime::Probes {
-        metrics: Arc::new({
-            let metrics = metrics.clone();
-            move || metrics.render()
-        }),
-        ready: Arc::new({
-            let health = health.clone();
-            move || health.ready.load(Ordering::Relaxed)
-        }),
+    let probes = {
+        let (metrics, health) = (metrics.clone(), health.clone());
+        tartan_runtime::Probes::new(
+            move || metrics.render(),
+            move || health.ready.load(Ordering::Relaxed),
+        )
     };
     let server = tokio::spawn(tartan_runtime::serve_probes(
         args.metrics_addr,

@@ -91,6 +91,18 @@ pub struct Probes {
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
+impl Probes {
+    pub fn new(
+        metrics: impl Fn() -> String + Send + Sync + 'static,
+        ready: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            metrics: Arc::new(metrics),
+            ready: Arc::new(ready),
+        }
+    }
+}
+
 pub fn router(probes: Probes) -> Router {
     let Probes { metrics, ready } = probes;
     Router::new()

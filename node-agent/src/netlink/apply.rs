@@ -61,17 +61,10 @@ impl Applier {
 
     /// Everything of Tartan's the kernel has now (and every link, for indices).
     pub fn observe(&mut self) -> io::Result<Observed> {
-        let mut observed = Observed::default();
-        for message in self
-            .socket
-            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
-        {
-            if let RouteNetlinkMessage::NewLink(m) = message
-                && let Some(link) = observe::parse_link(&m)
-            {
-                observed.links.insert(link.name.clone(), link);
-            }
-        }
+        let mut observed = Observed {
+            links: self.links()?,
+            ..Default::default()
+        };
         let names: Names = observed
             .links
             .values()

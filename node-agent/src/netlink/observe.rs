@@ -180,6 +180,15 @@ pub fn parse_route(message: &RouteMessage, names: &Names) -> Option<RouteSpec> {
     })
 }
 
+/// A route message's destination prefix, whoever owns the route.
+pub fn route_destination(message: &RouteMessage) -> Option<IpNet> {
+    let ip = message.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(d) => route_ip(d),
+        _ => None,
+    })?;
+    IpNet::new(ip, message.header.destination_prefix_length).ok()
+}
+
 fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
     match address {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
@@ -188,7 +197,7 @@ fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn neighbour_parts(message: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6]>) {
+pub fn neighbour_parts(message: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6]>) {
     let mut ip = None;
     let mut mac = None;
     for attribute in &message.attributes {

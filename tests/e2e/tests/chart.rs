@@ -195,10 +195,7 @@ fn the_agent_has_only_net_admin_and_net_raw_and_probes_hit_real_endpoints() {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let probes = tartan_runtime::Probes {
-            metrics: std::sync::Arc::new(|| "m 1\n".into()),
-            ready: std::sync::Arc::new(|| true),
-        };
+        let probes = tartan_runtime::Probes::new(|| "m 1\n".into(), || true);
         tokio::spawn(async move { axum::serve(listener, tartan_runtime::router(probes)).await });
         for path in ["/healthz", "/readyz", "/metrics"] {
             let status = tokio::task::spawn_blocking(move || {

@@ -24,6 +24,7 @@ pub mod run;
 pub mod status;
 pub mod sysctl;
 pub mod testbed;
+pub mod udp;
 pub mod underlay;
 
 #[cfg(test)]

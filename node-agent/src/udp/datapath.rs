@@ -1,0 +1,288 @@
+//! The two loops of one queue, each on its own thread:
+//!
+//! ```text
+//!  send:    read TUN (until empty, ≤ 64 frames) → cut super-packets → group per peer
+//!           → one sendmmsg of UDP GSO trains
+//!  receive: recvmmsg (≤ 8 GRO trains) → check peer, inner packet, destination
+//!           → merge TCP segments → one TUN write per merged packet
+//! ```
+//!
+//! Both loops block in `poll` with a short timeout when idle, so a stop is
+//! seen within a fraction of a second.
+
+use std::io;
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::batch::SendBatch;
+use super::coalesce::Coalescer;
+use super::metrics::{DropReason, UdpMetrics};
+use super::packet::Layout;
+use super::peers::{PeerTable, Peers};
+use super::segment::segment_into;
+use super::socket::{Incoming, RECV_BUFFER, UdpSocket};
+use super::vnet::{self, VnetHeader};
+
+/// Frames read from the TUN before a send.
+const READS_PER_BATCH: usize = 64;
+/// Stop reading once this much is waiting to be sent.
+const BATCH_BYTES: usize = 1 << 20;
+/// Messages per recvmmsg.
+const RECEIVE_MESSAGES: usize = 8;
+const IDLE_POLL_MS: i32 = 200;
+
+#[derive(Clone)]
+pub struct Queue {
+    pub tun: Arc<OwnedFd>,
+    pub socket: Arc<UdpSocket>,
+    pub vnet: bool,
+    pub port: u16,
+    pub peers: Peers,
+    pub metrics: UdpMetrics,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Waits until `fd` is readable or the timeout passes.
+fn wait_readable(fd: &OwnedFd) {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, count 1.
+    unsafe { libc::poll(&mut poll, 1, IDLE_POLL_MS) };
+}
+
+fn read(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: reads at most buffer.len() bytes into the buffer.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn write(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
+    // SAFETY: writes frame.len() bytes from the frame.
+    let n = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
+}
+
+impl Queue {
+    /// TUN → peers, until stopped.
+    pub fn send_loop(self) {
+        let tx = self.metrics.direction("tx");
+        let mut frame = vec![0u8; vnet::LEN + 65535];
+        let mut batch = SendBatch::default();
+        let mut gso = self.socket.gso;
+        while !self.stop.load(Ordering::Relaxed) {
+            batch.clear();
+            let (mut no_peer, mut malformed) = (0, 0);
+            let table = self.peers.load();
+            for _ in 0..READS_PER_BATCH {
+                let n = match read(&self.tun, &mut frame) {
+                    Ok(n) => n,
+                    Err(e) if would_block(&e) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the TUN");
+                        std::thread::sleep(std::time::Duration::from_millis(IDLE_POLL_MS as u64));
+                        break;
+                    }
+                };
+                let (header, packet) = if self.vnet {
+                    match VnetHeader::parse(&frame[..n]) {
+                        Some(h) => (h, &frame[vnet::LEN..n]),
+                        None => {
+                            malformed += 1;
+                            continue;
+                        }
+                    }
+                } else {
+                    (VnetHeader::default(), &frame[..n])
+                };
+                let Ok(layout) = Layout::parse(packet) else {
+                    malformed += 1;
+                    continue;
+                };
+                let Some(node) = table.lookup(layout.destination(packet)) else {
+                    no_peer += 1;
+                    continue;
+                };
+                let offset = batch.buffer.len();
+                match segment_into(&header, packet, &mut batch.buffer) {
+                    Ok(segments) => {
+                        batch.add(SocketAddrV4::new(node, self.port), offset, segments, gso)
+                    }
+                    Err(_) => malformed += 1,
+                }
+                if batch.buffer.len() >= BATCH_BYTES {
+                    break;
+                }
+            }
+            drop(table);
+            self.metrics.drop(DropReason::NoPeer, no_peer);
+            self.metrics.drop(DropReason::Malformed, malformed);
+            if batch.is_empty() {
+                if no_peer == 0 && malformed == 0 {
+                    wait_readable(&self.tun);
+                }
+                continue;
+            }
+            let mut sent = 0;
+            while sent < batch.messages.len() {
+                match self.socket.send(&batch.buffer, &batch.messages[sent..]) {
+                    Ok(n) => sent += n.max(1),
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                        wait_writable(self.socket.fd());
+                    }
+                    Err(e) if gso && e.raw_os_error() == Some(libc::EIO) => {
+                        // The path cannot take GSO trains: send them one by one from now on.
+                        tracing::warn!(error = %e, "UDP GSO send failed; falling back to one datagram per packet");
+                        self.metrics.offload.with_label_values(&["udp_gso"]).set(0);
+                        gso = false;
+                        let rest = split(&batch.messages[sent..]);
+                        batch.messages.truncate(sent);
+                        batch.messages.extend(rest);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "sending a UDP batch");
+                        self.metrics.drop(
+                            DropReason::SendError,
+                            batch.messages[sent].datagrams() as u64,
+                        );
+                        sent += 1;
+                    }
+                }
+            }
+            tx.packets.inc_by(batch.packets as u64);
+            tx.bytes.inc_by(batch.buffer.len() as u64);
+            tx.batch.observe(batch.packets as f64);
+        }
+    }
+
+    /// Peers → TUN, until stopped.
+    pub fn receive_loop(self) {
+        let rx = self.metrics.direction("rx");
+        let mut buffers = vec![vec![0u8; RECV_BUFFER]; RECEIVE_MESSAGES];
+        let mut incoming: Vec<Incoming> = Vec::with_capacity(RECEIVE_MESSAGES);
+        let mut coalescer = Coalescer::new(self.vnet);
+        let socket = self.socket.clone();
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Err(e) = socket.receive(&mut buffers, &mut incoming) {
+                if !would_block(&e) {
+                    tracing::warn!(error = %e, "receiving UDP");
+                }
+                wait_readable(socket.fd());
+                continue;
+            }
+            let mut counts = ReceiveCounts::default();
+            let table = self.peers.load();
+            let mut tun_errors = 0u64;
+            let mut write_tun = |frame: &[u8]| {
+                if write(&self.tun, frame).is_err() {
+                    tun_errors += 1;
+                }
+            };
+            for (message, buffer) in incoming.iter().zip(&buffers) {
+                let data = &buffer[..message.len.min(buffer.len())];
+                receive_train(
+                    &table,
+                    message,
+                    data,
+                    &mut coalescer,
+                    &mut counts,
+                    &mut write_tun,
+                );
+            }
+            coalescer.flush(&mut write_tun);
+            drop(table);
+            rx.packets.inc_by(counts.packets);
+            rx.bytes.inc_by(counts.bytes);
+            rx.batch
+                .observe((counts.packets + counts.malformed + counts.not_local) as f64);
+            self.metrics
+                .drop(DropReason::UnknownPeer, counts.unknown_peer);
+            self.metrics.drop(DropReason::Malformed, counts.malformed);
+            self.metrics.drop(DropReason::NotLocal, counts.not_local);
+            self.metrics.drop(DropReason::TunError, tun_errors);
+        }
+    }
+}
+
+/// Checks one received train and hands its packets to the coalescer.
+pub(crate) fn receive_train(
+    table: &PeerTable,
+    message: &Incoming,
+    data: &[u8],
+    coalescer: &mut Coalescer,
+    counts: &mut ReceiveCounts,
+    write_tun: &mut impl FnMut(&[u8]),
+) {
+    let segment = message.segment.max(1);
+    if !table.is_peer(message.peer) {
+        counts.unknown_peer += data.len().div_ceil(segment) as u64;
+        return;
+    }
+    for packet in data.chunks(segment) {
+        let layout = match Layout::parse(packet) {
+            Ok(l) if l.total == packet.len() => l,
+            _ => {
+                counts.malformed += 1;
+                continue;
+            }
+        };
+        if !table.is_local(layout.destination(packet)) {
+            counts.not_local += 1;
+            continue;
+        }
+        counts.packets += 1;
+        counts.bytes += packet.len() as u64;
+        coalescer.push(layout, packet, write_tun);
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ReceiveCounts {
+    pub packets: u64,
+    pub bytes: u64,
+    pub unknown_peer: u64,
+    pub malformed: u64,
+    pub not_local: u64,
+}
+
+/// The same messages, one datagram each.
+fn split(messages: &[super::socket::Outgoing]) -> Vec<super::socket::Outgoing> {
+    messages
+        .iter()
+        .flat_map(|m| {
+            (0..m.datagrams()).map(move |i| {
+                let offset = m.offset + i * m.segment;
+                super::socket::Outgoing {
+                    peer: m.peer,
+                    offset,
+                    len: m.segment.min(m.offset + m.len - offset),
+                    segment: m.segment,
+                }
+            })
+        })
+        .collect()
+}
+
+fn wait_writable(fd: &OwnedFd) {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, count 1.
+    unsafe { libc::poll(&mut poll, 1, IDLE_POLL_MS) };
+}

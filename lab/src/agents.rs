@@ -56,6 +56,7 @@ pub fn run(name: &str) -> anyhow::Result<()> {
                 cni: Some(cni_config(name, &n.name)),
                 sysctls: Sysctls::default(),
                 resync: Duration::from_secs(300),
+                udp_queues: tartan_agent::udp::default_queues(),
             };
             Dataplane::start(config, metrics.clone())
                 .with_context(|| format!("data plane of {}", n.name))

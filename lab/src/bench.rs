@@ -133,6 +133,7 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
         ("tartan vxlan", BackendType::Vxlan, false),
         ("tartan host-gw", BackendType::HostGw, false),
         ("tartan vxlan + directRouting", BackendType::Vxlan, true),
+        ("tartan udp (userspace, batched)", BackendType::Udp, false),
     ] {
         let gbps = lab_throughput(
             &format!("bench{}", std::process::id() % 1000),
@@ -152,14 +153,15 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
 
     let machine = machine();
     let mut md = format!(
-        "# tartan-lab bench\n\n{machine}\n\n## Pod-to-pod TCP throughput (iperf3, {seconds} s, one stream)\n\n| path | Gbit/s | ratio to raw underlay |\n|---|---:|---:|\n"
+        "# tartan-lab bench\n\n{machine}\n\n## Pod-to-pod TCP throughput (iperf3, {seconds} s, one stream)\n\n| path | Gbit/s | ratio to raw underlay | ratio to kernel VXLAN |\n|---|---:|---:|---:|\n"
     );
     for row in &rows {
         md.push_str(&format!(
-            "| {} | {:.2} | {:.2} |\n",
+            "| {} | {:.2} | {:.2} | {:.2} |\n",
             row.label,
             row.gbps,
-            row.gbps / raw
+            row.gbps / raw,
+            row.gbps / kernel_vxlan
         ));
     }
     md.push_str("\n## Programming peers from empty (same objects both ways, best of 3)\n\n| peers | objects | tartan | iproute2 `ip -batch` + `bridge -batch` | ratio |\n|---:|---:|---:|---:|---:|\n");

@@ -41,6 +41,10 @@ pub struct Args {
     #[arg(long, env = "TARTAN_RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
 
+    /// TUN queues of the udp backend, each with a send and a receive thread (0: one per core, at most 4).
+    #[arg(long, env = "TARTAN_UDP_QUEUES", default_value_t = 0)]
+    pub udp_queues: usize,
+
     /// Remove everything Tartan owns on this node, then exit (uninstall).
     #[arg(long)]
     pub cleanup: bool,

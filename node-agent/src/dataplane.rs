@@ -26,9 +26,10 @@ use crate::metrics::Metrics;
 use crate::netlink::monitor::{Change, Monitor};
 use crate::netlink::{Applier, ApplyError, ApplyReport, Observed};
 use crate::netns::NetNs;
-use crate::plan::{DesiredState, MasqueradeSpec};
+use crate::plan::{DesiredState, MasqueradeSpec, UdpSpec};
 use crate::repair::repairs;
 use crate::sysctl::{self, Sysctls};
+use crate::udp::Engine;
 
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
@@ -38,6 +39,8 @@ pub struct DataplaneConfig {
     pub sysctls: Sysctls,
     /// Full resync period, behind event-driven repair.
     pub resync: Duration,
+    /// TUN queues (and datapath thread pairs) of the udp backend.
+    pub udp_queues: usize,
 }
 
 impl DataplaneConfig {
@@ -47,6 +50,7 @@ impl DataplaneConfig {
             cni: Some(CniConfig::default()),
             sysctls: Sysctls::default(),
             resync: Duration::from_secs(300),
+            udp_queues: crate::udp::default_queues(),
         }
     }
 }
@@ -61,6 +65,8 @@ pub enum DataplaneError {
     Nftables(String),
     #[error("CNI config: {0}")]
     Cni(std::io::Error),
+    #[error("udp datapath: {0}")]
+    Udp(std::io::Error),
     #[error("the data plane worker has stopped")]
     Stopped,
 }
@@ -73,6 +79,7 @@ impl DataplaneError {
             DataplaneError::Sysctl(_) => "sysctl",
             DataplaneError::Nftables(_) => "nftables",
             DataplaneError::Cni(_) => "cni",
+            DataplaneError::Udp(_) => "udp",
             DataplaneError::Stopped => "stopped",
         }
     }
@@ -129,6 +136,7 @@ impl Dataplane {
             applier,
             target: None,
             masquerade: None,
+            udp: None,
             metrics,
             last: last.clone(),
         };
@@ -180,6 +188,8 @@ struct Worker {
     target: Option<Target>,
     /// The nftables spec last applied (`Some(None)`: table removed).
     masquerade: Option<Option<MasqueradeSpec>>,
+    /// The udp backend's datapath, while the state has a TUN.
+    udp: Option<Engine>,
     metrics: Arc<Metrics>,
     last: Arc<Mutex<LastApply>>,
 }
@@ -264,11 +274,20 @@ impl Worker {
             .sysctls
             .ensure(&self.config.netns, &sysctl::required(ipv6))
             .map_err(DataplaneError::Sysctl)?;
+        if let Some(spec) = &state.udp {
+            self.ensure_udp(spec)?;
+        }
         let report = self.applier.apply(state);
         if let Ok(report) = &report {
             self.count(report, false);
         }
         let report = report?;
+        if state.udp.is_none() {
+            // Only now: the routes have moved off the TUN.
+            if let Some(engine) = self.udp.take() {
+                engine.stop();
+            }
+        }
         let masq = Some(state.masquerade.clone()).filter(|m| m.masquerade);
         if resync || self.masquerade.as_ref() != Some(&masq) {
             masquerade::apply(&self.config.netns, masq.as_ref())
@@ -283,7 +302,10 @@ impl Worker {
             ("route", state.routes.len()),
             ("neighbour", state.neighbours.len()),
             ("fdb", state.fdb.len()),
-            ("link", 1 + usize::from(state.vxlan.is_some())),
+            (
+                "link",
+                1 + usize::from(state.vxlan.is_some()) + usize::from(state.udp.is_some()),
+            ),
         ] {
             self.metrics
                 .kernel_objects
@@ -291,6 +313,53 @@ impl Worker {
                 .set(count as i64);
         }
         Ok(report)
+    }
+
+    /// Runs the udp datapath for `spec`: the peer table swapped in place, the
+    /// engine (re)started when it is missing, serves another port, or lost its device.
+    fn ensure_udp(&mut self, spec: &UdpSpec) -> Result<(), DataplaneError> {
+        let device_present = self
+            .applier
+            .observe_links()
+            .map_err(DataplaneError::Udp)?
+            .links
+            .contains_key(&spec.device);
+        if let Some(engine) = &self.udp
+            && device_present
+            && engine.serves(spec)
+        {
+            engine.update(spec);
+            return Ok(());
+        }
+        if let Some(engine) = self.udp.take() {
+            engine.stop();
+        }
+        let start = || {
+            Engine::start(
+                &self.config.netns,
+                spec,
+                self.config.udp_queues,
+                &self.metrics.udp,
+            )
+        };
+        let engine = match start() {
+            Ok(engine) => engine,
+            // A device of that name with other flags (not ours, or older): replace it.
+            Err(e) if device_present && e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(error = %e, device = %spec.device, "recreating the TUN device");
+                let observed = self.applier.observe_links().map_err(DataplaneError::Udp)?;
+                self.applier.execute(
+                    vec![crate::netlink::Op::DeleteLink {
+                        name: spec.device.clone(),
+                    }],
+                    observed,
+                )?;
+                start().map_err(DataplaneError::Udp)?
+            }
+            Err(e) => return Err(DataplaneError::Udp(e)),
+        };
+        self.udp = Some(engine);
+        Ok(())
     }
 
     fn repair(&mut self, events: &[(Change, RouteNetlinkMessage)]) {

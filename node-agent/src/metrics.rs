@@ -19,6 +19,7 @@ pub struct Metrics {
     pub convergence_lag: Histogram,
     pub watch_errors: IntCounterVec,
     pub status_writes: IntCounterVec,
+    pub udp: crate::udp::metrics::UdpMetrics,
 }
 
 impl Metrics {
@@ -83,6 +84,7 @@ impl Metrics {
                 Opts::new("tartan_agent_status_writes_total", "NodeSubnet status writes, by result."),
                 &["result"],
             )?,
+            udp: crate::udp::metrics::UdpMetrics::register(&registry)?,
             registry,
         };
         m.registry.register(Box::new(m.netlink_changes.clone()))?;

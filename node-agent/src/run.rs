@@ -78,6 +78,10 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             root: args.sysctl_root.clone(),
         },
         resync: Duration::from_secs(args.resync_seconds.max(10)),
+        udp_queues: match args.udp_queues {
+            0 => crate::udp::default_queues(),
+            n => n,
+        },
     };
     let dataplane =
         Arc::new(Dataplane::start(config, metrics.clone()).context("opening netlink sockets")?);

@@ -4,217 +4,14 @@
 //! Needs root, iproute2, nft, ping and the CNI plugins; skips with a reason
 //! outside CI, fails under CI=true.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use tartan_agent::cni::CniConfig;
-use tartan_agent::dataplane::{Dataplane, DataplaneConfig, Target, cleanup};
-use tartan_agent::metrics::Metrics;
-use tartan_agent::netns::NetNs;
-use tartan_agent::plan::{self, LocalFacts, Peer, vtep_mac};
-use tartan_agent::sysctl::Sysctls;
-use tartan_agent::testbed::{self, Topology, cni, exec, ip};
-use tartan_crds::validate::ValidEndpoint;
-use tartan_crds::{BackendType, OverlayNetworkSpec, ValidNetwork, ValidNodeSubnet};
-
-const TOOLS: &[&str] = &["ip", "nft", "ping", "nsenter"];
-
-struct Fixture {
-    topo: Topology,
-    network: ValidNetwork,
-    subnets: Vec<ValidNodeSubnet>,
-    cni: Vec<CniConfig>,
-    planes: Vec<Dataplane>,
-    dir: PathBuf,
-    metrics: Arc<Metrics>,
-}
-
-fn network(backend: BackendType, direct: bool) -> ValidNetwork {
-    let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
-    spec.backend.type_ = backend;
-    spec.backend.vxlan.direct_routing = direct;
-    spec.validate().expect("valid network")
-}
-
-fn facts(topo: &Topology, i: usize) -> LocalFacts {
-    let node = &topo.nodes[i];
-    LocalFacts {
-        underlay: node.iface.clone(),
-        node_ip: node.ip,
-        underlay_prefix: node.prefix,
-        node_ipv6: None,
-        underlay_mtu: 1500,
-        kernel: (6, 1),
-    }
-}
-
-impl Fixture {
-    fn new(tag: &str, nodes: usize, backend: BackendType, direct: bool) -> Option<Self> {
-        if !testbed::kernel_tests_allowed(TOOLS) {
-            return None;
-        }
-        let prefix = format!("tt{}{tag}", std::process::id() % 10_000);
-        let topo = Topology::l2(&prefix, nodes).expect("topology");
-        let dir = std::env::temp_dir().join(&prefix);
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let mut fixture = Fixture {
-            topo,
-            network: network(backend, direct),
-            subnets: Vec::new(),
-            cni: Vec::new(),
-            planes: Vec::new(),
-            dir,
-            metrics,
-        };
-        for i in 0..nodes {
-            fixture.subnets.push(ValidNodeSubnet {
-                node_name: format!("n{}", i + 1),
-                network: "default".into(),
-                cidr: format!("10.244.{}.0/24", i + 1).parse().expect("cidr"),
-                ipv6_cidr: fixture
-                    .network
-                    .ipv6
-                    .map(|_| format!("fd00:10:244:{}::/64", i + 1).parse().expect("cidr")),
-            });
-            let cni = CniConfig {
-                dir: fixture.dir.join(format!("n{}/net.d", i + 1)),
-                ipam_data_dir: Some(fixture.dir.join(format!("n{}/ipam", i + 1))),
-            };
-            let config = DataplaneConfig {
-                netns: fixture.topo.nodes[i].ns(),
-                cni: Some(cni.clone()),
-                sysctls: Sysctls::default(),
-                resync: Duration::from_secs(300),
-            };
-            fixture
-                .planes
-                .push(Dataplane::start(config, fixture.metrics.clone()).expect("dataplane"));
-            fixture.cni.push(cni);
-        }
-        Some(fixture)
-    }
-
-    /// Peers of node `i` as their agents would publish them (all on `backend`).
-    fn peers(&self, i: usize, only: Option<&[usize]>) -> Vec<Peer> {
-        let backend = self.network.backend.type_;
-        (0..self.subnets.len())
-            .filter(|j| *j != i && only.is_none_or(|o| o.contains(j)))
-            .map(|j| {
-                let ip = self.topo.nodes[j].ip;
-                Peer {
-                    name: self.subnets[j].node_name.clone(),
-                    subnet: self.subnets[j].clone(),
-                    endpoint: Ok(ValidEndpoint {
-                        node_ip: Some(ip),
-                        node_ipv6: None,
-                        vtep_mac: Some(vtep_mac(ip)),
-                    }),
-                    backend: Some(backend),
-                    receive: BTreeSet::from([backend]),
-                }
-            })
-            .collect()
-    }
-
-    fn target(&self, i: usize, peers: &[Peer]) -> Target {
-        Target {
-            state: plan::plan(
-                &self.network,
-                &self.subnets[i],
-                peers,
-                &facts(&self.topo, i),
-            ),
-            subnet: self.subnets[i].clone(),
-        }
-    }
-
-    fn program_all(&self) {
-        for i in 0..self.subnets.len() {
-            let target = self.target(i, &self.peers(i, None));
-            assert!(
-                target.state.peer_problems.is_empty(),
-                "{:?}",
-                target.state.peer_problems
-            );
-            self.planes[i].set(target).expect("apply");
-        }
-    }
-
-    /// A pod on node `i` through the real CNI plugins and the conflist the agent wrote.
-    fn add_pod(&self, i: usize, pod: &str) -> (String, Ipv4Addr) {
-        let netns = format!("{}-{}-{pod}", self.topo.prefix, self.subnets[i].node_name);
-        testbed::add_netns(&netns).expect("pod netns");
-        let text =
-            std::fs::read_to_string(self.cni[i].path()).expect("the agent wrote the conflist");
-        let conflist: serde_json::Value = serde_json::from_str(&text).expect("conflist JSON");
-        let plugins = cni::plugin_dir().expect("CNI plugins installed");
-        let pod_path = PathBuf::from("/var/run/netns").join(&netns);
-        let node_ns = self.topo.nodes[i].ns();
-        let result = cni::add(&cni::Invocation {
-            conflist: &conflist,
-            node: &node_ns,
-            pod_netns: &pod_path,
-            container_id: &netns,
-            ifname: "eth0",
-            plugin_dir: &plugins,
-        })
-        .expect("CNI ADD");
-        let ip = cni::addresses(&result).into_iter().find_map(|a| match a {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        });
-        let ip = ip.expect("pod got an IPv4 address");
-        assert!(
-            self.subnets[i].cidr.contains(&ip),
-            "{ip} is in node {i}'s subnet"
-        );
-        (netns, ip)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for plane in self.planes.drain(..) {
-            plane.stop();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn pings(from_netns: &str, to: Ipv4Addr) -> bool {
-    exec(from_netns, &["ping", "-c", "1", "-W", "1", &to.to_string()]).is_ok()
-}
-
-/// The source address `outside` sees for a UDP datagram sent from `pod_netns`.
-fn source_seen_outside(fixture: &Fixture, pod_netns: &str) -> IpAddr {
-    let outside = NetNs::named(&fixture.topo.outside.netns);
-    let listener = outside
-        .run(|| UdpSocket::bind("0.0.0.0:0"))
-        .expect("netns")
-        .unwrap_or_else(|e| panic!("bind in {}: {e}", fixture.topo.outside.netns));
-    let port = listener.local_addr().expect("bound").port();
-    listener
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("timeout");
-    let pod = NetNs::named(pod_netns);
-    let sender = pod
-        .run(|| UdpSocket::bind("0.0.0.0:0"))
-        .expect("netns")
-        .expect("bind");
-    let mut buf = [0u8; 16];
-    for _ in 0..3 {
-        sender
-            .send_to(b"hello", (fixture.topo.outside.ip, port))
-            .expect("send");
-        if let Ok((_, from)) = listener.recv_from(&mut buf) {
-            return from.ip();
-        }
-    }
-    panic!("outside host received nothing from {pod_netns}");
-}
+use tartan_agent::dataplane::cleanup;
+use tartan_agent::testbed::fixture::{Fixture, pings, source_seen_outside};
+use tartan_agent::testbed::{exec, ip};
+use tartan_crds::{BackendType, OverlayNetworkSpec};
 
 fn full_matrix(backend: BackendType, direct: bool, tag: &str) {
     let Some(f) = Fixture::new(tag, 3, backend, direct) else {
@@ -252,6 +49,11 @@ fn full_matrix(backend: BackendType, direct: bool, tag: &str) {
 #[test]
 fn vxlan_every_pod_reaches_every_pod_and_the_outside() {
     full_matrix(BackendType::Vxlan, false, "vx");
+}
+
+#[test]
+fn udp_every_pod_reaches_every_pod_and_the_outside() {
+    full_matrix(BackendType::Udp, false, "ud");
 }
 
 #[test]
@@ -422,27 +224,25 @@ fn cleanup_leaves_no_tartan_object_behind() {
     assert!(!f.cni[0].path().exists(), "conflist removed");
 }
 
-#[test]
-fn a_restarted_agent_changes_nothing_on_a_programmed_node() {
-    let Some(mut f) = Fixture::new("rs", 2, BackendType::Vxlan, false) else {
+/// An agent restart (an upgrade) against a programmed node changes no kernel
+/// object. `kernel_forwards`: whether pods keep talking while it is down (all
+/// backends but udp, whose datapath is the agent itself).
+fn restart_changes_nothing(backend: BackendType, tag: &str, kernel_forwards: bool) {
+    let Some(mut f) = Fixture::new(tag, 2, backend, false) else {
         return;
     };
     f.program_all();
     let (a, _) = f.add_pod(0, "a");
     let (_, b_ip) = f.add_pod(1, "b");
-    // The agent stops (upgrade): the kernel keeps working.
+    assert!(pings(&a, b_ip));
     f.planes.remove(0).stop();
-    assert!(
-        pings(&a, b_ip),
-        "pods keep their network while the agent is down"
-    );
-    let config = DataplaneConfig {
-        netns: f.topo.nodes[0].ns(),
-        cni: Some(f.cni[0].clone()),
-        sysctls: Sysctls::default(),
-        resync: Duration::from_secs(300),
-    };
-    let restarted = Dataplane::start(config, f.metrics.clone()).expect("restart");
+    if kernel_forwards {
+        assert!(
+            pings(&a, b_ip),
+            "pods keep their network while the agent is down"
+        );
+    }
+    let restarted = f.start_plane(0);
     let report = restarted
         .set(f.target(0, &f.peers(0, None)))
         .expect("apply after restart");
@@ -451,8 +251,21 @@ fn a_restarted_agent_changes_nothing_on_a_programmed_node() {
         0,
         "a restart against a programmed node changes nothing: {report:?}"
     );
-    assert!(pings(&a, b_ip));
+    assert!(
+        pings(&a, b_ip),
+        "{backend}: traffic flows after the restart"
+    );
     f.planes.insert(0, restarted);
+}
+
+#[test]
+fn a_restarted_agent_changes_nothing_on_a_programmed_node() {
+    restart_changes_nothing(BackendType::Vxlan, "rs", true);
+}
+
+#[test]
+fn a_restarted_udp_agent_reattaches_to_its_tun_and_changes_nothing() {
+    restart_changes_nothing(BackendType::Udp, "ru", false);
 }
 
 #[test]

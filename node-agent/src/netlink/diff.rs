@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use netlink_packet_route::link::InfoKind;
 
 use super::observe::Observed;
-use crate::plan::{DesiredState, FdbSpec, NeighbourSpec, RouteSpec, VxlanSpec};
+use crate::plan::{DesiredState, FdbSpec, NeighbourSpec, RouteSpec, TUN, VxlanSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -167,6 +167,24 @@ pub fn diff(desired: &DesiredState, observed: &Observed) -> Vec<Op> {
             recreated.insert(name.clone());
         }
     }
+    // The TUN is created by the udp datapath; here it only gets its MTU and
+    // state, and is removed once the udp backend is no longer wanted.
+    let desired_tun = desired.udp.as_ref().map(|u| u.device.as_str());
+    if let Some(want) = &desired.udp
+        && let Some(link) = observed.links.get(&want.device)
+        && (link.mtu != Some(want.mtu) || !link.up)
+    {
+        ops.push(Op::SetLink {
+            name: want.device.clone(),
+            mtu: Some(want.mtu),
+            mac: None,
+            up: true,
+        });
+    }
+    if desired_tun.is_none() && observed.links.contains_key(TUN) {
+        ops.push(Op::DeleteLink { name: TUN.into() });
+        recreated.insert(TUN.into());
+    }
     let gone = |device: &str| recreated.contains(device);
 
     // Addresses on our devices.
@@ -177,6 +195,9 @@ pub fn diff(desired: &DesiredState, observed: &Observed) -> Vec<Op> {
         .collect();
     if let Some(v) = &desired.vxlan {
         wanted_addresses.extend(v.addresses.iter().map(|a| (v.name.clone(), *a)));
+    }
+    if let Some(u) = &desired.udp {
+        wanted_addresses.extend(u.addresses.iter().map(|a| (u.device.clone(), *a)));
     }
     for (device, address) in &wanted_addresses {
         let present = !gone(device)
@@ -192,7 +213,10 @@ pub fn diff(desired: &DesiredState, observed: &Observed) -> Vec<Op> {
         }
     }
     for (device, addresses) in &observed.addresses {
-        if gone(device) || (device != &bridge.name && Some(device.as_str()) != desired_vxlan) {
+        let ours = device == &bridge.name
+            || Some(device.as_str()) == desired_vxlan
+            || Some(device.as_str()) == desired_tun;
+        if gone(device) || !ours {
             continue;
         }
         for address in addresses {
@@ -261,7 +285,9 @@ pub fn diff(desired: &DesiredState, observed: &Observed) -> Vec<Op> {
     // Old devices go last, after everything that used them was moved off.
     let mut deletes: Vec<Op> = Vec::new();
     ops.retain(|op| {
-        let late = matches!(op, Op::DeleteLink { name } if name.starts_with("tartan.") && Some(name.as_str()) != desired_vxlan);
+        let late = matches!(op, Op::DeleteLink { name }
+            if (name.starts_with("tartan.") && Some(name.as_str()) != desired_vxlan)
+                || (name == TUN && desired_tun.is_none()));
         if late {
             deletes.push(op.clone());
         }

@@ -7,7 +7,7 @@ use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteType};
+use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -143,39 +143,47 @@ fn neighbour(entry: &NeighbourSpec, ifindex: u32) -> NeighbourMessage {
     message
 }
 
-/// `ip route replace DST via GW dev DEV [onlink] proto 84`
+/// `ip route replace DST [via GW] dev DEV [onlink] proto 84 metric M`
+/// (without a gateway: a device route, scope link).
 fn route(spec: &RouteSpec, oif: u32) -> Option<RouteMessage> {
-    let protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+    fn finish<T>(b: RouteMessageBuilder<T>, spec: &RouteSpec, oif: u32) -> RouteMessage {
+        let b = b
+            .output_interface(oif)
+            .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+            .priority(spec.metric)
+            .table_id(MAIN_TABLE);
+        let b = if spec.gateway.is_none() {
+            b.scope(RouteScope::Link)
+        } else {
+            b
+        };
+        if spec.onlink {
+            b.onlink().build()
+        } else {
+            b.build()
+        }
+    }
     let message = match (spec.destination, spec.gateway) {
-        (ipnet::IpNet::V4(dst), IpAddr::V4(gw)) => {
+        (ipnet::IpNet::V4(dst), gateway) => {
             let b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .destination_prefix(dst.addr(), dst.prefix_len())
-                .gateway(gw)
-                .output_interface(oif)
-                .protocol(protocol)
-                .priority(spec.metric)
-                .table_id(MAIN_TABLE);
-            if spec.onlink {
-                b.onlink().build()
-            } else {
-                b.build()
-            }
+                .destination_prefix(dst.addr(), dst.prefix_len());
+            let b = match gateway {
+                None => b,
+                Some(IpAddr::V4(gw)) => b.gateway(gw),
+                Some(IpAddr::V6(_)) => return None,
+            };
+            finish(b, spec, oif)
         }
-        (ipnet::IpNet::V6(dst), IpAddr::V6(gw)) => {
+        (ipnet::IpNet::V6(dst), gateway) => {
             let b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(dst.addr(), dst.prefix_len())
-                .gateway(gw)
-                .output_interface(oif)
-                .protocol(protocol)
-                .priority(spec.metric)
-                .table_id(MAIN_TABLE);
-            if spec.onlink {
-                b.onlink().build()
-            } else {
-                b.build()
-            }
+                .destination_prefix(dst.addr(), dst.prefix_len());
+            let b = match gateway {
+                None => b,
+                Some(IpAddr::V6(gw)) => b.gateway(gw),
+                Some(IpAddr::V4(_)) => return None,
+            };
+            finish(b, spec, oif)
         }
-        _ => return None,
     };
     Some(message)
 }

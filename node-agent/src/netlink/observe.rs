@@ -165,15 +165,10 @@ pub fn parse_route(message: &RouteMessage, names: &Names) -> Option<RouteSpec> {
         return None;
     }
     let destination = IpNet::new(destination?, message.header.destination_prefix_length).ok()?;
-    let device = names.get(&oif?)?.clone();
-    let device = if device.starts_with("tartan.") {
-        Device::Vxlan(device)
-    } else {
-        Device::Underlay(device)
-    };
+    let device = Device::from_name(names.get(&oif?)?);
     Some(RouteSpec {
         destination,
-        gateway: gateway?,
+        gateway,
         device,
         onlink: message.header.flags.contains(RouteFlags::Onlink),
         metric,

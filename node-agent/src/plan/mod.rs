@@ -8,6 +8,8 @@
 //!              fdb   MAC_P dev tartan.<vni> dst IP_P
 //!     host-gw  route S_P via IP_P dev <underlay>         (only if IP_P is on-link)
 //!     vxlan + directRouting: host-gw for on-link peers, vxlan for the rest
+//!     udp      route S_P dev tartan0    (+ route C dev tartan0 while the TUN exists;
+//!              the datapath sends S_P's packets to IP_P:<port>)
 //! ```
 //!
 //! A node sends to a peer over the target backend only once the peer lists it
@@ -70,7 +72,7 @@ pub struct Peer {
 }
 
 /// Backends this agent can program today.
-pub const SUPPORTED: [BackendType; 2] = [BackendType::Vxlan, BackendType::HostGw];
+pub const SUPPORTED: [BackendType; 3] = [BackendType::Vxlan, BackendType::HostGw, BackendType::Udp];
 
 /// The VTEP MAC of a node: locally administered, derived from the node IP so
 /// it survives reboots and systemd's MACAddressPolicy and peers never go stale.
@@ -129,6 +131,7 @@ pub fn plan(
     let mut fdb = BTreeSet::new();
     let mut peer_backends = BTreeMap::new();
     let mut peer_problems = BTreeSet::new();
+    let mut udp_peers = BTreeMap::new();
     for peer in peers {
         let endpoint = match &peer.endpoint {
             Ok(e) => *e,
@@ -151,7 +154,7 @@ pub fn plan(
         let wants = |b: BackendType| peer.receive.contains(&b);
         // Prefer the target; keep any backend the peer still receives on.
         let candidates = std::iter::once(target)
-            .chain([BackendType::Vxlan, BackendType::HostGw])
+            .chain([BackendType::Vxlan, BackendType::HostGw, BackendType::Udp])
             .filter(|b| SUPPORTED.contains(b) && wants(*b));
         let mut chosen = None;
         for backend in candidates {
@@ -198,7 +201,16 @@ pub fn plan(
             .chain(local.ipv6_cidr.and(peer.subnet.ipv6_cidr).map(IpNet::V6))
             .collect();
         for subnet in subnets {
-            if routed {
+            if backend == BackendType::Udp {
+                udp_peers.insert(subnet, node_ip);
+                routes.insert(RouteSpec {
+                    destination: subnet,
+                    gateway: None,
+                    device: Device::Tun(TUN.into()),
+                    onlink: false,
+                    metric: route_metric(subnet),
+                });
+            } else if routed {
                 let gateway = match subnet {
                     IpNet::V4(_) => IpAddr::V4(node_ip),
                     IpNet::V6(_) => match endpoint.node_ipv6 {
@@ -208,7 +220,7 @@ pub fn plan(
                 };
                 routes.insert(RouteSpec {
                     destination: subnet,
-                    gateway,
+                    gateway: Some(gateway),
                     device: Device::Underlay(facts.underlay.clone()),
                     onlink: false,
                     metric: route_metric(subnet),
@@ -217,7 +229,7 @@ pub fn plan(
                 let next_hop = subnet.network();
                 routes.insert(RouteSpec {
                     destination: subnet,
-                    gateway: next_hop,
+                    gateway: Some(next_hop),
                     device: Device::Vxlan(vxlan_name.clone()),
                     onlink: true,
                     metric: route_metric(subnet),
@@ -274,6 +286,37 @@ pub fn plan(
     if vxlan.is_some() {
         receive.insert(BackendType::Vxlan);
     }
+    let needs_udp = receive.contains(&BackendType::Udp) || !udp_peers.is_empty();
+    let udp = needs_udp.then(|| {
+        // Destinations in the cluster no peer route covers go to the TUN too,
+        // where they are dropped and counted instead of leaking to the underlay.
+        let cluster = std::iter::once(IpNet::V4(network.cidr)).chain(
+            network
+                .ipv6
+                .map(|p| IpNet::V6(p.cidr))
+                .filter(|_| local.ipv6_cidr.is_some()),
+        );
+        for destination in cluster {
+            routes.insert(RouteSpec {
+                destination,
+                gateway: None,
+                device: Device::Tun(TUN.into()),
+                onlink: false,
+                metric: route_metric(destination),
+            });
+        }
+        UdpSpec {
+            device: TUN.into(),
+            port: u16::try_from(network.backend.udp.port).unwrap_or(8285),
+            mtu: facts.underlay_mtu.saturating_sub(UDP_OVERHEAD_V4),
+            addresses: own.iter().map(|n| host_net(*n)).collect(),
+            local: own.clone(),
+            peers: udp_peers,
+        }
+    });
+    if udp.is_some() {
+        receive.insert(BackendType::Udp);
+    }
     // What this node sends with: the target once every programmed peer gets it,
     // until then the old backend, so peers keep their old receive path for us.
     let fallback = if SUPPORTED.contains(&target) {
@@ -293,6 +336,7 @@ pub fn plan(
             mtu,
         },
         vxlan,
+        udp,
         routes,
         neighbours,
         fdb,

@@ -18,9 +18,12 @@ pub fn vxlan_name(vni: u32) -> String {
     format!("tartan.{vni}")
 }
 
+/// The udp backend's TUN device.
+pub const TUN: &str = "tartan0";
+
 /// Whether a device name is one Tartan owns (and may delete).
 pub fn is_tartan_device(name: &str) -> bool {
-    name == BRIDGE || name.starts_with("tartan.") || name == "tartan0"
+    name == BRIDGE || name.starts_with("tartan.") || name == TUN
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,12 +55,24 @@ pub struct VxlanSpec {
 pub enum Device {
     Vxlan(String),
     Underlay(String),
+    Tun(String),
 }
 
 impl Device {
     pub fn name(&self) -> &str {
         match self {
-            Device::Vxlan(n) | Device::Underlay(n) => n,
+            Device::Vxlan(n) | Device::Underlay(n) | Device::Tun(n) => n,
+        }
+    }
+
+    /// The device kind a name stands for.
+    pub fn from_name(name: &str) -> Device {
+        if name.starts_with("tartan.") {
+            Device::Vxlan(name.into())
+        } else if name == TUN {
+            Device::Tun(name.into())
+        } else {
+            Device::Underlay(name.into())
         }
     }
 }
@@ -65,7 +80,8 @@ impl Device {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteSpec {
     pub destination: IpNet,
-    pub gateway: IpAddr,
+    /// `None`: a device route (`dev tartan0`, scope link).
+    pub gateway: Option<IpAddr>,
     pub device: Device,
     pub onlink: bool,
     /// See [`route_metric`].
@@ -88,6 +104,21 @@ pub fn route_metric(destination: IpNet) -> u32 {
     };
     let index = network.checked_shr(host_bits).unwrap_or(0);
     1 + (index % 1024) as u32
+}
+
+/// The udp backend: its TUN device and what the datapath needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpSpec {
+    pub device: String,
+    pub port: u16,
+    pub mtu: u32,
+    /// This node's subnets' network addresses (/32, /128) on the device, so
+    /// the node's own traffic to remote pods has a pod-network source.
+    pub addresses: BTreeSet<IpNet>,
+    /// This node's subnets: the only destinations accepted from peers.
+    pub local: Vec<IpNet>,
+    /// Each udp peer's subnets and node IP.
+    pub peers: BTreeMap<IpNet, std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -149,6 +180,7 @@ pub enum LocalProblem {
 pub struct DesiredState {
     pub bridge: BridgeSpec,
     pub vxlan: Option<VxlanSpec>,
+    pub udp: Option<UdpSpec>,
     pub routes: BTreeSet<RouteSpec>,
     pub neighbours: BTreeSet<NeighbourSpec>,
     pub fdb: BTreeSet<FdbSpec>,
@@ -168,6 +200,7 @@ impl DesiredState {
     /// How many kernel objects this state consists of (metrics, benchmarks).
     pub fn object_count(&self) -> usize {
         1 + usize::from(self.vxlan.is_some())
+            + usize::from(self.udp.is_some())
             + self.routes.len()
             + self.neighbours.len()
             + self.fdb.len()

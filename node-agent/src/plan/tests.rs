@@ -64,7 +64,7 @@ fn vxlan_peer_gets_route_neighbour_and_fdb() {
         state.routes.iter().collect::<Vec<_>>(),
         vec![&RouteSpec {
             destination: "10.244.2.0/24".parse().expect("net"),
-            gateway: "10.244.2.0".parse().expect("ip"),
+            gateway: Some("10.244.2.0".parse().expect("ip")),
             device: Device::Vxlan("tartan.1".into()),
             onlink: true,
             metric: 1 + (0x0a_f4_02 % 1024),
@@ -128,8 +128,11 @@ fn host_gw_routes_via_node_ip_and_refuses_off_link_peers() {
     assert_eq!(state.routes.len(), 1);
     let route = state.routes.iter().next().expect("route");
     assert_eq!(
-        (route.destination.to_string(), route.gateway.to_string()),
-        ("10.244.2.0/24".into(), "192.168.0.2".into())
+        (route.destination.to_string(), route.gateway),
+        (
+            "10.244.2.0/24".into(),
+            Some("192.168.0.2".parse().expect("ip"))
+        )
     );
     assert_eq!(route.device, Device::Underlay("eth0".into()));
     assert_eq!(
@@ -355,4 +358,98 @@ fn off_link_host_gw_falls_back_to_vxlan_and_says_so() {
         state.peer_problems.iter().next(),
         Some(PeerProblem::NotOnLink { .. })
     ));
+}
+
+const U: BackendType = BackendType::Udp;
+
+#[test]
+fn udp_peers_route_through_the_tun_and_fill_the_peer_table() {
+    let peers = [
+        peer("b", 2, [192, 168, 0, 2], &[U]),
+        peer("c", 3, [10, 0, 0, 3], &[U]),
+    ];
+    let state = plan(
+        &network(U, false, true),
+        &subnet("a", 1, true),
+        &peers,
+        &facts(),
+    );
+    let udp = state.udp.as_ref().expect("the udp backend is on");
+    assert_eq!((udp.device.as_str(), udp.port, udp.mtu), (TUN, 8285, 1472));
+    assert_eq!(state.mtu, 1472, "pods get the underlay MTU less 28");
+    assert_eq!(
+        udp.peers,
+        BTreeMap::from([
+            (
+                "10.244.2.0/24".parse().expect("cidr"),
+                Ipv4Addr::new(192, 168, 0, 2)
+            ),
+            (
+                "10.244.3.0/24".parse().expect("cidr"),
+                Ipv4Addr::new(10, 0, 0, 3)
+            ),
+        ]),
+        "off-link peers are fine: udp crosses L3; IPv6 only where the peer has it"
+    );
+    let tun_routes: Vec<String> = state
+        .routes
+        .iter()
+        .filter(|r| r.device == Device::Tun(TUN.into()) && r.gateway.is_none())
+        .map(|r| r.destination.to_string())
+        .collect();
+    assert_eq!(
+        tun_routes,
+        vec![
+            "10.244.0.0/16",
+            "10.244.2.0/24",
+            "10.244.3.0/24",
+            "fd00:10:244::/56"
+        ],
+        "each peer's subnet and the cluster CIDRs"
+    );
+    assert!(state.vxlan.is_none() && state.fdb.is_empty());
+    assert_eq!(state.receive_backends, BTreeSet::from([U]));
+    assert_eq!(state.backend, U);
+}
+
+#[test]
+fn switching_to_udp_keeps_vxlan_until_the_peer_receives_udp() {
+    let peers = [
+        peer("b", 2, [192, 168, 0, 2], &[V]),
+        peer("c", 3, [192, 168, 0, 3], &[U, V]),
+    ];
+    let state = plan(
+        &network(U, false, false),
+        &subnet("a", 1, false),
+        &peers,
+        &facts(),
+    );
+    assert_eq!(
+        state.peer_backends,
+        BTreeMap::from([("b".into(), V), ("c".into(), U)])
+    );
+    assert!(state.vxlan.is_some(), "b still sends vxlan to us");
+    assert_eq!(state.receive_backends, BTreeSet::from([V, U]));
+    let udp = state.udp.expect("udp on");
+    assert_eq!(udp.peers.len(), 1, "only c is reached over udp");
+    assert_eq!(state.backend, V, "still sends vxlan to b");
+}
+
+#[test]
+fn the_tun_goes_once_no_peer_sends_udp() {
+    let mut b = peer("b", 2, [192, 168, 0, 2], &[V]);
+    b.backend = Some(V);
+    let state = plan(
+        &network(V, false, false),
+        &subnet("a", 1, false),
+        &[b],
+        &facts(),
+    );
+    assert!(state.udp.is_none());
+    assert!(
+        state
+            .routes
+            .iter()
+            .all(|r| r.device != Device::Tun(TUN.into()))
+    );
 }

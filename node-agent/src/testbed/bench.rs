@@ -136,10 +136,10 @@ fn iproute2_scripts(state: &DesiredState) -> (String, String) {
     }
     for r in &state.routes {
         let onlink = if r.onlink { " onlink" } else { "" };
+        let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
         ip_script.push_str(&format!(
-            "route add {} via {} dev {}{onlink} proto 84 metric {}\n",
+            "route add {}{via} dev {}{onlink} proto 84 metric {}\n",
             r.destination,
-            r.gateway,
             r.device.name(),
             r.metric
         ));

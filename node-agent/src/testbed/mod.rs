@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod cni;
+pub mod fixture;
 
 use std::io;
 use std::net::Ipv4Addr;

@@ -47,18 +47,19 @@ impl SendBatch {
     }
 
     fn push(&mut self, peer: SocketAddrV4, offset: usize, len: usize, gso: bool) {
-        if gso && self.open {
-            if let Some(last) = self.messages.last_mut() {
-                let fits = last.peer == peer
-                    && len <= last.segment
-                    && last.offset + last.len == offset
-                    && last.datagrams() < MAX_SEGMENTS
-                    && last.len + len <= MAX_SEND;
-                if fits {
-                    last.len += len;
-                    self.open = len == last.segment;
-                    return;
-                }
+        if gso
+            && self.open
+            && let Some(last) = self.messages.last_mut()
+        {
+            let fits = last.peer == peer
+                && len <= last.segment
+                && last.offset + last.len == offset
+                && last.datagrams() < MAX_SEGMENTS
+                && last.len + len <= MAX_SEND;
+            if fits {
+                last.len += len;
+                self.open = len == last.segment;
+                return;
             }
         }
         self.messages.push(Outgoing {

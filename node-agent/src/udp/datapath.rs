@@ -92,6 +92,7 @@ impl Queue {
                 let n = match read(&self.tun, &mut frame) {
                     Ok(n) => n,
                     Err(e) if would_block(&e) => break,
+                    Err(_) if self.stop.load(Ordering::Relaxed) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the TUN");
                         std::thread::sleep(std::time::Duration::from_millis(IDLE_POLL_MS as u64));

@@ -32,14 +32,10 @@ pub mod vnet;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::io;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-
-use ipnet::IpNet;
 
 use crate::netns::NetNs;
 use datapath::Queue;
@@ -47,19 +43,7 @@ use metrics::UdpMetrics;
 use peers::{PeerTable, Peers};
 use socket::UdpSocket;
 
-/// What the engine needs from the desired state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UdpSpec {
-    pub device: String,
-    pub port: u16,
-    pub mtu: u32,
-    /// This node's subnets' network addresses (/32, /128) on the device.
-    pub addresses: std::collections::BTreeSet<IpNet>,
-    /// This node's subnets: the only destinations accepted from peers.
-    pub local: Vec<IpNet>,
-    /// Each udp peer's subnets and node IP.
-    pub peers: BTreeMap<IpNet, Ipv4Addr>,
-}
+pub use crate::plan::UdpSpec;
 
 /// What the kernel granted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

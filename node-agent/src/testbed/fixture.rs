@@ -1,0 +1,224 @@
+//! Nodes in network namespaces on one underlay switch, each with the agent's
+//! real data plane (planner, applier, udp datapath), and pods attached
+//! through the real CNI plugins with the conflist the agent wrote: the
+//! fixture of the kernel tests. Needs root, iproute2, nft, ping and the CNI
+//! plugins; [`Fixture::new`] returns `None` (with a printed reason) outside
+//! CI when they are missing.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tartan_crds::validate::ValidEndpoint;
+use tartan_crds::{BackendType, OverlayNetworkSpec, ValidNetwork, ValidNodeSubnet};
+
+use super::{Topology, cni, exec};
+use crate::cni::CniConfig;
+use crate::dataplane::{Dataplane, DataplaneConfig, Target};
+use crate::metrics::Metrics;
+use crate::netns::NetNs;
+use crate::plan::{self, LocalFacts, Peer, vtep_mac};
+use crate::sysctl::Sysctls;
+
+pub const TOOLS: &[&str] = &["ip", "nft", "ping", "nsenter"];
+
+pub struct Fixture {
+    pub topo: Topology,
+    pub network: ValidNetwork,
+    pub subnets: Vec<ValidNodeSubnet>,
+    pub cni: Vec<CniConfig>,
+    pub planes: Vec<Dataplane>,
+    pub dir: PathBuf,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn network(backend: BackendType, direct: bool) -> ValidNetwork {
+    let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+    spec.backend.type_ = backend;
+    spec.backend.vxlan.direct_routing = direct;
+    spec.validate().expect("valid network")
+}
+
+pub fn facts(topo: &Topology, i: usize) -> LocalFacts {
+    let node = &topo.nodes[i];
+    LocalFacts {
+        underlay: node.iface.clone(),
+        node_ip: node.ip,
+        underlay_prefix: node.prefix,
+        node_ipv6: None,
+        underlay_mtu: 1500,
+        kernel: (6, 1),
+    }
+}
+
+impl Fixture {
+    pub fn new(tag: &str, nodes: usize, backend: BackendType, direct: bool) -> Option<Self> {
+        if !super::kernel_tests_allowed(TOOLS) {
+            return None;
+        }
+        let prefix = format!("tt{}{tag}", std::process::id() % 10_000);
+        let topo = Topology::l2(&prefix, nodes).expect("topology");
+        let dir = std::env::temp_dir().join(&prefix);
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let mut fixture = Fixture {
+            topo,
+            network: network(backend, direct),
+            subnets: Vec::new(),
+            cni: Vec::new(),
+            planes: Vec::new(),
+            dir,
+            metrics,
+        };
+        for i in 0..nodes {
+            fixture.subnets.push(ValidNodeSubnet {
+                node_name: format!("n{}", i + 1),
+                network: "default".into(),
+                cidr: format!("10.244.{}.0/24", i + 1).parse().expect("cidr"),
+                ipv6_cidr: fixture
+                    .network
+                    .ipv6
+                    .map(|_| format!("fd00:10:244:{}::/64", i + 1).parse().expect("cidr")),
+            });
+            let cni = CniConfig {
+                dir: fixture.dir.join(format!("n{}/net.d", i + 1)),
+                ipam_data_dir: Some(fixture.dir.join(format!("n{}/ipam", i + 1))),
+            };
+            fixture.cni.push(cni);
+            let plane = fixture.start_plane(i);
+            fixture.planes.push(plane);
+        }
+        Some(fixture)
+    }
+
+    /// Node `i`'s data plane, as its agent starts it.
+    pub fn start_plane(&self, i: usize) -> Dataplane {
+        let config = DataplaneConfig {
+            netns: self.topo.nodes[i].ns(),
+            cni: Some(self.cni[i].clone()),
+            sysctls: Sysctls::default(),
+            resync: Duration::from_secs(300),
+            udp_queues: crate::udp::default_queues(),
+        };
+        Dataplane::start(config, self.metrics.clone()).expect("data plane starts")
+    }
+
+    /// Peers of node `i` as their agents would publish them (all on `backend`).
+    pub fn peers(&self, i: usize, only: Option<&[usize]>) -> Vec<Peer> {
+        let backend = self.network.backend.type_;
+        (0..self.subnets.len())
+            .filter(|j| *j != i && only.is_none_or(|o| o.contains(j)))
+            .map(|j| {
+                let ip = self.topo.nodes[j].ip;
+                Peer {
+                    name: self.subnets[j].node_name.clone(),
+                    subnet: self.subnets[j].clone(),
+                    endpoint: Ok(ValidEndpoint {
+                        node_ip: Some(ip),
+                        node_ipv6: None,
+                        vtep_mac: Some(vtep_mac(ip)),
+                    }),
+                    backend: Some(backend),
+                    receive: BTreeSet::from([backend]),
+                }
+            })
+            .collect()
+    }
+
+    pub fn target(&self, i: usize, peers: &[Peer]) -> Target {
+        Target {
+            state: plan::plan(
+                &self.network,
+                &self.subnets[i],
+                peers,
+                &facts(&self.topo, i),
+            ),
+            subnet: self.subnets[i].clone(),
+        }
+    }
+
+    pub fn program_all(&self) {
+        for i in 0..self.subnets.len() {
+            let target = self.target(i, &self.peers(i, None));
+            assert!(
+                target.state.peer_problems.is_empty(),
+                "{:?}",
+                target.state.peer_problems
+            );
+            self.planes[i].set(target).expect("apply");
+        }
+    }
+
+    /// A pod on node `i` through the real CNI plugins and the conflist the agent wrote.
+    pub fn add_pod(&self, i: usize, pod: &str) -> (String, Ipv4Addr) {
+        let netns = format!("{}-{}-{pod}", self.topo.prefix, self.subnets[i].node_name);
+        super::add_netns(&netns).expect("pod netns");
+        let text =
+            std::fs::read_to_string(self.cni[i].path()).expect("the agent wrote the conflist");
+        let conflist: serde_json::Value = serde_json::from_str(&text).expect("conflist JSON");
+        let plugins = cni::plugin_dir().expect("CNI plugins installed");
+        let pod_path = PathBuf::from("/var/run/netns").join(&netns);
+        let node_ns = self.topo.nodes[i].ns();
+        let result = cni::add(&cni::Invocation {
+            conflist: &conflist,
+            node: &node_ns,
+            pod_netns: &pod_path,
+            container_id: &netns,
+            ifname: "eth0",
+            plugin_dir: &plugins,
+        })
+        .expect("CNI ADD");
+        let ip = cni::addresses(&result).into_iter().find_map(|a| match a {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        });
+        let ip = ip.expect("pod got an IPv4 address");
+        assert!(
+            self.subnets[i].cidr.contains(&ip),
+            "{ip} is in node {i}'s subnet"
+        );
+        (netns, ip)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for plane in self.planes.drain(..) {
+            plane.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn pings(from_netns: &str, to: Ipv4Addr) -> bool {
+    exec(from_netns, &["ping", "-c", "1", "-W", "1", &to.to_string()]).is_ok()
+}
+
+/// The source address `outside` sees for a UDP datagram sent from `pod_netns`.
+pub fn source_seen_outside(fixture: &Fixture, pod_netns: &str) -> IpAddr {
+    let outside = NetNs::named(&fixture.topo.outside.netns);
+    let listener = outside
+        .run(|| UdpSocket::bind("0.0.0.0:0"))
+        .expect("netns")
+        .unwrap_or_else(|e| panic!("bind in {}: {e}", fixture.topo.outside.netns));
+    let port = listener.local_addr().expect("bound").port();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let pod = NetNs::named(pod_netns);
+    let sender = pod
+        .run(|| UdpSocket::bind("0.0.0.0:0"))
+        .expect("netns")
+        .expect("bind");
+    let mut buf = [0u8; 16];
+    for _ in 0..3 {
+        sender
+            .send_to(b"hello", (fixture.topo.outside.ip, port))
+            .expect("send");
+        if let Ok((_, from)) = listener.recv_from(&mut buf) {
+            return from.ip();
+        }
+    }
+    panic!("outside host received nothing from {pod_netns}");
+}

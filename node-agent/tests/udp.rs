@@ -1,0 +1,160 @@
+//! The udp backend on the real kernel: TUN `tartan0` on every node, pods on
+//! three nodes reaching each other through the agent's userspace datapath,
+//! bulk TCP carried in batches, and hostile datagrams dropped and counted.
+//! Needs root, iproute2, nft, ping, iperf3 and the CNI plugins; skips with a
+//! reason outside CI, fails under CI=true.
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use tartan_agent::netns::NetNs;
+use tartan_agent::plan::TUN;
+use tartan_agent::testbed::fixture::{Fixture, pings};
+use tartan_agent::testbed::{self, exec};
+use tartan_crds::BackendType;
+
+/// The value of one sample in the Prometheus text, 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn udp_fixture(tag: &str, nodes: usize) -> Option<Fixture> {
+    if !testbed::kernel_tests_allowed(&["iperf3"]) {
+        return None;
+    }
+    let f = Fixture::new(tag, nodes, BackendType::Udp, false)?;
+    f.program_all();
+    Some(f)
+}
+
+#[test]
+fn bulk_tcp_crosses_in_batches_with_offloads() {
+    let Some(f) = udp_fixture("ub", 2) else {
+        return;
+    };
+    let (a, _) = f.add_pod(0, "a");
+    let (b, b_ip) = f.add_pod(1, "b");
+    // The TUN holds the cluster route and the peer's, at the udp MTU.
+    let routes = String::from_utf8_lossy(
+        &exec(&f.topo.nodes[0].netns, &["ip", "route", "show", "dev", TUN])
+            .expect("routes")
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        routes.contains("10.244.0.0/16") && routes.contains("10.244.2.0/24"),
+        "{routes}"
+    );
+    let link = String::from_utf8_lossy(
+        &exec(&f.topo.nodes[0].netns, &["ip", "link", "show", TUN])
+            .expect("link")
+            .stdout,
+    )
+    .to_string();
+    assert!(link.contains("mtu 1472"), "{link}");
+    eventually("pod a reaches pod b over udp", || pings(&a, b_ip));
+
+    let mut server = NetNs::named(&b)
+        .command("iperf3")
+        .expect("netns")
+        .args(["-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = exec(&a, &["iperf3", "-c", &b_ip.to_string(), "-t", "2", "-J"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out.expect("iperf3 -c");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let received = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(received > 1e6, "iperf3 moved only {received} bytes");
+
+    let text = f.metrics.render();
+    let tx_packets = sample(&text, "tartan_agent_udp_packets_total{direction=\"tx\"}");
+    let rx_packets = sample(&text, "tartan_agent_udp_packets_total{direction=\"rx\"}");
+    assert!(tx_packets > 0.0 && rx_packets > 0.0, "{text}");
+    let tx_bytes = sample(&text, "tartan_agent_udp_bytes_total{direction=\"tx\"}");
+    assert!(
+        tx_bytes >= received,
+        "every byte iperf3 counted went through the datapath"
+    );
+    let features: Vec<(&str, f64)> = ["vnet_hdr", "tso", "udp_gso", "udp_gro"]
+        .into_iter()
+        .map(|f| {
+            (
+                f,
+                sample(
+                    &text,
+                    &format!("tartan_agent_udp_offload{{feature=\"{f}\"}}"),
+                ),
+            )
+        })
+        .collect();
+    eprintln!("udp offloads in use: {features:?}");
+    if features.iter().all(|(_, on)| *on == 1.0) {
+        // With TSO and GSO, one send moves many packets.
+        let calls = sample(
+            &text,
+            "tartan_agent_udp_batch_packets_count{direction=\"tx\"}",
+        );
+        let moved = sample(
+            &text,
+            "tartan_agent_udp_batch_packets_sum{direction=\"tx\"}",
+        );
+        assert!(moved / calls > 4.0, "{moved} packets in {calls} sends");
+    }
+}
+
+#[test]
+fn strangers_garbage_and_foreign_destinations_are_dropped_and_counted() {
+    let Some(f) = udp_fixture("dr", 2) else {
+        return;
+    };
+    let target = (f.topo.nodes[0].ip, 8285);
+    let send_from = |netns: &str, payload: &[u8]| {
+        let socket = NetNs::named(netns)
+            .run(|| UdpSocket::bind("0.0.0.0:0"))
+            .expect("netns")
+            .expect("bind");
+        socket.send_to(payload, target).expect("send");
+    };
+    let drops = |reason: &str| {
+        sample(
+            &f.metrics.render(),
+            &format!("tartan_agent_udp_drops_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    // A well-formed packet for node 1's subnet, from a host that is no peer.
+    let mut packet = vec![0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    packet.extend_from_slice(&[10, 244, 2, 9]);
+    packet.extend_from_slice(&[10, 244, 1, 9]);
+    packet.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0]);
+    send_from(&f.topo.outside.netns, &packet);
+    eventually("a stranger's datagram is counted", || {
+        drops("unknown_peer") >= 1.0
+    });
+    // From the peer: garbage, and a packet for a subnet that is not node 1's.
+    send_from(&f.topo.nodes[1].netns, b"\x45not an IP packet");
+    eventually("garbage is counted", || drops("malformed") >= 1.0);
+    let mut foreign = packet.clone();
+    foreign[16..20].copy_from_slice(&[10, 244, 7, 1]);
+    send_from(&f.topo.nodes[1].netns, &foreign);
+    eventually("a foreign destination is counted", || {
+        drops("not_local") >= 1.0
+    });
+    // Still serving: the peer's pods get through.
+    let (a, _) = f.add_pod(0, "a");
+    let (_, b_ip) = f.add_pod(1, "b");
+    eventually("traffic still flows", || pings(&a, b_ip));
+}

@@ -56,7 +56,10 @@ pub fn run(name: &str) -> anyhow::Result<()> {
                 cni: Some(cni_config(name, &n.name)),
                 sysctls: Sysctls::default(),
                 resync: Duration::from_secs(300),
-                udp_queues: tartan_agent::udp::default_queues(),
+                udp: tartan_agent::udp::EngineOptions {
+                    batched: !state.udp_unbatched,
+                    ..Default::default()
+                },
             };
             Dataplane::start(config, metrics.clone())
                 .with_context(|| format!("data plane of {}", n.name))

@@ -58,6 +58,7 @@ fn lab_throughput(
     name: &str,
     backend: BackendType,
     direct: bool,
+    udp_unbatched: bool,
     seconds: u32,
 ) -> anyhow::Result<f64> {
     let mut network = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
@@ -71,6 +72,7 @@ fn lab_throughput(
         network,
         routed: false,
         control_plane: false,
+        udp_unbatched,
     })?;
     let result = iperf(
         &lab.pods[0].netns,
@@ -129,16 +131,33 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
             gbps: kernel_vxlan,
         },
     ];
-    for (label, backend, direct) in [
-        ("tartan vxlan", BackendType::Vxlan, false),
-        ("tartan host-gw", BackendType::HostGw, false),
-        ("tartan vxlan + directRouting", BackendType::Vxlan, true),
-        ("tartan udp (userspace, batched)", BackendType::Udp, false),
+    for (label, backend, direct, unbatched) in [
+        ("tartan vxlan", BackendType::Vxlan, false, false),
+        ("tartan host-gw", BackendType::HostGw, false, false),
+        (
+            "tartan vxlan + directRouting",
+            BackendType::Vxlan,
+            true,
+            false,
+        ),
+        (
+            "tartan udp (userspace, batched)",
+            BackendType::Udp,
+            false,
+            false,
+        ),
+        (
+            "udp relay, one packet per system call (baseline)",
+            BackendType::Udp,
+            false,
+            true,
+        ),
     ] {
         let gbps = lab_throughput(
             &format!("bench{}", std::process::id() % 1000),
             backend,
             direct,
+            unbatched,
             seconds,
         )?;
         rows.push(Throughput {

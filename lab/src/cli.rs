@@ -103,6 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 network,
                 routed,
                 control_plane,
+                udp_unbatched: false,
             })?;
             let (text, failures) = lifecycle::status(&name)?;
             println!(

@@ -22,6 +22,8 @@ pub struct UpOptions {
     pub routed: bool,
     /// Real API server, operator and agents (see `control_plane`).
     pub control_plane: bool,
+    /// The udp datapath one packet per system call (benchmark baseline).
+    pub udp_unbatched: bool,
 }
 
 /// The namespace prefix of a lab: keeps labs apart from each other and the host.
@@ -124,6 +126,7 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
         outside: LabNode::from(&topology.outside),
         pods: Vec::new(),
         control_plane: options.control_plane,
+        udp_unbatched: options.udp_unbatched,
     };
     lab.save()?;
     AgentsReport {

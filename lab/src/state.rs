@@ -54,6 +54,9 @@ pub struct LabState {
     /// The nodes are Node objects on a real API server; real operator and agents run.
     #[serde(default)]
     pub control_plane: bool,
+    /// The udp datapath without batching or offloads (a benchmark baseline).
+    #[serde(default)]
+    pub udp_unbatched: bool,
 }
 
 /// What the agents daemon publishes: NodeSubnets with statuses, and progress.

@@ -122,10 +122,15 @@ pub fn parse_ping(output: &str) -> anyhow::Result<(u64, u64, Duration)> {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse().ok())
         .collect();
-    let (sent, received) = (
+    let (mut sent, received) = (
         numbers.first().copied().unwrap_or(0),
         numbers.get(1).copied().unwrap_or(0),
     );
+    // The flow is stopped with SIGINT; the one request still in flight then
+    // is not a loss (a path broken at the end loses the 50 sent in the last 500 ms).
+    if seqs.last().is_some_and(|last| last + 1 == sent) {
+        sent -= 1;
+    }
     let mut gap = 0;
     let mut previous = 0;
     for seq in seqs.iter().copied().chain(std::iter::once(sent + 1)) {
@@ -153,5 +158,15 @@ mod tests {
         let (sent, received, gap) = parse_ping(out).expect("parses");
         assert_eq!((sent, received), (6, 3));
         assert_eq!(gap, Duration::from_millis(30));
+    }
+
+    #[test]
+    fn the_request_in_flight_at_the_stop_is_not_a_loss() {
+        let out = "64 bytes from 10.244.2.2: icmp_seq=1 ttl=62 time=0.1 ms\n\
+                   64 bytes from 10.244.2.2: icmp_seq=2 ttl=62 time=0.1 ms\n\
+                   \n--- 10.244.2.2 ping statistics ---\n\
+                   3 packets transmitted, 2 received, 33% packet loss, time 20ms\n";
+        let (sent, received, gap) = parse_ping(out).expect("parses");
+        assert_eq!((sent, received, gap), (2, 2, Duration::ZERO));
     }
 }

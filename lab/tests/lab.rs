@@ -151,6 +151,15 @@ fn direct_routing_lab_switches_to_plain_vxlan_without_loss() {
 }
 
 #[test]
+fn udp_lab_switches_to_vxlan_and_back_without_loss() {
+    round_trip(
+        "ud",
+        &["--backend", "udp"],
+        &[("vxlan", None), ("udp", None)],
+    );
+}
+
+#[test]
 fn routed_underlay_works_with_vxlan_and_reports_host_gw_as_impossible() {
     if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter"]) {
         return;
@@ -179,6 +188,14 @@ fn routed_underlay_works_with_vxlan_and_reports_host_gw_as_impossible() {
     assert!(
         status.contains("False"),
         "Ready=False (HostGwPeerNotOnLink): {status}"
+    );
+    // udp crosses L3 like vxlan does.
+    let report = ok(&["switch", "--name", &name, "--backend", "udp"]);
+    assert_eq!(lost(&report), 0, "{report}");
+    let status = ok(&["status", "--name", &name]);
+    assert!(
+        status.contains("9 of 9 paths work") && status.contains(" udp "),
+        "over udp across the router: {status}"
     );
 }
 

@@ -29,7 +29,7 @@ use crate::netns::NetNs;
 use crate::plan::{DesiredState, MasqueradeSpec, UdpSpec};
 use crate::repair::repairs;
 use crate::sysctl::{self, Sysctls};
-use crate::udp::Engine;
+use crate::udp::{Engine, EngineOptions};
 
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
@@ -39,8 +39,8 @@ pub struct DataplaneConfig {
     pub sysctls: Sysctls,
     /// Full resync period, behind event-driven repair.
     pub resync: Duration,
-    /// TUN queues (and datapath thread pairs) of the udp backend.
-    pub udp_queues: usize,
+    /// The udp backend's datapath: queues, batching.
+    pub udp: EngineOptions,
 }
 
 impl DataplaneConfig {
@@ -50,7 +50,7 @@ impl DataplaneConfig {
             cni: Some(CniConfig::default()),
             sysctls: Sysctls::default(),
             resync: Duration::from_secs(300),
-            udp_queues: crate::udp::default_queues(),
+            udp: EngineOptions::default(),
         }
     }
 }
@@ -334,14 +334,7 @@ impl Worker {
         if let Some(engine) = self.udp.take() {
             engine.stop();
         }
-        let start = || {
-            Engine::start(
-                &self.config.netns,
-                spec,
-                self.config.udp_queues,
-                &self.metrics.udp,
-            )
-        };
+        let start = || Engine::start(&self.config.netns, spec, self.config.udp, &self.metrics.udp);
         let engine = match start() {
             Ok(engine) => engine,
             // A device of that name with other flags (not ours, or older): replace it.

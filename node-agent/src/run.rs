@@ -78,9 +78,12 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             root: args.sysctl_root.clone(),
         },
         resync: Duration::from_secs(args.resync_seconds.max(10)),
-        udp_queues: match args.udp_queues {
-            0 => crate::udp::default_queues(),
-            n => n,
+        udp: crate::udp::EngineOptions {
+            queues: match args.udp_queues {
+                0 => crate::udp::default_queues(),
+                n => n,
+            },
+            batched: true,
         },
     };
     let dataplane =

@@ -132,6 +132,7 @@ pub fn plan(
     let mut peer_backends = BTreeMap::new();
     let mut peer_problems = BTreeSet::new();
     let mut udp_peers = BTreeMap::new();
+    let mut senders = BTreeSet::new();
     for peer in peers {
         let endpoint = match &peer.endpoint {
             Ok(e) => *e,
@@ -150,6 +151,7 @@ pub fn plan(
             });
             continue;
         };
+        senders.insert(node_ip);
         let on_link = facts.on_link(node_ip);
         let wants = |b: BackendType| peer.receive.contains(&b);
         // Prefer the target; keep any backend the peer still receives on.
@@ -312,6 +314,7 @@ pub fn plan(
             addresses: own.iter().map(|n| host_net(*n)).collect(),
             local: own.clone(),
             peers: udp_peers,
+            senders,
         }
     });
     if udp.is_some() {

@@ -117,8 +117,11 @@ pub struct UdpSpec {
     pub addresses: BTreeSet<IpNet>,
     /// This node's subnets: the only destinations accepted from peers.
     pub local: Vec<IpNet>,
-    /// Each udp peer's subnets and node IP.
+    /// Each udp peer's subnets and node IP: where packets are sent.
     pub peers: BTreeMap<IpNet, std::net::Ipv4Addr>,
+    /// Every peer's node IP: whose datagrams are accepted. Wider than
+    /// `peers`, since during a switch a peer sends udp before we do.
+    pub senders: BTreeSet<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -432,6 +432,11 @@ fn switching_to_udp_keeps_vxlan_until_the_peer_receives_udp() {
     assert_eq!(state.receive_backends, BTreeSet::from([V, U]));
     let udp = state.udp.expect("udp on");
     assert_eq!(udp.peers.len(), 1, "only c is reached over udp");
+    assert_eq!(
+        udp.senders.len(),
+        2,
+        "but b may start sending udp any moment"
+    );
     assert_eq!(state.backend, V, "still sends vxlan to b");
 }
 

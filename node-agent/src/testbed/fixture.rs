@@ -99,7 +99,7 @@ impl Fixture {
             cni: Some(self.cni[i].clone()),
             sysctls: Sysctls::default(),
             resync: Duration::from_secs(300),
-            udp_queues: crate::udp::default_queues(),
+            udp: Default::default(),
         };
         Dataplane::start(config, self.metrics.clone()).expect("data plane starts")
     }

@@ -38,6 +38,8 @@ pub struct Queue {
     pub tun: Arc<OwnedFd>,
     pub socket: Arc<UdpSocket>,
     pub vnet: bool,
+    /// `false`: one packet per system call (the benchmark baseline).
+    pub batched: bool,
     pub port: u16,
     pub peers: Peers,
     pub metrics: UdpMetrics,
@@ -88,7 +90,8 @@ impl Queue {
             batch.clear();
             let (mut no_peer, mut malformed) = (0, 0);
             let table = self.peers.load();
-            for _ in 0..READS_PER_BATCH {
+            let reads = if self.batched { READS_PER_BATCH } else { 1 };
+            for _ in 0..reads {
                 let n = match read(&self.tun, &mut frame) {
                     Ok(n) => n,
                     Err(e) if would_block(&e) => break,
@@ -173,7 +176,8 @@ impl Queue {
     /// Peers → TUN, until stopped.
     pub fn receive_loop(self) {
         let rx = self.metrics.direction("rx");
-        let mut buffers = vec![vec![0u8; RECV_BUFFER]; RECEIVE_MESSAGES];
+        let messages = if self.batched { RECEIVE_MESSAGES } else { 1 };
+        let mut buffers = vec![vec![0u8; RECV_BUFFER]; messages];
         let mut incoming: Vec<Incoming> = Vec::with_capacity(RECEIVE_MESSAGES);
         let mut coalescer = Coalescer::new(self.vnet);
         let socket = self.socket.clone();

@@ -71,20 +71,40 @@ pub fn default_queues() -> usize {
         .min(4)
 }
 
+/// How the datapath runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    pub queues: usize,
+    /// `false`: the textbook relay, one packet per system call, no offloads,
+    /// one queue: only for benchmarks to compare against.
+    pub batched: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            queues: default_queues(),
+            batched: true,
+        }
+    }
+}
+
 impl Engine {
     /// Opens the TUN and the sockets in `netns` and starts the loops.
     pub fn start(
         netns: &NetNs,
         spec: &UdpSpec,
-        queues: usize,
+        options: EngineOptions,
         metrics: &UdpMetrics,
     ) -> io::Result<Engine> {
         let device = spec.device.clone();
         let port = spec.port;
+        let batched = options.batched;
+        let queues = if batched { options.queues } else { 1 };
         let (tun, sockets) = netns.run(move || -> io::Result<_> {
-            let tun = tun::open(&device, queues, true)?;
+            let tun = tun::open(&device, queues, batched)?;
             let sockets = (0..tun.queues.len())
-                .map(|_| UdpSocket::bind(port))
+                .map(|_| UdpSocket::bind(port, batched))
                 .collect::<io::Result<Vec<_>>>()?;
             Ok((tun, sockets))
         })??;
@@ -121,7 +141,7 @@ impl Engine {
             "udp backend datapath started"
         );
         let peers = Peers::default();
-        peers.store(PeerTable::new(&spec.peers, &spec.local));
+        peers.store(PeerTable::new(&spec.peers, &spec.senders, &spec.local));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for (i, (fd, socket)) in tun.queues.into_iter().zip(sockets).enumerate() {
@@ -129,6 +149,7 @@ impl Engine {
                 tun: Arc::new(fd),
                 socket: Arc::new(socket),
                 vnet: features.tun.vnet_hdr,
+                batched,
                 port,
                 peers: peers.clone(),
                 metrics: metrics.clone(),
@@ -163,7 +184,8 @@ impl Engine {
 
     /// Swaps in a new peer table; traffic never pauses.
     pub fn update(&self, spec: &UdpSpec) {
-        self.peers.store(PeerTable::new(&spec.peers, &spec.local));
+        self.peers
+            .store(PeerTable::new(&spec.peers, &spec.senders, &spec.local));
     }
 
     /// Stops the loops and closes the queues; the (persistent) device stays.

@@ -3,7 +3,7 @@
 //! place) when NodeSubnets change, through an atomic pointer swap: readers
 //! never wait and never see half an update.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -30,8 +30,13 @@ fn mask_v6(ip: u128, prefix: u8) -> u128 {
 
 impl PeerTable {
     /// `peers`: each remote pod subnet and the node IP that owns it;
+    /// `senders`: nodes whose datagrams are accepted (besides those in `peers`);
     /// `local`: this node's own subnets (what it accepts from peers).
-    pub fn new(peers: &BTreeMap<IpNet, Ipv4Addr>, local: &[IpNet]) -> Self {
+    pub fn new(
+        peers: &BTreeMap<IpNet, Ipv4Addr>,
+        senders: &BTreeSet<Ipv4Addr>,
+        local: &[IpNet],
+    ) -> Self {
         let mut v4: BTreeMap<u8, HashMap<u32, Ipv4Addr>> = BTreeMap::new();
         let mut v6: BTreeMap<u8, HashMap<u128, Ipv4Addr>> = BTreeMap::new();
         for (subnet, node) in peers {
@@ -51,7 +56,7 @@ impl PeerTable {
         Self {
             v4: v4.into_iter().rev().collect(),
             v6: v6.into_iter().rev().collect(),
-            nodes: peers.values().copied().collect(),
+            nodes: peers.values().chain(senders).copied().collect(),
             local: local.to_vec(),
         }
     }
@@ -122,7 +127,8 @@ mod tests {
             (net("10.244.2.0/24"), Ipv4Addr::new(192, 168, 0, 3)),
             (net("fd00:10:244:1::/64"), Ipv4Addr::new(192, 168, 0, 2)),
         ]);
-        let table = PeerTable::new(&peers, &[net("10.244.0.0/24")]);
+        let senders = BTreeSet::from([Ipv4Addr::new(192, 168, 0, 9)]);
+        let table = PeerTable::new(&peers, &senders, &[net("10.244.0.0/24")]);
         let ip = |s: &str| s.parse::<IpAddr>().expect("test IP");
         assert_eq!(
             table.lookup(ip("10.244.2.77")),
@@ -136,6 +142,10 @@ mod tests {
         assert_eq!(table.lookup(ip("fd00:10:244:2::9")), None);
         assert!(table.is_peer(Ipv4Addr::new(192, 168, 0, 3)));
         assert!(!table.is_peer(Ipv4Addr::new(192, 168, 0, 4)));
+        assert!(
+            table.is_peer(Ipv4Addr::new(192, 168, 0, 9)),
+            "a node we do not send to yet may already send to us"
+        );
         assert!(table.is_local(ip("10.244.0.5")));
         assert!(!table.is_local(ip("10.244.1.5")));
     }
@@ -147,6 +157,7 @@ mod tests {
         assert!(reader.load().is_empty());
         shared.store(PeerTable::new(
             &BTreeMap::from([(net("10.244.1.0/24"), Ipv4Addr::new(192, 168, 0, 2))]),
+            &BTreeSet::new(),
             &[],
         ));
         assert_eq!(reader.load().len(), 1);

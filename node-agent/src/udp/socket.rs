@@ -73,8 +73,9 @@ pub struct Incoming {
 }
 
 impl UdpSocket {
-    /// Binds `0.0.0.0:port` with `SO_REUSEPORT`, GRO on when the kernel has it.
-    pub fn bind(port: u16) -> io::Result<UdpSocket> {
+    /// Binds `0.0.0.0:port` with `SO_REUSEPORT`; with `offloads`, GRO on
+    /// and GSO used when the kernel has them.
+    pub fn bind(port: u16, offloads: bool) -> io::Result<UdpSocket> {
         // SAFETY: socket(2) has no memory arguments; the fd is owned below.
         let raw = unsafe {
             libc::socket(
@@ -109,8 +110,8 @@ impl UdpSocket {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        let gro = setsockopt(&fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
-        let gso = setsockopt(&fd, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok();
+        let gro = offloads && setsockopt(&fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
+        let gso = offloads && setsockopt(&fd, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok();
         Ok(UdpSocket { fd, gso, gro })
     }
 

@@ -183,7 +183,11 @@ fn table() -> PeerTable {
         "10.244.1.0/24".parse().expect("cidr"),
         Ipv4Addr::new(192, 168, 0, 2),
     )]);
-    PeerTable::new(&peers, &["10.244.2.0/24".parse().expect("cidr")])
+    PeerTable::new(
+        &peers,
+        &Default::default(),
+        &["10.244.2.0/24".parse().expect("cidr")],
+    )
 }
 
 fn receive(peer: Ipv4Addr, data: &[u8], segment: usize) -> (ReceiveCounts, usize) {

@@ -296,6 +296,8 @@ fn operator_is_hardened_and_images_follow_app_version() {
         "tartan_agent_peers",
         "tartan_operator_subnets_allocated",
         "tartan_agent_drift_repairs_total",
+        "tartan_agent_udp_bytes_total",
+        "tartan_agent_udp_drops_total",
     ] {
         assert!(exprs.contains(metric), "dashboard uses {metric}");
     }

@@ -46,15 +46,19 @@ pub struct Queue {
     pub stop: Arc<AtomicBool>,
 }
 
-/// Waits until `fd` is readable or the timeout passes.
-fn wait_readable(fd: &OwnedFd) {
+/// Waits until `fd` is ready for `events` or the idle timeout passes.
+fn wait(fd: &OwnedFd, events: libc::c_short) {
     let mut poll = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     // SAFETY: one valid pollfd, count 1.
     unsafe { libc::poll(&mut poll, 1, IDLE_POLL_MS) };
+}
+
+fn wait_readable(fd: &OwnedFd) {
+    wait(fd, libc::POLLIN);
 }
 
 fn read(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
@@ -283,11 +287,5 @@ fn split(messages: &[super::socket::Outgoing]) -> Vec<super::socket::Outgoing> {
 }
 
 fn wait_writable(fd: &OwnedFd) {
-    let mut poll = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, count 1.
-    unsafe { libc::poll(&mut poll, 1, IDLE_POLL_MS) };
+    wait(fd, libc::POLLOUT);
 }

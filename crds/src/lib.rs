@@ -18,11 +18,12 @@ pub mod error;
 pub mod generate;
 pub mod node_subnet;
 pub mod overlay_network;
+pub mod selector;
 pub mod validate;
 
 pub use condition::{Condition, ConditionStatus};
 pub use error::ValidationError;
-pub use node_subnet::{NodeSubnet, NodeSubnetSpec, NodeSubnetStatus};
+pub use node_subnet::{BgpStatus, NodeSubnet, NodeSubnetSpec, NodeSubnetStatus};
 pub use overlay_network::{
     Backend, BackendType, BgpConfig, BgpPeer, OverlayNetwork, OverlayNetworkSpec,
     OverlayNetworkStatus, UdpConfig, VxlanConfig,

@@ -82,9 +82,24 @@ pub struct NodeSubnetStatus {
     /// How many peers are programmed.
     #[serde(default)]
     pub peers: u32,
+    /// The bgp backend's sessions and routes, while this node runs BGP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// The bgp backend on one node, as read from its BIRD.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpStatus {
+    /// BGP sessions in state Established.
+    pub sessions_established: u32,
+    /// BGP sessions this node should have (mesh peers and external peers).
+    pub sessions_expected: u32,
+    /// Routes learned from BGP peers (after the import filter).
+    pub routes_learned: u32,
 }

@@ -10,6 +10,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 use crate::condition::Condition;
 
 /// Kubernetes CEL: an IPv4 network in CIDR form with no host bits set.
@@ -206,7 +208,8 @@ pub struct BgpConfig {
     /// Every node peers with every other node.
     #[serde(default = "default_true")]
     pub node_to_node_mesh: bool,
-    /// External BGP peers (routers) every node peers with.
+    /// External BGP peers (routers), e.g. each rack's top-of-rack router
+    /// limited by `nodeSelector` to the nodes of its rack.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["address".into()]))]
@@ -223,6 +226,31 @@ pub struct BgpPeer {
     /// The peer's AS number.
     #[schemars(range(min = 1, max = 4294967295u32))]
     pub as_number: u32,
+    /// TCP MD5 password of the session: printable ASCII without spaces,
+    /// quotes or backslashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 80), regex(pattern = r#"^[!#-\[\]-~]+$"#))]
+    pub password: Option<String>,
+    /// Only nodes whose labels match peer with this router (every node when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Routes sent to this peer keep their next hop (a route reflector or a
+    /// router that is not on the nodes' segment), instead of this node's address.
+    #[serde(default)]
+    pub keep_original_next_hop: bool,
+}
+
+impl BgpPeer {
+    /// A peer with only an address and an AS number.
+    pub fn new(address: &str, as_number: u32) -> Self {
+        Self {
+            address: address.into(),
+            as_number,
+            password: None,
+            node_selector: None,
+            keep_original_next_hop: false,
+        }
+    }
 }
 
 /// Observed state of the pod network, written by the operator.

@@ -102,6 +102,22 @@ fn validate_backend(backend: &Backend) -> Result<()> {
             1,
             u32::MAX,
         )?;
+        if let Some(password) = &peer.password
+            && !valid_bgp_password(password)
+        {
+            // The value is a secret: named by length, never echoed.
+            return Err(ValidationError::new(
+                format!("spec.backend.bgp.peers[{i}].password"),
+                format!("<{} characters>", password.len()),
+                "must be 1 to 80 printable ASCII characters without spaces, quotes or backslashes",
+            ));
+        }
+        if let Some(selector) = &peer.node_selector {
+            crate::selector::validate(
+                &format!("spec.backend.bgp.peers[{i}].nodeSelector"),
+                selector,
+            )?;
+        }
     }
     if backend.type_ == BackendType::Udp && backend.udp.port == backend.vxlan.port {
         return Err(ValidationError::new(
@@ -111,6 +127,15 @@ fn validate_backend(backend: &Backend) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// What a BGP password may hold: it is written into BIRD's configuration
+/// between double quotes, so nothing that could end or escape the string.
+pub fn valid_bgp_password(password: &str) -> bool {
+    (1..=80).contains(&password.len())
+        && password
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
 }
 
 fn in_range(field: &str, value: u32, min: u32, max: u32) -> Result<()> {
@@ -293,15 +318,36 @@ mod tests {
     #[test]
     fn duplicate_bgp_peers_are_refused() {
         let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
-        let peer = crate::BgpPeer {
-            address: "192.0.2.1".into(),
-            as_number: 65000,
-        };
+        let peer = crate::BgpPeer::new("192.0.2.1", 65000);
         spec.backend.bgp.peers = vec![peer.clone(), peer];
         assert_eq!(
             spec.validate().unwrap_err().field,
             "spec.backend.bgp.peers[1].address"
         );
+    }
+
+    #[test]
+    fn a_bgp_password_that_could_break_out_of_the_config_is_refused_unechoed() {
+        let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+        for (password, ok) in [
+            ("s3cret!", true),
+            ("with space", false),
+            ("quote\"; protocol", false),
+            ("back\\slash", false),
+            ("", false),
+        ] {
+            let mut peer = crate::BgpPeer::new("192.0.2.1", 65000);
+            peer.password = Some(password.into());
+            spec.backend.bgp.peers = vec![peer];
+            match spec.validate() {
+                Ok(_) => assert!(ok, "{password:?} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{password:?} refused: {e}");
+                    assert_eq!(e.field, "spec.backend.bgp.peers[0].password");
+                    assert!(!e.to_string().contains(password) || password.is_empty());
+                }
+            }
+        }
     }
 
     #[test]

@@ -374,23 +374,13 @@ fn overlay_network_rules_accept_good_and_refuse_bad_objects() {
         ),
         (
             "bgp peer not an IP",
-            with(&|s| {
-                s.backend.bgp.peers = vec![BgpPeer {
-                    address: "router".into(),
-                    as_number: 65000,
-                }]
-            }),
+            with(&|s| s.backend.bgp.peers = vec![BgpPeer::new("router", 65000)]),
             None,
             vec![".spec.backend.bgp.peers[0].address"],
         ),
         (
             "bgp peer",
-            with(&|s| {
-                s.backend.bgp.peers = vec![BgpPeer {
-                    address: "192.0.2.1".into(),
-                    as_number: 65000,
-                }]
-            }),
+            with(&|s| s.backend.bgp.peers = vec![BgpPeer::new("192.0.2.1", 65000)]),
             None,
             vec![],
         ),

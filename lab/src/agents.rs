@@ -8,19 +8,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tartan_agent::bgp::BirdMode;
 use tartan_agent::cni::CniConfig;
 use tartan_agent::dataplane::{Dataplane, DataplaneConfig, Target};
 use tartan_agent::metrics::Metrics;
 use tartan_agent::netns::NetNs;
-use tartan_agent::plan::{LocalFacts, Peer, plan};
+use tartan_agent::plan::{BgpObserved, LocalFacts, LocalProblem, Peer, plan};
 use tartan_agent::status::{kernel_version, node_status};
 use tartan_agent::sysctl::Sysctls;
-use tartan_crds::NodeSubnet;
+use tartan_crds::{BackendType, NodeSubnet};
 
 use crate::state::{AgentsReport, LabNode, LabState, node_dir};
 
 /// Most rounds a rollout may take before the daemon reports it stuck.
 const MAX_ROUNDS: usize = 10;
+/// How long a switch to bgp waits for sessions and routes.
+const BGP_WAIT: Duration = Duration::from_secs(30);
 
 pub fn cni_config(lab: &str, node: &str) -> CniConfig {
     CniConfig {
@@ -29,7 +32,13 @@ pub fn cni_config(lab: &str, node: &str) -> CniConfig {
     }
 }
 
-fn facts(node: &LabNode) -> LocalFacts {
+fn bird_mode(lab: &str, node: &str) -> BirdMode {
+    BirdMode::Managed {
+        dir: node_dir(lab, node).join("bird"),
+    }
+}
+
+fn facts(node: &LabNode, bgp: BgpObserved) -> LocalFacts {
     LocalFacts {
         underlay: node.iface.clone(),
         node_ip: node.ip,
@@ -37,7 +46,28 @@ fn facts(node: &LabNode) -> LocalFacts {
         node_ipv6: None,
         underlay_mtu: 1500,
         kernel: kernel_version(),
+        node_labels: node.labels.clone(),
+        bgp,
     }
+}
+
+/// Each node's BGP as its BIRD and kernel report it (empty where BGP is off).
+fn observe_bgp(state: &LabState, on: &[bool]) -> Vec<BgpObserved> {
+    state
+        .nodes
+        .iter()
+        .zip(on)
+        .map(|(n, on)| {
+            if *on {
+                tartan_agent::bgp::observe(
+                    &NetNs::named(&n.netns),
+                    &bird_mode(&state.name, &n.name).socket(),
+                )
+            } else {
+                BgpObserved::default()
+            }
+        })
+        .collect()
 }
 
 /// Runs until killed: converges whenever `state.json`'s generation moves.
@@ -60,17 +90,28 @@ pub fn run(name: &str) -> anyhow::Result<()> {
                     batched: !state.udp_unbatched,
                     ..Default::default()
                 },
+                bird: bird_mode(name, &n.name),
             };
             Dataplane::start(config, metrics.clone())
                 .with_context(|| format!("data plane of {}", n.name))
         })
         .collect::<anyhow::Result<_>>()?;
+    let _router = if state.routed {
+        Some(crate::tor::start(&state)?)
+    } else {
+        None
+    };
     let mut report = AgentsReport::load(name)?;
     report.pid = std::process::id();
+    let mut bgp_on = vec![false; state.nodes.len()];
+    let mut last_bgp: Vec<BgpObserved> = Vec::new();
     loop {
         let state = LabState::load(name)?;
-        if report.converged_generation != Some(state.generation) {
-            match converge(&state, &planes, &mut report) {
+        // BGP sessions and routes are inputs too: a change is another convergence.
+        let bgp = observe_bgp(&state, &bgp_on);
+        let bgp_moved = bgp_on.iter().any(|on| *on) && bgp != last_bgp;
+        if report.converged_generation != Some(state.generation) || bgp_moved {
+            match converge(&state, &planes, &mut report, &mut bgp_on) {
                 Ok(()) => {
                     report.converged_generation = Some(state.generation);
                     report.error = None;
@@ -78,21 +119,30 @@ pub fn run(name: &str) -> anyhow::Result<()> {
                 Err(e) => report.error = Some(format!("{e:#}")),
             }
             report.save(name)?;
+            last_bgp = observe_bgp(&state, &bgp_on);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// Rounds of plan → apply → publish status until no status changes.
+/// Rounds of plan → apply → publish status until no status changes (and,
+/// switching to bgp, until BGP has delivered every peer's route or
+/// [`BGP_WAIT`] passed: the old paths carry traffic meanwhile).
 fn converge(
     state: &LabState,
     planes: &[Dataplane],
     report: &mut AgentsReport,
+    bgp_on: &mut [bool],
 ) -> anyhow::Result<()> {
     let network = state.network.validate().context("the lab's network")?;
     let generation = Some(state.generation as i64);
-    for _ in 0..MAX_ROUNDS {
+    let started = std::time::Instant::now();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
         let mut changed = false;
+        let mut waiting_for_bgp = false;
+        let bgp = observe_bgp(state, bgp_on);
         for (i, node) in state.nodes.iter().enumerate() {
             let peers: Vec<Peer> = report
                 .subnets
@@ -106,8 +156,15 @@ fn converge(
                 .spec
                 .validate()
                 .with_context(|| format!("NodeSubnet {}", node.name))?;
-            let facts = facts(node);
+            let facts = facts(node, bgp[i].clone());
             let desired = plan(&network, &local, &peers, &facts);
+            bgp_on[i] = desired.bgp.is_some();
+            waiting_for_bgp |= network.backend.type_ == BackendType::Bgp
+                && (desired.backend != BackendType::Bgp
+                    || desired
+                        .local_problems
+                        .iter()
+                        .any(|p| matches!(p, LocalProblem::BgpSessionsDown { .. })));
             let applied = planes[i].set(Target {
                 state: desired.clone(),
                 subnet: local,
@@ -127,11 +184,21 @@ fn converge(
         }
         report.rounds += 1;
         report.save(&state.name)?;
-        if !changed {
+        if !changed && !waiting_for_bgp {
             return Ok(());
         }
+        if waiting_for_bgp && started.elapsed() > BGP_WAIT {
+            // Reported in the statuses (BGPSessionsDown, PeersPending); traffic keeps the old paths.
+            return Ok(());
+        }
+        if !waiting_for_bgp && rounds >= MAX_ROUNDS {
+            anyhow::bail!("did not converge within {MAX_ROUNDS} rounds");
+        }
         // A rollout on a cluster spreads over time; let traffic flow between rounds.
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(if waiting_for_bgp {
+            250
+        } else {
+            100
+        }));
     }
-    anyhow::bail!("did not converge within {MAX_ROUNDS} rounds")
 }

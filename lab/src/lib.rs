@@ -16,3 +16,4 @@ pub mod lifecycle;
 pub mod matrix;
 pub mod state;
 pub mod switch;
+pub mod tor;

@@ -69,9 +69,14 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
     }
     if !tartan_agent::plan::SUPPORTED.contains(&network.backend.type_) {
         bail!(
-            "--backend {}: not available in this build (supported: vxlan, host-gw)",
+            "--backend {}: not available in this build",
             network.backend.type_
         );
+    }
+    let mut options = options;
+    if options.routed && options.network.backend.bgp.peers.is_empty() {
+        // Each rack's nodes peer with the router (bgp backend).
+        options.network.backend.bgp.peers = crate::tor::peers();
     }
     if options.control_plane
         && !tartan_e2e::cluster::binaries_dir()
@@ -230,23 +235,34 @@ pub fn wait_converged(
 /// `kubectl get nodesubnets`, as the lab sees them.
 pub fn nodesubnets_table(report: &AgentsReport) -> String {
     let mut out = format!(
-        "{:<8} {:<8} {:<16} {:<16} {:<9} {:<6}\n",
-        "NAME", "NODE", "CIDR", "NODE-IP", "BACKEND", "READY"
+        "{:<8} {:<8} {:<16} {:<16} {:<9} {:<6} {:<5}\n",
+        "NAME", "NODE", "CIDR", "NODE-IP", "BACKEND", "READY", "BGP"
     );
     for s in &report.subnets {
         let status = s.status.clone().unwrap_or_default();
         let ready = tartan_crds::condition::find(&status.conditions, "Ready")
             .map(|c| format!("{:?}", c.status))
             .unwrap_or_default();
+        let bgp = status
+            .bgp
+            .as_ref()
+            .map(|b| format!("{}/{}", b.sessions_established, b.sessions_expected))
+            .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<8} {:<8} {:<16} {:<16} {:<9} {:<6}\n",
+            "{:<8} {:<8} {:<16} {:<16} {:<9} {:<6} {:<5}\n",
             s.metadata.name.clone().unwrap_or_default(),
             s.spec.node_name,
             s.spec.cidr,
             status.node_ip.unwrap_or_default(),
             status.backend.map(|b| b.to_string()).unwrap_or_default(),
-            ready
+            ready,
+            bgp
         ));
+        if let Some(ready) = tartan_crds::condition::find(&status.conditions, "Ready")
+            && ready.status != tartan_crds::ConditionStatus::True
+        {
+            out.push_str(&format!("         {}: {}\n", ready.reason, ready.message));
+        }
     }
     out
 }
@@ -258,6 +274,15 @@ pub fn status(name: &str) -> anyhow::Result<(String, usize)> {
     let mut out = nodesubnets_table(&report);
     out.push('\n');
     out.push_str(&matrix.render());
+    if lab.routed {
+        let routes = crate::tor::routes(&lab);
+        if !routes.is_empty() {
+            out.push_str(&format!(
+                "\nthe router's BGP routes (ip -n {} route show proto bird):\n{routes}",
+                crate::tor::router_netns(&lab)
+            ));
+        }
+    }
     Ok((out, matrix.failures()))
 }
 

@@ -18,6 +18,8 @@ pub struct LabNode {
     pub ip: std::net::Ipv4Addr,
     pub prefix: u8,
     pub iface: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl From<&Node> for LabNode {
@@ -28,6 +30,7 @@ impl From<&Node> for LabNode {
             ip: n.ip,
             prefix: n.prefix,
             iface: n.iface.clone(),
+            labels: n.labels.clone(),
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::index::{Inputs, ReadyInputs};
 use crate::metrics::Metrics;
 use crate::netlink::ApplyReport;
 use crate::netns::NetNs;
-use crate::plan::{LocalFacts, PeerProblem, plan};
+use crate::plan::{BgpObserved, LocalFacts, PeerProblem, plan};
 use crate::status::node_status;
 use crate::underlay::{self, Choice};
 
@@ -76,6 +76,11 @@ pub struct Agent<P: Programmer> {
     last_status: Option<NodeSubnetStatus>,
     programmed: BTreeSet<String>,
     started: Timestamp,
+    /// BIRD's control socket (the bgp backend).
+    pub bird_socket: Option<std::path::PathBuf>,
+    /// BGP as last observed, and whether the last plan ran BGP.
+    bgp: BgpObserved,
+    bgp_on: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +112,9 @@ impl<P: Programmer> Agent<P> {
             last_status: None,
             programmed: BTreeSet::new(),
             started: Timestamp::now(),
+            bird_socket: None,
+            bgp: BgpObserved::default(),
+            bgp_on: false,
         }
     }
 
@@ -142,8 +150,14 @@ impl<P: Programmer> Agent<P> {
                 return self.write_status(own, status).await;
             }
         };
-        let facts = self.facts(ready)?;
+        let mut facts = self.facts(ready)?;
+        facts.node_labels = ready.node_labels.clone();
+        if self.bgp_on || ready.network.backend.type_ == BackendType::Bgp {
+            self.bgp = self.observe_bgp().await;
+        }
+        facts.bgp = self.bgp.clone();
         let desired = plan(&ready.network, &ready.local, &ready.peers, &facts);
+        self.bgp_on = desired.bgp.is_some();
         let programmer = self.programmer.clone();
         let target = Target {
             state: desired.clone(),
@@ -172,6 +186,28 @@ impl<P: Programmer> Agent<P> {
             Some(own) => self.write_status(own, status).await,
             None => Ok(()),
         }
+    }
+
+    /// BIRD's sessions and the BGP routes in the kernel.
+    async fn observe_bgp(&self) -> BgpObserved {
+        let Some(socket) = self.bird_socket.clone() else {
+            return BgpObserved::default();
+        };
+        let netns = self.netns.clone();
+        let observed = tokio::task::spawn_blocking(move || crate::bgp::observe(&netns, &socket))
+            .await
+            .unwrap_or_default();
+        self.metrics.record_bgp(&observed);
+        observed
+    }
+
+    /// Whether BGP changed since the last reconcile (polled while BGP runs).
+    pub async fn bgp_changed(&mut self) -> bool {
+        if !self.bgp_on {
+            return false;
+        }
+        let observed = self.observe_bgp().await;
+        observed != self.bgp
     }
 
     fn facts(&self, ready: &ReadyInputs) -> Result<LocalFacts, AgentError> {

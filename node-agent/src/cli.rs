@@ -45,6 +45,28 @@ pub struct Args {
     #[arg(long, env = "TARTAN_UDP_QUEUES", default_value_t = 0)]
     pub udp_queues: usize,
 
+    /// bgp backend: `managed` runs `bird` itself (files in --bird-dir); with
+    /// --bird-socket the agent drives a BIRD that is already running.
+    #[arg(long, env = "TARTAN_BIRD", default_value = "managed", value_parser = ["managed"])]
+    pub bird: String,
+
+    /// Where a managed BIRD's configuration and control socket live.
+    #[arg(long, env = "TARTAN_BIRD_DIR", default_value = "/run/tartan/bird")]
+    pub bird_dir: PathBuf,
+
+    /// The control socket of a BIRD already running (instead of a managed one).
+    #[arg(long, env = "TARTAN_BIRD_SOCKET")]
+    pub bird_socket: Option<PathBuf>,
+
+    /// With --bird-socket: the configuration file that BIRD was started with;
+    /// the agent rewrites it and runs `configure`.
+    #[arg(
+        long,
+        env = "TARTAN_BIRD_CONFIG",
+        default_value = "/etc/bird/bird.conf"
+    )]
+    pub bird_config: PathBuf,
+
     /// Remove everything Tartan owns on this node, then exit (uninstall).
     #[arg(long)]
     pub cleanup: bool,

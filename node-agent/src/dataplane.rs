@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use netlink_packet_route::RouteNetlinkMessage;
 use tartan_crds::ValidNodeSubnet;
 
+use crate::bgp::{Bird, BirdError, BirdMode};
 use crate::cni::CniConfig;
 use crate::masquerade;
 use crate::metrics::Metrics;
@@ -41,6 +42,8 @@ pub struct DataplaneConfig {
     pub resync: Duration,
     /// The udp backend's datapath: queues, batching.
     pub udp: EngineOptions,
+    /// The bgp backend's BIRD.
+    pub bird: BirdMode,
 }
 
 impl DataplaneConfig {
@@ -51,6 +54,9 @@ impl DataplaneConfig {
             sysctls: Sysctls::default(),
             resync: Duration::from_secs(300),
             udp: EngineOptions::default(),
+            bird: BirdMode::Managed {
+                dir: std::path::PathBuf::from("/run/tartan/bird"),
+            },
         }
     }
 }
@@ -67,6 +73,8 @@ pub enum DataplaneError {
     Cni(std::io::Error),
     #[error("udp datapath: {0}")]
     Udp(std::io::Error),
+    #[error("bgp: {0}")]
+    Bgp(#[from] BirdError),
     #[error("the data plane worker has stopped")]
     Stopped,
 }
@@ -80,6 +88,7 @@ impl DataplaneError {
             DataplaneError::Nftables(_) => "nftables",
             DataplaneError::Cni(_) => "cni",
             DataplaneError::Udp(_) => "udp",
+            DataplaneError::Bgp(_) => "bgp",
             DataplaneError::Stopped => "stopped",
         }
     }
@@ -131,7 +140,10 @@ impl Dataplane {
                 }
             })?;
         let last = Arc::new(Mutex::new(LastApply::default()));
+        let bird = Bird::new(config.bird.clone(), config.netns.clone());
         let worker = Worker {
+            bird,
+            bgp_on: false,
             config,
             applier,
             target: None,
@@ -190,6 +202,9 @@ struct Worker {
     masquerade: Option<Option<MasqueradeSpec>>,
     /// The udp backend's datapath, while the state has a TUN.
     udp: Option<Engine>,
+    bird: Bird,
+    /// BIRD runs this node's BGP (else it is stopped or idle).
+    bgp_on: bool,
     metrics: Arc<Metrics>,
     last: Arc<Mutex<LastApply>>,
 }
@@ -287,6 +302,17 @@ impl Worker {
             if let Some(engine) = self.udp.take() {
                 engine.stop();
             }
+        }
+        match &state.bgp {
+            Some(spec) => {
+                self.bird.ensure(spec)?;
+                self.bgp_on = true;
+            }
+            None if self.bgp_on => {
+                self.bird.stop()?;
+                self.bgp_on = false;
+            }
+            None => {}
         }
         let masq = Some(state.masquerade.clone()).filter(|m| m.masquerade);
         if resync || self.masquerade.as_ref() != Some(&masq) {
@@ -428,6 +454,7 @@ pub fn cleanup(netns: &NetNs, cni: Option<&CniConfig>) -> Result<ApplyReport, Da
             .map(|n| crate::netlink::Op::DeleteLink { name: n.clone() }),
     );
     let report = applier.execute(ops, observed)?;
+    crate::bgp::remove_routes(netns).map_err(|e| DataplaneError::Apply(e.into()))?;
     masquerade::apply(netns, None).map_err(|e| DataplaneError::Nftables(e.to_string()))?;
     if let Some(cni) = cni {
         cni.remove().map_err(DataplaneError::Cni)?;

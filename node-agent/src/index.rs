@@ -38,6 +38,8 @@ pub struct ReadyInputs {
     pub peer_created: BTreeMap<String, Time>,
     /// The Node's InternalIP (default underlay choice).
     pub node_ip: Option<Ipv4Addr>,
+    /// The Node's labels (which external BGP peers apply).
+    pub node_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +132,11 @@ impl AgentIndex {
             peers.push(peer);
         }
         let node_ip = self.node.as_ref().and_then(internal_ip);
+        let node_labels = self
+            .node
+            .as_ref()
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
         Inputs::Ready(Box::new(ReadyInputs {
             network,
             local,
@@ -137,6 +144,7 @@ impl AgentIndex {
             peers,
             peer_created,
             node_ip,
+            node_labels,
         }))
     }
 }

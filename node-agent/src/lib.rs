@@ -9,6 +9,7 @@
 //! ```
 
 pub mod agent;
+pub mod bgp;
 pub mod cli;
 pub mod cni;
 pub mod dataplane;

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub watch_errors: IntCounterVec,
     pub status_writes: IntCounterVec,
     pub udp: crate::udp::metrics::UdpMetrics,
+    pub bgp_sessions: IntGaugeVec,
+    pub bgp_routes_learned: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -85,6 +87,17 @@ impl Metrics {
                 &["result"],
             )?,
             udp: crate::udp::metrics::UdpMetrics::register(&registry)?,
+            bgp_sessions: IntGaugeVec::new(
+                Opts::new(
+                    "tartan_agent_bgp_sessions",
+                    "This node's BGP sessions by BIRD state (established, active, connect, idle, opensent, openconfirm, unknown).",
+                ),
+                &["state"],
+            )?,
+            bgp_routes_learned: prometheus::IntGauge::new(
+                "tartan_agent_bgp_routes_learned",
+                "Routes BGP peers sent this node that passed the import filter.",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.netlink_changes.clone()))?;
@@ -98,6 +111,9 @@ impl Metrics {
         m.registry.register(Box::new(m.convergence_lag.clone()))?;
         m.registry.register(Box::new(m.watch_errors.clone()))?;
         m.registry.register(Box::new(m.status_writes.clone()))?;
+        m.registry.register(Box::new(m.bgp_sessions.clone()))?;
+        m.registry
+            .register(Box::new(m.bgp_routes_learned.clone()))?;
         for state in ["programmed", "pending", "problem"] {
             m.peers.with_label_values(&[state]);
         }
@@ -114,6 +130,34 @@ impl Metrics {
             m.drift_repairs.with_label_values(&[kind]);
         }
         Ok(m)
+    }
+
+    /// The BGP gauges from what BIRD reports.
+    pub fn record_bgp(&self, observed: &crate::plan::BgpObserved) {
+        const STATES: [&str; 6] = [
+            "established",
+            "active",
+            "connect",
+            "idle",
+            "opensent",
+            "openconfirm",
+        ];
+        let mut counts: std::collections::BTreeMap<String, i64> =
+            STATES.iter().map(|s| (s.to_string(), 0)).collect();
+        for session in observed.sessions.values() {
+            let state = session.state.to_ascii_lowercase();
+            let key = if STATES.contains(&state.as_str()) {
+                state
+            } else {
+                "unknown".into()
+            };
+            *counts.entry(key).or_default() += 1;
+        }
+        for (state, n) in counts {
+            self.bgp_sessions.with_label_values(&[&state]).set(n);
+        }
+        self.bgp_routes_learned
+            .set(i64::from(observed.routes_learned));
     }
 
     pub fn render(&self) -> String {

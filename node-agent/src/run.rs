@@ -85,7 +85,17 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             },
             batched: true,
         },
+        bird: match &args.bird_socket {
+            Some(socket) => crate::bgp::BirdMode::External {
+                socket: socket.clone(),
+                config: args.bird_config.clone(),
+            },
+            None => crate::bgp::BirdMode::Managed {
+                dir: args.bird_dir.clone(),
+            },
+        },
     };
+    let bird_socket = config.bird.socket();
     let dataplane =
         Arc::new(Dataplane::start(config, metrics.clone()).context("opening netlink sockets")?);
     let underlay = match (&args.iface, &args.iface_regex) {
@@ -101,6 +111,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         metrics.clone(),
         health.clone(),
     );
+    agent.bird_socket = Some(bird_socket);
 
     let index = Arc::new(Mutex::new(AgentIndex::new(
         node_name.clone(),
@@ -120,10 +131,14 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
 
     tracing::info!(node = %node_name, network = %args.network, "tartan-agent started");
     let mut stop = std::pin::pin!(stopped());
+    // While BGP runs, its sessions and routes are inputs too: polled each second.
+    let mut bgp_poll = tokio::time::interval(Duration::from_secs(1));
+    bgp_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut stop => break,
             changed = inputs_rx.changed() => if changed.is_err() { break },
+            _ = bgp_poll.tick() => if !agent.bgp_changed().await { continue },
         }
         // Coalesce a burst of events into one apply.
         let first = tokio::time::Instant::now();

@@ -2,11 +2,11 @@
 //!
 //! `Ready` says, in words a person understands, why the node is or is not
 //! fully programmed: `Programmed`, `PeersPending`, `HostGwPeerNotOnLink`,
-//! `NoCommonBackend`, `MtuClamped`, `BackendUnavailable`, `ApplyFailed`.
+//! `NoCommonBackend`, `MtuClamped`, `BackendUnavailable`, `BGPSessionsDown`, `ApplyFailed`.
 
 use tartan_crds::condition::{self, Condition};
 use tartan_crds::validate::format_mac;
-use tartan_crds::{CONDITION_READY, NodeSubnetStatus};
+use tartan_crds::{BgpStatus, CONDITION_READY, NodeSubnetStatus};
 
 use crate::plan::{DesiredState, LocalFacts, LocalProblem, PeerProblem, vtep_mac};
 
@@ -31,6 +31,21 @@ pub fn node_status(
         receive_backends: desired.receive_backends.iter().copied().collect(),
         mtu: Some(desired.mtu),
         peers: desired.peer_backends.len() as u32,
+        bgp: desired.bgp.as_ref().map(|spec| BgpStatus {
+            sessions_established: spec
+                .neighbors
+                .iter()
+                .filter(|n| {
+                    facts
+                        .bgp
+                        .sessions
+                        .get(&n.name)
+                        .is_some_and(|s| s.established())
+                })
+                .count() as u32,
+            sessions_expected: spec.neighbors.len() as u32,
+            routes_learned: facts.bgp.routes_learned,
+        }),
         conditions,
         observed_generation: generation,
     }
@@ -58,6 +73,22 @@ fn ready(desired: &DesiredState, apply_error: Option<&str>) -> Condition {
                     "backend {backend} is not available in this agent; sending with {}",
                     desired.backend
                 ));
+            }
+            LocalProblem::BgpSessionsDown { sessions } => {
+                let shown = sessions
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let more = sessions.len().saturating_sub(5);
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                return Condition::falsy(CONDITION_READY, "BGPSessionsDown")
+                    .message(format!("BGP sessions down: {shown}{more}"));
             }
             LocalProblem::MtuClamped { requested, clamped } => {
                 return Condition::falsy(CONDITION_READY, "MtuClamped").message(format!(
@@ -130,6 +161,7 @@ mod tests {
             node_ipv6: None,
             underlay_mtu: 1500,
             kernel: (6, 1),
+            ..Default::default()
         }
     }
 

@@ -94,6 +94,7 @@ pub fn select(interfaces: &[Interface], choice: &Choice) -> Result<LocalFacts, U
         node_ipv6,
         underlay_mtu: iface.mtu,
         kernel: kernel_version(),
+        ..Default::default()
     })
 }
 

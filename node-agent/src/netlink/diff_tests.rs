@@ -125,6 +125,7 @@ fn desired(backend: BackendType, direct: bool, peers: &[(u8, bool, u8)]) -> Desi
         node_ipv6: None,
         underlay_mtu: 1500,
         kernel: (6, 1),
+        ..Default::default()
     };
     let peers: Vec<Peer> = peers
         .iter()

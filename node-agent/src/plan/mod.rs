@@ -8,6 +8,8 @@
 //!              fdb   MAC_P dev tartan.<vni> dst IP_P
 //!     host-gw  route S_P via IP_P dev <underlay>         (only if IP_P is on-link)
 //!     vxlan + directRouting: host-gw for on-link peers, vxlan for the rest
+//!     bgp      nothing from Tartan: BIRD announces S_N and installs S_P (proto bird,
+//!              metric 4096, below every Tartan route), used once it is there
 //!     udp      route S_P dev tartan0    (+ route C dev tartan0 while the TUN exists;
 //!              the datapath sends S_P's packets to IP_P:<port>)
 //! ```
@@ -16,6 +18,7 @@
 //! in `receiveBackends`; until then it uses a backend the peer still receives.
 //! It keeps receiving on every backend some peer still sends with.
 
+mod bgp;
 pub mod inputs;
 pub mod model;
 
@@ -49,10 +52,29 @@ pub struct LocalFacts {
     pub underlay_mtu: u32,
     /// (major, minor) of the running kernel.
     pub kernel: (u32, u32),
+    /// This node's labels (which external BGP peers apply).
+    pub node_labels: BTreeMap<String, String>,
+    /// What BIRD and the kernel say about BGP.
+    pub bgp: BgpObserved,
+}
+
+impl Default for LocalFacts {
+    fn default() -> Self {
+        Self {
+            underlay: String::new(),
+            node_ip: Ipv4Addr::UNSPECIFIED,
+            underlay_prefix: 32,
+            node_ipv6: None,
+            underlay_mtu: 1500,
+            kernel: (0, 0),
+            node_labels: BTreeMap::new(),
+            bgp: BgpObserved::default(),
+        }
+    }
 }
 
 impl LocalFacts {
-    fn on_link(&self, ip: Ipv4Addr) -> bool {
+    pub fn on_link(&self, ip: Ipv4Addr) -> bool {
         Ipv4Net::new(self.node_ip, self.underlay_prefix)
             .is_ok_and(|net| net.contains(&ip) && ip != self.node_ip)
     }
@@ -72,7 +94,12 @@ pub struct Peer {
 }
 
 /// Backends this agent can program today.
-pub const SUPPORTED: [BackendType; 3] = [BackendType::Vxlan, BackendType::HostGw, BackendType::Udp];
+pub const SUPPORTED: [BackendType; 4] = [
+    BackendType::Vxlan,
+    BackendType::HostGw,
+    BackendType::Udp,
+    BackendType::Bgp,
+];
 
 /// The VTEP MAC of a node: locally administered, derived from the node IP so
 /// it survives reboots and systemd's MACAddressPolicy and peers never go stale.
@@ -133,6 +160,7 @@ pub fn plan(
     let mut peer_problems = BTreeSet::new();
     let mut udp_peers = BTreeMap::new();
     let mut senders = BTreeSet::new();
+    let mut mesh: Vec<(String, Ipv4Addr)> = Vec::new();
     for peer in peers {
         let endpoint = match &peer.endpoint {
             Ok(e) => *e,
@@ -156,7 +184,12 @@ pub fn plan(
         let wants = |b: BackendType| peer.receive.contains(&b);
         // Prefer the target; keep any backend the peer still receives on.
         let candidates = std::iter::once(target)
-            .chain([BackendType::Vxlan, BackendType::HostGw, BackendType::Udp])
+            .chain([
+                BackendType::Vxlan,
+                BackendType::HostGw,
+                BackendType::Udp,
+                BackendType::Bgp,
+            ])
             .filter(|b| SUPPORTED.contains(b) && wants(*b));
         let mut chosen = None;
         for backend in candidates {
@@ -165,6 +198,13 @@ pub fn plan(
                     peer_problems.insert(PeerProblem::NotOnLink {
                         peer: peer.name.clone(),
                         node_ip: IpAddr::V4(node_ip),
+                    });
+                }
+                BackendType::Bgp if !facts.bgp.learned.contains(&IpNet::V4(peer.subnet.cidr)) => {
+                    // Make-before-break: the old path stays until BGP delivers the new one.
+                    peer_problems.insert(PeerProblem::Pending {
+                        peer: peer.name.clone(),
+                        missing: "BGP route",
                     });
                 }
                 BackendType::Vxlan if endpoint.vtep_mac.is_none() && !(direct && on_link) => {
@@ -202,6 +242,15 @@ pub fn plan(
         let subnets: Vec<IpNet> = std::iter::once(IpNet::V4(peer.subnet.cidr))
             .chain(local.ipv6_cidr.and(peer.subnet.ipv6_cidr).map(IpNet::V6))
             .collect();
+        if on_link {
+            mesh.push((peer.name.clone(), node_ip));
+        }
+        // A bgp peer's routes are BIRD's; Tartan installs nothing for it.
+        let subnets = if backend == BackendType::Bgp {
+            Vec::new()
+        } else {
+            subnets
+        };
         for subnet in subnets {
             if backend == BackendType::Udp {
                 udp_peers.insert(subnet, node_ip);
@@ -320,6 +369,17 @@ pub fn plan(
     if udp.is_some() {
         receive.insert(BackendType::Udp);
     }
+    let bgp = receive
+        .contains(&BackendType::Bgp)
+        .then(|| bgp::spec(network, local, facts, &mesh));
+    if let Some(spec) = &bgp
+        && target == BackendType::Bgp
+    {
+        let down = bgp::sessions_down(spec, &facts.bgp);
+        if !down.is_empty() {
+            local_problems.push(LocalProblem::BgpSessionsDown { sessions: down });
+        }
+    }
     // What this node sends with: the target once every programmed peer gets it,
     // until then the old backend, so peers keep their old receive path for us.
     let fallback = if SUPPORTED.contains(&target) {
@@ -340,6 +400,7 @@ pub fn plan(
         },
         vxlan,
         udp,
+        bgp,
         routes,
         neighbours,
         fdb,

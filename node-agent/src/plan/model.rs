@@ -124,6 +124,64 @@ pub struct UdpSpec {
     pub senders: BTreeSet<std::net::Ipv4Addr>,
 }
 
+/// The bgp backend: what this node's BIRD is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpSpec {
+    pub router_id: std::net::Ipv4Addr,
+    pub asn: u32,
+    /// The underlay device: its routes resolve multihop peers' next hops.
+    pub underlay: String,
+    /// This node's subnets, announced.
+    pub announce: Vec<IpNet>,
+    /// What is accepted from peers: node subnets (this prefix length) inside
+    /// the cluster CIDR, never one of `announce`.
+    pub accept: Vec<(IpNet, u8)>,
+    pub neighbors: Vec<BgpNeighbor>,
+}
+
+/// BGP as observed on this node: an input of the planner, like the underlay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BgpObserved {
+    /// Pod subnets the kernel has a BGP route for (installed by BIRD): a
+    /// peer is sent to over bgp only once its route is here.
+    pub learned: BTreeSet<IpNet>,
+    /// Sessions by BIRD protocol name.
+    pub sessions: BTreeMap<String, SessionState>,
+    /// Routes BGP peers sent that passed the import filter.
+    pub routes_learned: u32,
+    /// Why BIRD could not be asked, if it could not.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionState {
+    /// BIRD's BGP state: Idle, Connect, Active, OpenSent, OpenConfirm, Established.
+    pub state: String,
+    pub last_error: Option<String>,
+}
+
+impl SessionState {
+    pub fn established(&self) -> bool {
+        self.state == "Established"
+    }
+}
+
+/// One BGP session of this node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BgpNeighbor {
+    /// BIRD protocol name (`mesh_<ip>`, `peer_<ip>`): derived, never user text.
+    pub name: String,
+    /// The peer node's name (mesh) or `router` (an external peer), for messages.
+    pub label: String,
+    pub address: IpAddr,
+    pub asn: u32,
+    /// On this node's segment: a single-hop session.
+    pub direct: bool,
+    pub external: bool,
+    pub password: Option<String>,
+    pub keep_next_hop: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NeighbourSpec {
     pub device: String,
@@ -177,6 +235,8 @@ pub enum LocalProblem {
     MtuClamped { requested: u32, clamped: u32 },
     /// The target backend is not available in this agent.
     BackendUnavailable { backend: BackendType },
+    /// Expected BGP sessions that are not Established: "label address (state: error)".
+    BgpSessionsDown { sessions: Vec<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +244,7 @@ pub struct DesiredState {
     pub bridge: BridgeSpec,
     pub vxlan: Option<VxlanSpec>,
     pub udp: Option<UdpSpec>,
+    pub bgp: Option<BgpSpec>,
     pub routes: BTreeSet<RouteSpec>,
     pub neighbours: BTreeSet<NeighbourSpec>,
     pub fdb: BTreeSet<FdbSpec>,

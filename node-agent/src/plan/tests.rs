@@ -28,6 +28,7 @@ fn facts() -> LocalFacts {
         node_ipv6: None,
         underlay_mtu: 1500,
         kernel: (6, 1),
+        ..Default::default()
     }
 }
 

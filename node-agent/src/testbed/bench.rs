@@ -69,6 +69,7 @@ fn desired(peers: usize) -> DesiredState {
         node_ipv6: None,
         underlay_mtu: 1500,
         kernel: (6, 1),
+        ..Default::default()
     };
     let all: Vec<Peer> = (0..peers).map(peer).collect();
     plan(&network, &local, &all, &facts)

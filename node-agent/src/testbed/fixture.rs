@@ -50,6 +50,7 @@ pub fn facts(topo: &Topology, i: usize) -> LocalFacts {
         node_ipv6: None,
         underlay_mtu: 1500,
         kernel: (6, 1),
+        ..Default::default()
     }
 }
 
@@ -100,6 +101,9 @@ impl Fixture {
             sysctls: Sysctls::default(),
             resync: Duration::from_secs(300),
             udp: Default::default(),
+            bird: crate::bgp::BirdMode::Managed {
+                dir: self.dir.join(format!("n{}/bird", i + 1)),
+            },
         };
         Dataplane::start(config, self.metrics.clone()).expect("data plane starts")
     }

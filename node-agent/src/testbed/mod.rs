@@ -15,6 +15,7 @@ pub mod bench;
 pub mod cni;
 pub mod fixture;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
@@ -52,6 +53,8 @@ pub struct Node {
     pub ip: Ipv4Addr,
     pub prefix: u8,
     pub iface: String,
+    /// Labels the node would carry on a cluster (its rack in a routed topology).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Node {
@@ -67,6 +70,16 @@ pub struct Topology {
     pub nodes: Vec<Node>,
     pub outside: Node,
     keep: bool,
+}
+
+/// Racks of a routed topology.
+pub const RACKS: usize = 2;
+/// The label naming a node's rack in a routed topology.
+pub const RACK_LABEL: &str = "tartan.dev/rack";
+
+/// The router's address on rack `rack` (0-based): the nodes' default gateway.
+pub fn rack_gateway(rack: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 10 + rack as u8, 1)
 }
 
 /// The address of node `i` (0-based) on the underlay.
@@ -90,6 +103,7 @@ impl Topology {
                 ip: Ipv4Addr::new(192, 168, 100, 254),
                 prefix: 24,
                 iface: "eth0".into(),
+                labels: BTreeMap::new(),
             },
             keep: false,
         };
@@ -102,6 +116,7 @@ impl Topology {
                 ip: node_ip(i),
                 prefix: 24,
                 iface: "eth0".into(),
+                labels: BTreeMap::new(),
             };
             topology.attach(&node, &format!("p{}", i + 1))?;
             topology.nodes.push(node);
@@ -111,8 +126,9 @@ impl Topology {
         Ok(topology)
     }
 
-    /// `n` nodes each on its own /24 behind a router namespace (no shared L2),
-    /// with the outside host behind the router too.
+    /// `n` nodes in two racks (two /24s, node `i` in rack `i % 2`) behind a
+    /// router namespace, with the outside host behind the router too. Nodes
+    /// carry the label `tartan.dev/rack` (`r1`, `r2`).
     pub fn routed(prefix: &str, n: usize) -> io::Result<Self> {
         remove_by_prefix(prefix)?;
         let router = format!("{prefix}-rt");
@@ -129,40 +145,75 @@ impl Topology {
                 ip: Ipv4Addr::new(192, 168, 200, 2),
                 prefix: 24,
                 iface: "eth0".into(),
+                labels: BTreeMap::new(),
             },
             keep: false,
         };
+        let racks = n.clamp(1, RACKS);
+        for rack in 0..racks {
+            topology.add_segment(&format!("rk{}", rack + 1), Some(rack_gateway(rack)))?;
+        }
+        topology.add_segment("rkout", Some(Ipv4Addr::new(192, 168, 200, 1)))?;
         for i in 0..n {
+            let rack = i % racks;
             let node = Node {
                 name: format!("n{}", i + 1),
                 netns: format!("{prefix}-n{}", i + 1),
-                ip: Ipv4Addr::new(192, 168, 10 + i as u8, 2),
+                ip: Ipv4Addr::new(192, 168, 10 + rack as u8, 2 + (i / racks) as u8),
                 prefix: 24,
                 iface: "eth0".into(),
+                labels: BTreeMap::from([(RACK_LABEL.to_string(), format!("r{}", rack + 1))]),
             };
-            topology.attach_routed(
+            topology.attach_with(
                 &node,
-                &format!("r{}", i + 1),
-                Ipv4Addr::new(192, 168, 10 + i as u8, 1),
+                &format!("p{}", i + 1),
+                &format!("rk{}", rack + 1),
+                Some(rack_gateway(rack)),
             )?;
             topology.nodes.push(node);
         }
         let outside = topology.outside.clone();
-        topology.attach_routed(&outside, "rout", Ipv4Addr::new(192, 168, 200, 1))?;
+        topology.attach_with(
+            &outside,
+            "pout",
+            "rkout",
+            Some(Ipv4Addr::new(192, 168, 200, 1)),
+        )?;
         Ok(topology)
     }
 
-    /// A router port with `gateway` on it, and the node's default route through it.
-    fn attach_routed(&self, node: &Node, port: &str, gateway: Ipv4Addr) -> io::Result<()> {
-        self.attach_with(node, port, Some(gateway))
+    /// A bridge in the switch (router) namespace, with the segment's gateway on it.
+    fn add_segment(&self, bridge: &str, gateway: Option<Ipv4Addr>) -> io::Result<()> {
+        let sw = self.switch.as_str();
+        ip(&["-n", sw, "link", "add", bridge, "type", "bridge"])?;
+        if let Some(gateway) = gateway {
+            ip(&[
+                "-n",
+                sw,
+                "addr",
+                "add",
+                &format!("{gateway}/24"),
+                "dev",
+                bridge,
+            ])?;
+        }
+        ip(&["-n", sw, "link", "set", bridge, "up"])?;
+        Ok(())
     }
 
     /// A port on the switch's bridge.
     fn attach(&self, node: &Node, port: &str) -> io::Result<()> {
-        self.attach_with(node, port, None)
+        self.attach_with(node, port, "br0", None)
     }
 
-    fn attach_with(&self, node: &Node, port: &str, gateway: Option<Ipv4Addr>) -> io::Result<()> {
+    /// `node` on `bridge`; with `gateway`, its default route goes through it.
+    fn attach_with(
+        &self,
+        node: &Node,
+        port: &str,
+        bridge: &str,
+        gateway: Option<Ipv4Addr>,
+    ) -> io::Result<()> {
         add_netns(&node.netns)?;
         let (sw, ns) = (self.switch.as_str(), node.netns.as_str());
         ip(&[
@@ -179,23 +230,7 @@ impl Topology {
             "netns",
             ns,
         ])?;
-        match gateway {
-            Some(gateway) => {
-                ip(&[
-                    "-n",
-                    sw,
-                    "addr",
-                    "add",
-                    &format!("{gateway}/{}", node.prefix),
-                    "dev",
-                    port,
-                ])?;
-                ip(&["-n", sw, "link", "set", port, "up"])?;
-            }
-            None => {
-                ip(&["-n", sw, "link", "set", port, "master", "br0", "up"])?;
-            }
-        }
+        ip(&["-n", sw, "link", "set", port, "master", bridge, "up"])?;
         ip(&[
             "-n",
             ns,

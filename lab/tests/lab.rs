@@ -160,6 +160,81 @@ fn udp_lab_switches_to_vxlan_and_back_without_loss() {
 }
 
 #[test]
+fn bgp_mesh_lab_switches_from_vxlan_and_back_without_loss() {
+    if !tartan_agent::testbed::kernel_tests_allowed(&["bird"]) {
+        return;
+    }
+    round_trip(
+        "bg",
+        &["--backend", "vxlan"],
+        &[("bgp", None), ("vxlan", None)],
+    );
+}
+
+#[test]
+fn routed_bgp_lab_routes_pods_through_the_top_of_rack_router_without_tunnels() {
+    if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter", "bird"]) {
+        return;
+    }
+    let _serial = serial();
+    let name = format!("rb{}", std::process::id() % 1000);
+    let _guard = Down(name.clone());
+    let up = ok(&[
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "3",
+        "--pods-per-node",
+        "1",
+        "--routed",
+        "--backend",
+        "bgp",
+    ]);
+    assert!(up.contains("9 of 9 paths work"), "{up}");
+    let status = ok(&["status", "--name", &name]);
+    // Rack 1 holds n1 and n3 (mesh + router), rack 2 n2 (router only).
+    for line in [
+        "192.168.10.2     bgp       True   2/2",
+        "192.168.11.2     bgp       True   1/1",
+    ] {
+        assert!(status.contains(line), "{status}");
+    }
+    for subnet in [
+        "10.244.0.0/24 via 192.168.10.2",
+        "10.244.1.0/24 via 192.168.11.2",
+        "10.244.2.0/24 via 192.168.10.3",
+    ] {
+        assert!(
+            status.contains(subnet),
+            "the router learned {subnet}: {status}"
+        );
+    }
+    let n1 = format!("tlab-{name}-n1");
+    let routes = String::from_utf8_lossy(
+        &tartan_agent::testbed::ip(&["-n", &n1, "route"])
+            .expect("routes")
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        routes.contains("10.244.1.0/24 via 192.168.10.1 dev eth0 proto bird")
+            && routes.contains("10.244.2.0/24 via 192.168.10.3 dev eth0 proto bird")
+            && !routes.contains("tartan"),
+        "plain routes, through the router to the other rack: {routes}"
+    );
+    for backend in ["vxlan", "bgp"] {
+        let report = ok(&["switch", "--name", &name, "--backend", backend]);
+        assert_eq!(lost(&report), 0, "{report}");
+    }
+    let status = ok(&["status", "--name", &name]);
+    assert!(
+        status.contains("9 of 9 paths work") && status.contains(" bgp "),
+        "{status}"
+    );
+}
+
+#[test]
 fn routed_underlay_works_with_vxlan_and_reports_host_gw_as_impossible() {
     if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter"]) {
         return;

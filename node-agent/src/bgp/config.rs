@@ -104,10 +104,7 @@ pub fn render(spec: &BgpSpec) -> Result<String, ConfigError> {
         "# Written by tartan-agent from the OverlayNetwork and NodeSubnets; rewritten on change."
     );
     let _ = writeln!(out, "router id {};", spec.router_id);
-    let _ = writeln!(
-        out,
-        "log stderr {{ info, remote, warning, error, auth, fatal, bug }};"
-    );
+    let _ = writeln!(out, "log stderr {{ warning, error, auth, fatal, bug }};");
     let _ = writeln!(out, "protocol device {{ scan time 10; }}");
     let announce = prefix_set(
         spec.announce
@@ -162,4 +159,94 @@ pub fn render(spec: &BgpSpec) -> Result<String, ConfigError> {
         neighbor(&mut out, n)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::bgp::daemon::{Bird, BirdError, BirdMode, check};
+    use crate::netns::NetNs;
+
+    fn neighbor(name: &str, ip: [u8; 4], external: bool) -> BgpNeighbor {
+        BgpNeighbor {
+            name: name.into(),
+            label: if external {
+                "router".into()
+            } else {
+                "n2".into()
+            },
+            address: IpAddr::V4(Ipv4Addr::from(ip)),
+            asn: if external { 65000 } else { 64512 },
+            direct: !external || ip[2] == 0,
+            external,
+            password: external.then(|| "s3cret!".into()),
+            keep_next_hop: external && ip[3] == 253,
+        }
+    }
+
+    fn spec(neighbors: Vec<BgpNeighbor>) -> BgpSpec {
+        BgpSpec {
+            router_id: Ipv4Addr::new(192, 168, 0, 1),
+            asn: 64512,
+            underlay: "eth0".into(),
+            announce: vec!["10.244.1.0/24".parse().expect("cidr")],
+            accept: vec![("10.244.0.0/16".parse().expect("cidr"), 24)],
+            neighbors,
+        }
+    }
+
+    fn scratch() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("tartan-bird-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    #[test]
+    fn bird_parses_mesh_external_peers_and_both() {
+        if !crate::testbed::kernel_tests_allowed(&["bird"]) {
+            return;
+        }
+        let mesh = vec![
+            neighbor("mesh_192_168_0_2", [192, 168, 0, 2], false),
+            neighbor("mesh_192_168_0_3", [192, 168, 0, 3], false),
+        ];
+        let external = vec![
+            neighbor("peer_192_168_0_254", [192, 168, 0, 254], true),
+            // Off the segment, keeping next hops (a route reflector).
+            neighbor("peer_10_9_9_253", [10, 9, 9, 253], true),
+        ];
+        let both: Vec<BgpNeighbor> = mesh.iter().chain(&external).cloned().collect();
+        for (what, neighbors) in [("mesh", mesh), ("external", external), ("both", both)] {
+            let text = render(&spec(neighbors)).expect("renders");
+            check(&text, &scratch()).unwrap_or_else(|e| panic!("{what}: {e}\n{text}"));
+        }
+        let text = render(&spec(Vec::new())).expect("renders");
+        assert!(text.contains("metric 4096;") && text.contains("10.244.0.0/16{24,24}"));
+        check(&text, &scratch()).expect("no sessions (a single node) parses too");
+    }
+
+    #[test]
+    fn a_password_that_could_escape_its_quotes_is_refused_before_any_file_is_written() {
+        let mut bad = neighbor("peer_192_168_0_254", [192, 168, 0, 254], true);
+        bad.password = Some("x\"; protocol bgp evil { neighbor 1.2.3.4 as 1; }; #".into());
+        assert_eq!(
+            render(&spec(vec![bad.clone()])).unwrap_err(),
+            ConfigError::Password {
+                address: "192.168.0.254".into()
+            }
+        );
+        let dir = scratch().join("refused");
+        let mut bird = Bird::new(BirdMode::Managed { dir: dir.clone() }, NetNs::Current);
+        let error = bird.ensure(&spec(vec![bad])).unwrap_err();
+        assert!(matches!(error, BirdError::Config(_)), "{error}");
+        assert!(!dir.join("bird.conf").exists(), "nothing written");
+        let mut name = neighbor("mesh_x", [192, 168, 0, 2], false);
+        name.name = "x; }".into();
+        assert!(matches!(
+            render(&spec(vec![name])),
+            Err(ConfigError::Name(_))
+        ));
+    }
 }

@@ -181,6 +181,9 @@ pub fn plan(
         };
         senders.insert(node_ip);
         let on_link = facts.on_link(node_ip);
+        if on_link {
+            mesh.push((peer.name.clone(), node_ip));
+        }
         let wants = |b: BackendType| peer.receive.contains(&b);
         // Prefer the target; keep any backend the peer still receives on.
         let candidates = std::iter::once(target)
@@ -242,9 +245,6 @@ pub fn plan(
         let subnets: Vec<IpNet> = std::iter::once(IpNet::V4(peer.subnet.cidr))
             .chain(local.ipv6_cidr.and(peer.subnet.ipv6_cidr).map(IpNet::V6))
             .collect();
-        if on_link {
-            mesh.push((peer.name.clone(), node_ip));
-        }
         // A bgp peer's routes are BIRD's; Tartan installs nothing for it.
         let subnets = if backend == BackendType::Bgp {
             Vec::new()

@@ -459,3 +459,146 @@ fn the_tun_goes_once_no_peer_sends_udp() {
             .all(|r| r.device != Device::Tun(TUN.into()))
     );
 }
+
+const B: BackendType = BackendType::Bgp;
+
+fn learned(subnets: &[&str]) -> BgpObserved {
+    BgpObserved {
+        learned: subnets.iter().map(|s| s.parse().expect("cidr")).collect(),
+        ..Default::default()
+    }
+}
+
+fn established(names: &[&str]) -> BTreeMap<String, SessionState> {
+    names
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                SessionState {
+                    state: "Established".into(),
+                    last_error: None,
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_bgp_peer_is_used_only_once_its_route_is_learned() {
+    let peers = [
+        peer("b", 2, [192, 168, 0, 2], &[B, V]),
+        peer("c", 3, [192, 168, 0, 3], &[B, V]),
+    ];
+    let mut f = facts();
+    f.bgp = learned(&["10.244.2.0/24"]);
+    let state = plan(
+        &network(B, false, false),
+        &subnet("a", 1, false),
+        &peers,
+        &f,
+    );
+    assert_eq!(
+        state.peer_backends,
+        BTreeMap::from([("b".into(), B), ("c".into(), V)]),
+        "c keeps vxlan until BGP delivers its route"
+    );
+    assert!(
+        state
+            .routes
+            .iter()
+            .all(|r| r.destination.to_string() != "10.244.2.0/24"),
+        "BIRD's route serves b; Tartan installs none"
+    );
+    assert!(state.peer_problems.contains(&PeerProblem::Pending {
+        peer: "c".into(),
+        missing: "BGP route"
+    }));
+    let spec = state.bgp.expect("BIRD runs");
+    assert_eq!(spec.announce, vec!["10.244.1.0/24".parse().expect("cidr")]);
+    assert_eq!(
+        spec.accept,
+        vec![("10.244.0.0/16".parse().expect("cidr"), 24)]
+    );
+    let names: Vec<&str> = spec.neighbors.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, vec!["mesh_192_168_0_2", "mesh_192_168_0_3"]);
+}
+
+#[test]
+fn external_peers_follow_node_selectors_and_off_link_nodes_are_left_to_them() {
+    let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+    spec.backend.type_ = B;
+    let mut rack1 = tartan_crds::BgpPeer::new("192.168.0.254", 65000);
+    rack1.node_selector = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+            match_labels: Some(BTreeMap::from([("rack".into(), "r1".into())])),
+            ..Default::default()
+        },
+    );
+    rack1.password = Some("s3cret".into());
+    let mut rack2 = tartan_crds::BgpPeer::new("192.168.9.254", 65000);
+    rack2.node_selector = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+            match_labels: Some(BTreeMap::from([("rack".into(), "r2".into())])),
+            ..Default::default()
+        },
+    );
+    spec.backend.bgp.peers = vec![rack1, rack2];
+    let network = spec.validate().expect("valid");
+    let mut f = facts();
+    f.node_labels = BTreeMap::from([("rack".into(), "r1".into())]);
+    let peers = [
+        peer("b", 2, [192, 168, 0, 2], &[B]),
+        peer("c", 3, [192, 168, 9, 3], &[B]),
+    ];
+    let state = plan(&network, &subnet("a", 1, false), &peers, &f);
+    let spec = state.bgp.expect("BIRD runs");
+    let sessions: Vec<(&str, bool, bool, Option<&str>)> = spec
+        .neighbors
+        .iter()
+        .map(|n| (n.name.as_str(), n.direct, n.external, n.password.as_deref()))
+        .collect();
+    assert_eq!(
+        sessions,
+        vec![
+            ("mesh_192_168_0_2", true, false, None),
+            ("peer_192_168_0_254", true, true, Some("s3cret")),
+        ],
+        "c is off-link (reached through the router); rack 2's router is not ours"
+    );
+}
+
+#[test]
+fn sessions_not_established_make_a_readable_problem() {
+    let peers = [peer("b", 2, [192, 168, 0, 2], &[B])];
+    let mut f = facts();
+    f.bgp.sessions.insert(
+        "mesh_192_168_0_2".into(),
+        SessionState {
+            state: "Active".into(),
+            last_error: Some("Socket: Connection refused".into()),
+        },
+    );
+    let state = plan(
+        &network(B, false, false),
+        &subnet("a", 1, false),
+        &peers,
+        &f,
+    );
+    assert_eq!(
+        state.local_problems,
+        vec![LocalProblem::BgpSessionsDown {
+            sessions: vec!["b 192.168.0.2 (Active: Socket: Connection refused)".into()]
+        }]
+    );
+    f.bgp.sessions = established(&["mesh_192_168_0_2"]);
+    f.bgp.learned = learned(&["10.244.2.0/24"]).learned;
+    let state = plan(
+        &network(B, false, false),
+        &subnet("a", 1, false),
+        &peers,
+        &f,
+    );
+    assert!(state.local_problems.is_empty() && state.peer_problems.is_empty());
+    assert_eq!(state.backend, B);
+}

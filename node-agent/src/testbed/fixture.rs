@@ -15,6 +15,7 @@ use tartan_crds::validate::ValidEndpoint;
 use tartan_crds::{BackendType, OverlayNetworkSpec, ValidNetwork, ValidNodeSubnet};
 
 use super::{Topology, cni, exec};
+use crate::bgp::BirdMode;
 use crate::cni::CniConfig;
 use crate::dataplane::{Dataplane, DataplaneConfig, Target};
 use crate::metrics::Metrics;
@@ -50,6 +51,7 @@ pub fn facts(topo: &Topology, i: usize) -> LocalFacts {
         node_ipv6: None,
         underlay_mtu: 1500,
         kernel: (6, 1),
+        node_labels: node.labels.clone(),
         ..Default::default()
     }
 }
@@ -101,9 +103,7 @@ impl Fixture {
             sysctls: Sysctls::default(),
             resync: Duration::from_secs(300),
             udp: Default::default(),
-            bird: crate::bgp::BirdMode::Managed {
-                dir: self.dir.join(format!("n{}/bird", i + 1)),
-            },
+            bird: self.bird(i),
         };
         Dataplane::start(config, self.metrics.clone()).expect("data plane starts")
     }
@@ -131,14 +131,28 @@ impl Fixture {
     }
 
     pub fn target(&self, i: usize, peers: &[Peer]) -> Target {
+        self.target_with(i, peers, facts(&self.topo, i))
+    }
+
+    pub fn target_with(&self, i: usize, peers: &[Peer], facts: LocalFacts) -> Target {
         Target {
-            state: plan::plan(
-                &self.network,
-                &self.subnets[i],
-                peers,
-                &facts(&self.topo, i),
-            ),
+            state: plan::plan(&self.network, &self.subnets[i], peers, &facts),
             subnet: self.subnets[i].clone(),
+        }
+    }
+
+    /// Node `i`'s managed BIRD.
+    pub fn bird(&self, i: usize) -> BirdMode {
+        BirdMode::Managed {
+            dir: self.dir.join(format!("n{}/bird", i + 1)),
+        }
+    }
+
+    /// Node `i`'s facts with BGP as its BIRD and kernel report it now.
+    pub fn observed_facts(&self, i: usize) -> LocalFacts {
+        LocalFacts {
+            bgp: crate::bgp::observe(&self.topo.nodes[i].ns(), &self.bird(i).socket()),
+            ..facts(&self.topo, i)
         }
     }
 

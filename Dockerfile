@@ -8,9 +8,9 @@ RUN cargo build --release --locked -p tartan-operator -p tartan-agent
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables containernetworking-plugins ca-certificates \
+ && apt-get install -y --no-install-recommends nftables containernetworking-plugins bird2 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/tartan-operator /src/target/release/tartan-agent /usr/local/bin/
 # The operator runs as 65532 (the chart says so); the agent needs root with
-# NET_ADMIN and NET_RAW only.
+# NET_ADMIN and NET_RAW (and NET_BIND_SERVICE for BIRD's port 179, bgp backend).
 ENTRYPOINT ["/usr/local/bin/tartan-agent"]

@@ -14,7 +14,7 @@ have nsenter || need_apt+=(util-linux)      # nft inside a node namespace
 have bridge  || need_apt+=(iproute2)
 have promtool || need_apt+=(prometheus)     # promtool check metrics
 have bird     || need_apt+=(bird2)          # the bgp backend's BGP daemon
-[ -x /usr/lib/frr/bgpd ] || need_apt+=(frr)   # the lab's top-of-rack router
+
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need_apt+=(containernetworking-plugins)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

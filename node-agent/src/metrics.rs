@@ -125,6 +125,7 @@ impl Metrics {
             m.watch_errors.with_label_values(&[resource]);
         }
         m.apply_errors.with_label_values(&["netlink"]);
+        m.record_bgp(&crate::plan::BgpObserved::default());
         for kind in ["link", "address", "route", "neighbour", "fdb", "offload"] {
             m.netlink_changes.with_label_values(&[kind]);
             m.drift_repairs.with_label_values(&[kind]);

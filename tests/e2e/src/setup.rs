@@ -202,6 +202,7 @@ pub fn start_agent(
             format!("--netns={netns}"),
             format!("--cni-conf-dir={}", cni_dir.display()),
             format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+            format!("--bird-dir={}", cni_dir.join("bird").display()),
         ],
         &cp.dir.join(format!("agent-{node}.log")),
         &[("RUST_LOG", "info,kube=warn")],

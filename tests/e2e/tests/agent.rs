@@ -62,7 +62,7 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
     if !require_binaries() || !testbed::kernel_tests_allowed(&["ip", "nft", "nsenter"]) {
         return;
     }
-    let (cp, client, topo, agents, _) = two_agents("agent", "te").await;
+    let (cp, client, topo, agents, ports) = two_agents("agent", "te").await;
     let subnets: Api<NodeSubnet> = Api::all(client.clone());
     let ready = |backend: BackendType| {
         let subnets = subnets.clone();
@@ -152,7 +152,64 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
     );
     let out = cp.kubectl(&["get", "nodesubnets"]).expect("kubectl");
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+
+    // On to bgp: each agent runs BIRD, the two peer, and routes come from BGP.
+    if testbed::kernel_tests_allowed(&["bird"]) {
+        networks
+            .patch(
+                "default",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"backend": {"type": "bgp"}}})),
+            )
+            .await
+            .expect("switch");
+        let list = eventually("both agents on bgp", Duration::from_secs(60), || {
+            ready(BackendType::Bgp)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
+        for subnet in &list.items {
+            let bgp = subnet
+                .status
+                .clone()
+                .and_then(|s| s.bgp)
+                .expect("bgp status");
+            assert_eq!(
+                (
+                    bgp.sessions_established,
+                    bgp.sessions_expected,
+                    bgp.routes_learned
+                ),
+                (1, 1, 1)
+            );
+        }
+        let metrics = scrape(ports[0]);
+        assert!(
+            metrics.contains("tartan_agent_bgp_sessions{state=\"established\"} 1")
+                && metrics.contains("tartan_agent_bgp_routes_learned 1"),
+            "{metrics}"
+        );
+        let routes = testbed::ip(&["-n", &topo.nodes[0].netns, "route", "show", "proto", "bird"])
+            .expect("routes");
+        assert!(
+            String::from_utf8_lossy(&routes.stdout)
+                .contains(&format!("via {} dev eth0", topo.nodes[1].ip)),
+            "BIRD installed the peer's route"
+        );
+    }
     drop(agents);
+}
+
+/// `GET /metrics` on the agent's probes port.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
 }
 
 /// `GET /readyz` on the agent's probes port: the status code.

@@ -68,9 +68,9 @@ fn ready(desired: &DesiredState, apply_error: Option<&str>) -> Condition {
     }
     if let Some(problem) = desired.local_problems.first() {
         match problem {
-            LocalProblem::BackendUnavailable { backend } => {
+            LocalProblem::BackendUnavailable { backend, why } => {
                 return Condition::falsy(CONDITION_READY, "BackendUnavailable").message(format!(
-                    "backend {backend} is not available in this agent; sending with {}",
+                    "backend {backend}: {why}; sending with {}",
                     desired.backend
                 ));
             }

@@ -207,3 +207,77 @@ fn a_killed_bird_is_reported_by_its_peers_and_comes_back() {
         Some((2, 2))
     );
 }
+
+#[test]
+fn a_bird_already_running_is_reconfigured_through_its_socket() {
+    use tartan_agent::bgp::{Bird, BirdMode, observe};
+    use tartan_agent::plan::{BgpNeighbor, BgpSpec};
+    if !testbed::kernel_tests_allowed(&["bird"]) {
+        return;
+    }
+    let prefix = format!("tt{}xb", std::process::id() % 10_000);
+    let topo = testbed::Topology::l2(&prefix, 1).expect("namespace");
+    let node = &topo.nodes[0];
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (config, socket) = (dir.join("bird.conf"), dir.join("bird.ctl"));
+    std::fs::write(&config, "protocol device {}\n").expect("config");
+    let mut daemon = node
+        .ns()
+        .command("bird")
+        .expect("netns")
+        .args(["-f", "-c"])
+        .arg(&config)
+        .arg("-s")
+        .arg(&socket)
+        .spawn()
+        .expect("bird");
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "BIRD made no socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut bird = Bird::new(
+        BirdMode::External {
+            socket: socket.clone(),
+            config: config.clone(),
+        },
+        node.ns(),
+    );
+    let spec = BgpSpec {
+        router_id: node.ip,
+        asn: 64512,
+        underlay: node.iface.clone(),
+        announce: vec!["10.244.1.0/24".parse().expect("cidr")],
+        accept: vec![("10.244.0.0/16".parse().expect("cidr"), 24)],
+        neighbors: vec![BgpNeighbor {
+            name: "mesh_192_168_100_12".into(),
+            label: "n2".into(),
+            address: "192.168.100.12".parse().expect("ip"),
+            asn: 64512,
+            direct: true,
+            external: false,
+            password: None,
+            keep_next_hop: false,
+        }],
+    };
+    bird.ensure(&spec).expect("configured");
+    let observed = observe(&node.ns(), &socket);
+    assert!(
+        observed.sessions.contains_key("mesh_192_168_100_12"),
+        "{observed:?}"
+    );
+    assert!(
+        std::fs::read_to_string(&config)
+            .expect("config")
+            .contains("neighbor 192.168.100.12 as 64512")
+    );
+    bird.stop().expect("idle config");
+    assert!(observe(&node.ns(), &socket).sessions.is_empty());
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

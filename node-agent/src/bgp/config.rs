@@ -104,6 +104,9 @@ pub fn render(spec: &BgpSpec) -> Result<String, ConfigError> {
         "# Written by tartan-agent from the OverlayNetwork and NodeSubnets; rewritten on change."
     );
     let _ = writeln!(out, "router id {};", spec.router_id);
+    // A restart (-R) waits for the sessions before touching the kernel, but
+    // not for 4 minutes when a peer is gone.
+    let _ = writeln!(out, "graceful restart wait 20;");
     let _ = writeln!(out, "log stderr {{ warning, error, auth, fatal, bug }};");
     let _ = writeln!(out, "protocol device {{ scan time 10; }}");
     let announce = prefix_set(

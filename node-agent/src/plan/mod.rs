@@ -130,8 +130,21 @@ pub fn plan(
 ) -> DesiredState {
     let target = network.backend.type_;
     let mut local_problems = Vec::new();
-    if !SUPPORTED.contains(&target) {
-        local_problems.push(LocalProblem::BackendUnavailable { backend: target });
+    // BIRD is configured for IPv4 only: a dual-stack node keeps its old
+    // backend rather than lose its pods' IPv6 traffic.
+    let dual_stack_bgp = target == BackendType::Bgp && local.ipv6_cidr.is_some();
+    let available = |b: &BackendType| {
+        SUPPORTED.contains(b) && !(*b == BackendType::Bgp && local.ipv6_cidr.is_some())
+    };
+    if !available(&target) {
+        local_problems.push(LocalProblem::BackendUnavailable {
+            backend: target,
+            why: if dual_stack_bgp {
+                "the bgp backend carries IPv4 pod subnets only and this cluster is dual-stack"
+            } else {
+                "it is not available in this agent"
+            },
+        });
     }
     let vxlan_name = vxlan_name(network.backend.vxlan.vni);
     let mac = vtep_mac(facts.node_ip);
@@ -139,15 +152,10 @@ pub fn plan(
 
     // Receive on the target and on whatever a peer still sends with.
     let mut receive: BTreeSet<BackendType> = BTreeSet::new();
-    if SUPPORTED.contains(&target) {
+    if available(&target) {
         receive.insert(target);
     }
-    receive.extend(
-        peers
-            .iter()
-            .filter_map(|p| p.backend)
-            .filter(|b| SUPPORTED.contains(b)),
-    );
+    receive.extend(peers.iter().filter_map(|p| p.backend).filter(available));
     if receive.is_empty() {
         // Never leave the node unreachable: vxlan is always possible.
         receive.insert(BackendType::Vxlan);
@@ -193,7 +201,7 @@ pub fn plan(
                 BackendType::Udp,
                 BackendType::Bgp,
             ])
-            .filter(|b| SUPPORTED.contains(b) && wants(*b));
+            .filter(|b| available(b) && wants(*b));
         let mut chosen = None;
         for backend in candidates {
             match backend {
@@ -382,7 +390,7 @@ pub fn plan(
     }
     // What this node sends with: the target once every programmed peer gets it,
     // until then the old backend, so peers keep their old receive path for us.
-    let fallback = if SUPPORTED.contains(&target) {
+    let fallback = if available(&target) {
         target
     } else {
         BackendType::Vxlan

@@ -234,7 +234,10 @@ pub enum LocalProblem {
     /// The configured MTU does not fit the underlay; clamped.
     MtuClamped { requested: u32, clamped: u32 },
     /// The target backend is not available in this agent.
-    BackendUnavailable { backend: BackendType },
+    BackendUnavailable {
+        backend: BackendType,
+        why: &'static str,
+    },
     /// Expected BGP sessions that are not Established: "label address (state: error)".
     BgpSessionsDown { sessions: Vec<String> },
 }

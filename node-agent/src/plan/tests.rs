@@ -602,3 +602,22 @@ fn sessions_not_established_make_a_readable_problem() {
     assert!(state.local_problems.is_empty() && state.peer_problems.is_empty());
     assert_eq!(state.backend, B);
 }
+
+#[test]
+fn a_dual_stack_node_stays_off_bgp_and_says_why() {
+    let mut b = peer("b", 2, [192, 168, 0, 2], &[V]);
+    b.subnet = subnet("b", 2, true);
+    let state = plan(
+        &network(B, false, true),
+        &subnet("a", 1, true),
+        &[b],
+        &facts(),
+    );
+    assert!(state.bgp.is_none());
+    assert_eq!(state.backend, V);
+    assert!(matches!(
+        state.local_problems.as_slice(),
+        [LocalProblem::BackendUnavailable { backend: BackendType::Bgp, why }] if why.contains("dual-stack")
+    ));
+    assert_eq!(state.routes.len(), 2, "IPv4 and IPv6 still over vxlan");
+}

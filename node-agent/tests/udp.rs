@@ -158,3 +158,21 @@ fn strangers_garbage_and_foreign_destinations_are_dropped_and_counted() {
     let (_, b_ip) = f.add_pod(1, "b");
     eventually("traffic still flows", || pings(&a, b_ip));
 }
+
+#[test]
+fn a_deleted_tun_comes_back_with_its_routes() {
+    let Some(f) = udp_fixture("ur", 2) else {
+        return;
+    };
+    let (a, _) = f.add_pod(0, "a");
+    let (_, b_ip) = f.add_pod(1, "b");
+    eventually("pods talk over udp", || pings(&a, b_ip));
+    let node = &f.topo.nodes[0].netns;
+    testbed::ip(&["-n", node, "link", "del", TUN]).expect("delete tartan0");
+    eventually("tartan0 and its routes are back, traffic flows", || {
+        let routes = exec(node, &["ip", "route", "show", "dev", TUN])
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("10.244.2.0/24"))
+            .unwrap_or(false);
+        routes && pings(&a, b_ip)
+    });
+}

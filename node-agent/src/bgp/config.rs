@@ -144,7 +144,7 @@ pub fn render(spec: &BgpSpec) -> Result<String, ConfigError> {
     );
     let _ = writeln!(
         out,
-        "protocol kernel tartan_kernel4 {{\n  ipv4 {{ import where !(net ~ {cluster}); export where source = RTS_BGP; }};\n  learn;\n  metric {KERNEL_METRIC};\n  merge paths on;\n  graceful restart on;\n}}"
+        "protocol kernel tartan_kernel4 {{\n  ipv4 {{ import where !(net ~ {cluster}); export where source = RTS_BGP; }};\n  learn;\n  scan time 10;\n  metric {KERNEL_METRIC};\n  merge paths on;\n  graceful restart on;\n}}"
     );
     if symbol_device(&spec.underlay) {
         let _ = writeln!(

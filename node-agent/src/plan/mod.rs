@@ -21,7 +21,10 @@
 mod bgp;
 pub mod inputs;
 pub mod model;
+mod udp;
 
+#[cfg(test)]
+mod backend_tests;
 #[cfg(test)]
 mod tests;
 
@@ -347,32 +350,8 @@ pub fn plan(
     }
     let needs_udp = receive.contains(&BackendType::Udp) || !udp_peers.is_empty();
     let udp = needs_udp.then(|| {
-        // Destinations in the cluster no peer route covers go to the TUN too,
-        // where they are dropped and counted instead of leaking to the underlay.
-        let cluster = std::iter::once(IpNet::V4(network.cidr)).chain(
-            network
-                .ipv6
-                .map(|p| IpNet::V6(p.cidr))
-                .filter(|_| local.ipv6_cidr.is_some()),
-        );
-        for destination in cluster {
-            routes.insert(RouteSpec {
-                destination,
-                gateway: None,
-                device: Device::Tun(TUN.into()),
-                onlink: false,
-                metric: route_metric(destination),
-            });
-        }
-        UdpSpec {
-            device: TUN.into(),
-            port: u16::try_from(network.backend.udp.port).unwrap_or(8285),
-            mtu: facts.underlay_mtu.saturating_sub(UDP_OVERHEAD_V4),
-            addresses: own.iter().map(|n| host_net(*n)).collect(),
-            local: own.clone(),
-            peers: udp_peers,
-            senders,
-        }
+        udp::cluster_routes(network, local, &mut routes);
+        udp::spec(network, facts, &own, udp_peers, senders)
     });
     if udp.is_some() {
         receive.insert(BackendType::Udp);

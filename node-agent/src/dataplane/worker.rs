@@ -1,216 +1,41 @@
-//! One node's data plane: a worker thread that owns the netlink socket and
-//! applies desired states, a monitor thread that reports drift, and the
-//! periodic full resync behind both.
-//!
-//! ```text
-//!   set(desired) ──┐
-//!   monitor ───────┼──▶ worker: full apply │ targeted repair │ resync (timer)
-//!   stop ──────────┘        sysctls → netlink diff/apply → nftables → CNI conflist
-//! ```
-//!
-//! Stopping the worker never touches the kernel: pods keep their network while
-//! the agent restarts. Only [`cleanup`] removes Tartan's state.
+//! The data plane worker: one thread owning the netlink socket, the udp
+//! datapath and BIRD; it applies desired states, repairs drift, resyncs.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use netlink_packet_route::RouteNetlinkMessage;
-use tartan_crds::ValidNodeSubnet;
 
-use crate::bgp::{Bird, BirdError, BirdMode};
-use crate::cni::CniConfig;
+use super::{Command, DataplaneConfig, DataplaneError, LastApply, Target};
+use crate::bgp::Bird;
 use crate::masquerade;
 use crate::metrics::Metrics;
-use crate::netlink::monitor::{Change, Monitor};
-use crate::netlink::{Applier, ApplyError, ApplyReport, Observed};
-use crate::netns::NetNs;
-use crate::plan::{DesiredState, MasqueradeSpec, UdpSpec};
+use crate::netlink::monitor::Change;
+use crate::netlink::{Applier, ApplyReport};
+use crate::plan::{MasqueradeSpec, UdpSpec};
 use crate::repair::repairs;
-use crate::sysctl::{self, Sysctls};
-use crate::udp::{Engine, EngineOptions};
+use crate::sysctl;
+use crate::udp::Engine;
 
-#[derive(Debug, Clone)]
-pub struct DataplaneConfig {
-    pub netns: NetNs,
-    /// Where to write the CNI conflist; `None` writes none.
-    pub cni: Option<CniConfig>,
-    pub sysctls: Sysctls,
-    /// Full resync period, behind event-driven repair.
-    pub resync: Duration,
-    /// The udp backend's datapath: queues, batching.
-    pub udp: EngineOptions,
-    /// The bgp backend's BIRD.
-    pub bird: BirdMode,
-}
-
-impl DataplaneConfig {
-    pub fn new(netns: NetNs) -> Self {
-        Self {
-            netns,
-            cni: Some(CniConfig::default()),
-            sysctls: Sysctls::default(),
-            resync: Duration::from_secs(300),
-            udp: EngineOptions::default(),
-            bird: BirdMode::Managed {
-                dir: std::path::PathBuf::from("/run/tartan/bird"),
-            },
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-    #[error("sysctl: {0}")]
-    Sysctl(std::io::Error),
-    #[error("nftables: {0}")]
-    Nftables(String),
-    #[error("CNI config: {0}")]
-    Cni(std::io::Error),
-    #[error("udp datapath: {0}")]
-    Udp(std::io::Error),
-    #[error("bgp: {0}")]
-    Bgp(#[from] BirdError),
-    #[error("the data plane worker has stopped")]
-    Stopped,
-}
-
-impl DataplaneError {
-    /// A bounded label for `tartan_agent_apply_errors_total{kind=...}`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DataplaneError::Apply(_) => "netlink",
-            DataplaneError::Sysctl(_) => "sysctl",
-            DataplaneError::Nftables(_) => "nftables",
-            DataplaneError::Cni(_) => "cni",
-            DataplaneError::Udp(_) => "udp",
-            DataplaneError::Bgp(_) => "bgp",
-            DataplaneError::Stopped => "stopped",
-        }
-    }
-}
-
-/// The desired state plus what only the CNI config needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub state: DesiredState,
-    pub subnet: ValidNodeSubnet,
-}
-
-/// The outcome of the last apply, for status and tests.
-#[derive(Debug, Clone, Default)]
-pub struct LastApply {
-    pub report: ApplyReport,
-    pub error: Option<String>,
-    pub at: Option<Instant>,
-    pub applies: u64,
-}
-
-enum Command {
-    Set(Box<Target>, Sender<Result<ApplyReport, String>>),
-    Drift(Vec<(Change, RouteNetlinkMessage)>),
-    Stop,
-}
-
-/// The handle to a running data plane.
-pub struct Dataplane {
-    tx: Sender<Command>,
-    worker: Option<JoinHandle<()>>,
-    pub last: Arc<Mutex<LastApply>>,
-}
-
-impl Dataplane {
-    /// Starts the worker and the drift monitor in `config.netns`.
-    pub fn start(config: DataplaneConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
-        let applier = Applier::open(config.netns.clone())?;
-        let mut monitor = Monitor::open(&config.netns)?;
-        let (tx, rx) = mpsc::channel();
-        let drift_tx = tx.clone();
-        std::thread::Builder::new()
-            .name("tartan-monitor".into())
-            .spawn(move || {
-                while let Ok(events) = monitor.next_events() {
-                    if !events.is_empty() && drift_tx.send(Command::Drift(events)).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        let last = Arc::new(Mutex::new(LastApply::default()));
-        let bird = Bird::new(config.bird.clone(), config.netns.clone());
-        let worker = Worker {
-            bird,
-            bgp_on: false,
-            config,
-            applier,
-            target: None,
-            masquerade: None,
-            udp: None,
-            metrics,
-            last: last.clone(),
-        };
-        let worker = std::thread::Builder::new()
-            .name("tartan-dataplane".into())
-            .spawn(move || worker.run(rx))?;
-        Ok(Self {
-            tx,
-            worker: Some(worker),
-            last,
-        })
-    }
-
-    /// Applies `target` and waits for the outcome.
-    pub fn set(&self, target: Target) -> Result<ApplyReport, DataplaneError> {
-        let (reply_tx, reply_rx) = mpsc::channel();
-        self.tx
-            .send(Command::Set(Box::new(target), reply_tx))
-            .map_err(|_| DataplaneError::Stopped)?;
-        match reply_rx.recv() {
-            Ok(Ok(report)) => Ok(report),
-            Ok(Err(message)) => Err(DataplaneError::Nftables(message)),
-            Err(_) => Err(DataplaneError::Stopped),
-        }
-    }
-
-    /// Stops the threads; the kernel state stays as it is.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let _ = self.tx.send(Command::Stop);
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
-        }
-    }
-}
-
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-struct Worker {
-    config: DataplaneConfig,
-    applier: Applier,
-    target: Option<Target>,
+pub(super) struct Worker {
+    pub(super) config: DataplaneConfig,
+    pub(super) applier: Applier,
+    pub(super) target: Option<Target>,
     /// The nftables spec last applied (`Some(None)`: table removed).
-    masquerade: Option<Option<MasqueradeSpec>>,
+    pub(super) masquerade: Option<Option<MasqueradeSpec>>,
     /// The udp backend's datapath, while the state has a TUN.
-    udp: Option<Engine>,
-    bird: Bird,
+    pub(super) udp: Option<Engine>,
+    pub(super) bird: Bird,
     /// BIRD runs this node's BGP (else it is stopped or idle).
-    bgp_on: bool,
-    metrics: Arc<Metrics>,
-    last: Arc<Mutex<LastApply>>,
+    pub(super) bgp_on: bool,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) last: Arc<Mutex<LastApply>>,
 }
 
 impl Worker {
-    fn run(mut self, rx: Receiver<Command>) {
+    pub(super) fn run(mut self, rx: Receiver<Command>) {
         let mut next_resync = Instant::now() + self.config.resync;
         let mut pending: Option<Command> = None;
         loop {
@@ -430,34 +255,4 @@ impl Worker {
             counter.with_label_values(&[kind]).inc_by(*n as u64);
         }
     }
-}
-
-/// Removes everything Tartan owns in `netns`: its devices (with the routes,
-/// neighbours and FDB entries on them), its routes on other devices, the
-/// nftables table and the CNI config.
-pub fn cleanup(netns: &NetNs, cni: Option<&CniConfig>) -> Result<ApplyReport, DataplaneError> {
-    let mut applier = Applier::open(netns.clone()).map_err(|e| DataplaneError::Apply(e.into()))?;
-    let observed: Observed = applier
-        .observe()
-        .map_err(|e| DataplaneError::Apply(e.into()))?;
-    let mut ops: Vec<crate::netlink::Op> = observed
-        .routes
-        .values()
-        .cloned()
-        .map(crate::netlink::Op::DelRoute)
-        .collect();
-    ops.extend(
-        observed
-            .links
-            .keys()
-            .filter(|n| crate::plan::is_tartan_device(n))
-            .map(|n| crate::netlink::Op::DeleteLink { name: n.clone() }),
-    );
-    let report = applier.execute(ops, observed)?;
-    crate::bgp::remove_routes(netns).map_err(|e| DataplaneError::Apply(e.into()))?;
-    masquerade::apply(netns, None).map_err(|e| DataplaneError::Nftables(e.to_string()))?;
-    if let Some(cni) = cni {
-        cni.remove().map_err(DataplaneError::Cni)?;
-    }
-    Ok(report)
 }

@@ -159,6 +159,44 @@ fn udp_lab_switches_to_vxlan_and_back_without_loss() {
     );
 }
 
+/// A routed lab (3 nodes in two racks, a pod each), taken down on drop.
+struct RoutedLab {
+    name: String,
+    _down: Down,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl RoutedLab {
+    fn up(tag: &str, args: &[&str], tools: &[&str]) -> Option<Self> {
+        let mut needed = vec!["ip", "nft", "ping", "nsenter"];
+        needed.extend_from_slice(tools);
+        if !tartan_agent::testbed::kernel_tests_allowed(&needed) {
+            return None;
+        }
+        let serial = serial();
+        let name = format!("{tag}{}", std::process::id() % 1000);
+        let down = Down(name.clone());
+        let mut all = vec![
+            "up",
+            "--name",
+            &name,
+            "--nodes",
+            "3",
+            "--pods-per-node",
+            "1",
+            "--routed",
+        ];
+        all.extend_from_slice(args);
+        let up = ok(&all);
+        assert!(up.contains("9 of 9 paths work"), "{up}");
+        Some(Self {
+            name,
+            _down: down,
+            _serial: serial,
+        })
+    }
+}
+
 #[test]
 fn bgp_mesh_lab_switches_from_vxlan_and_back_without_loss() {
     if !tartan_agent::testbed::kernel_tests_allowed(&["bird"]) {
@@ -173,25 +211,10 @@ fn bgp_mesh_lab_switches_from_vxlan_and_back_without_loss() {
 
 #[test]
 fn routed_bgp_lab_routes_pods_through_the_top_of_rack_router_without_tunnels() {
-    if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter", "bird"]) {
+    let Some(lab) = RoutedLab::up("rb", &["--backend", "bgp"], &["bird"]) else {
         return;
-    }
-    let _serial = serial();
-    let name = format!("rb{}", std::process::id() % 1000);
-    let _guard = Down(name.clone());
-    let up = ok(&[
-        "up",
-        "--name",
-        &name,
-        "--nodes",
-        "3",
-        "--pods-per-node",
-        "1",
-        "--routed",
-        "--backend",
-        "bgp",
-    ]);
-    assert!(up.contains("9 of 9 paths work"), "{up}");
+    };
+    let name = lab.name.clone();
     let status = ok(&["status", "--name", &name]);
     // Rack 1 holds n1 and n3 (mesh + router), rack 2 n2 (router only).
     for line in [
@@ -236,23 +259,10 @@ fn routed_bgp_lab_routes_pods_through_the_top_of_rack_router_without_tunnels() {
 
 #[test]
 fn routed_underlay_works_with_vxlan_and_reports_host_gw_as_impossible() {
-    if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter"]) {
+    let Some(lab) = RoutedLab::up("rt", &[], &[]) else {
         return;
-    }
-    let _serial = serial();
-    let name = format!("rt{}", std::process::id() % 1000);
-    let _guard = Down(name.clone());
-    let up = ok(&[
-        "up",
-        "--name",
-        &name,
-        "--nodes",
-        "3",
-        "--pods-per-node",
-        "1",
-        "--routed",
-    ]);
-    assert!(up.contains("9 of 9 paths work"), "{up}");
+    };
+    let name = lab.name.clone();
     let report = ok(&["switch", "--name", &name, "--backend", "host-gw"]);
     assert_eq!(lost(&report), 0, "{report}");
     let status = ok(&["status", "--name", &name]);

@@ -122,11 +122,15 @@ impl Worker {
             self.count(report, false);
         }
         let report = report?;
-        if state.udp.is_none() {
-            // Only now: the routes have moved off the TUN.
-            if let Some(engine) = self.udp.take() {
-                engine.stop();
+        // Only now that the routes have moved: the table narrows, or the engine stops.
+        match (&state.udp, self.udp.as_mut()) {
+            (Some(spec), Some(engine)) => engine.update(spec),
+            (None, Some(_)) => {
+                if let Some(engine) = self.udp.take() {
+                    engine.stop();
+                }
             }
+            _ => {}
         }
         match &state.bgp {
             Some(spec) => {
@@ -166,8 +170,9 @@ impl Worker {
         Ok(report)
     }
 
-    /// Runs the udp datapath for `spec`: the peer table swapped in place, the
-    /// engine (re)started when it is missing, serves another port, or lost its device.
+    /// Runs the udp datapath for `spec`: the peer table widened to old and new
+    /// peers, the engine (re)started when it is missing, serves another port,
+    /// or lost its device.
     fn ensure_udp(&mut self, spec: &UdpSpec) -> Result<(), DataplaneError> {
         let device_present = self
             .applier
@@ -179,7 +184,7 @@ impl Worker {
             && device_present
             && engine.serves(spec)
         {
-            engine.update(spec);
+            engine.widen(spec);
             return Ok(());
         }
         if let Some(engine) = self.udp.take() {

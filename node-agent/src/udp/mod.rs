@@ -58,6 +58,8 @@ pub struct Engine {
     device: String,
     port: u16,
     peers: Peers,
+    /// The spec the table was last built from exactly.
+    current: UdpSpec,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     pub features: Features,
@@ -171,6 +173,7 @@ impl Engine {
             device: spec.device.clone(),
             port,
             peers,
+            current: spec.clone(),
             stop,
             threads,
             features,
@@ -182,10 +185,18 @@ impl Engine {
         self.device == spec.device && self.port == spec.port
     }
 
-    /// Swaps in a new peer table; traffic never pauses.
-    pub fn update(&self, spec: &UdpSpec) {
+    /// Swaps in exactly `spec`'s peer table; traffic never pauses.
+    pub fn update(&mut self, spec: &UdpSpec) {
         self.peers
             .store(PeerTable::new(&spec.peers, &spec.senders, &spec.local));
+        self.current = spec.clone();
+    }
+
+    /// Before the routes change: the table serves both the old and the new
+    /// peers, so a packet routed to the TUN a moment before its peer moves to
+    /// another backend still finds its node. [`Engine::update`] narrows it after.
+    pub fn widen(&self, spec: &UdpSpec) {
+        self.peers.store(widened(&self.current, spec));
     }
 
     /// Stops the loops and closes the queues; the (persistent) device stays.
@@ -199,6 +210,14 @@ impl Engine {
             let _ = thread.join();
         }
     }
+}
+
+/// The table for both `old` and `new` peers (`new` wins where they differ).
+fn widened(old: &UdpSpec, new: &UdpSpec) -> PeerTable {
+    let mut peers = old.peers.clone();
+    peers.extend(new.peers.iter().map(|(k, v)| (*k, *v)));
+    let senders = old.senders.union(&new.senders).copied().collect();
+    PeerTable::new(&peers, &senders, &new.local)
 }
 
 impl Drop for Engine {

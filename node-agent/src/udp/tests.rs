@@ -273,3 +273,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_peer_leaving_udp_keeps_its_entry_until_the_routes_have_moved() {
+    let spec = |peers: &[(&str, [u8; 4])]| super::UdpSpec {
+        device: "tartan0".into(),
+        port: 8285,
+        mtu: 1472,
+        addresses: Default::default(),
+        local: vec!["10.244.1.0/24".parse().expect("cidr")],
+        peers: peers
+            .iter()
+            .map(|(net, ip)| (net.parse().expect("cidr"), Ipv4Addr::from(*ip)))
+            .collect(),
+        senders: peers.iter().map(|(_, ip)| Ipv4Addr::from(*ip)).collect(),
+    };
+    let old = spec(&[
+        ("10.244.2.0/24", [192, 168, 0, 2]),
+        ("10.244.3.0/24", [192, 168, 0, 3]),
+    ]);
+    let new = spec(&[("10.244.3.0/24", [192, 168, 0, 3])]);
+    let table = super::widened(&old, &new);
+    let to = |ip: &str| table.lookup(ip.parse().expect("ip"));
+    assert_eq!(
+        to("10.244.2.9"),
+        Some(Ipv4Addr::new(192, 168, 0, 2)),
+        "still served"
+    );
+    assert_eq!(to("10.244.3.9"), Some(Ipv4Addr::new(192, 168, 0, 3)));
+    assert!(table.is_peer(Ipv4Addr::new(192, 168, 0, 2)));
+}

@@ -66,13 +66,6 @@ impl Drop for Down {
     }
 }
 
-/// Packets a switch may lose. 0 for every switch between Tartan's own paths;
-/// moving onto BIRD's routes has lost one packet in some runs on this loaded
-/// 2-core machine (never in a quiet one), so the test reports it and allows 2.
-fn allowed_loss(to: &str) -> u64 {
-    if to == "bgp" { 2 } else { 0 }
-}
-
 fn round_trip(name: &str, up_args: &[&str], switches: &[(&str, Option<&str>)]) {
     if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter"]) {
         return;
@@ -104,8 +97,9 @@ fn round_trip(name: &str, up_args: &[&str], switches: &[(&str, Option<&str>)]) {
         }
         let report = ok(&args);
         eprintln!("{report}");
-        assert!(
-            lost(&report) <= allowed_loss(backend),
+        assert_eq!(
+            lost(&report),
+            0,
             "make-before-break loses nothing: {report}"
         );
         let status = ok(&["status", "--name", &name]);
@@ -256,7 +250,7 @@ fn routed_bgp_lab_routes_pods_through_the_top_of_rack_router_without_tunnels() {
     for backend in ["vxlan", "bgp"] {
         let report = ok(&["switch", "--name", &name, "--backend", backend]);
         eprintln!("{report}");
-        assert!(lost(&report) <= allowed_loss(backend), "{report}");
+        assert_eq!(lost(&report), 0, "{report}");
     }
     let status = ok(&["status", "--name", &name]);
     assert!(

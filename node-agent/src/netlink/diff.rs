@@ -86,6 +86,7 @@ impl Op {
 pub fn diff(desired: &DesiredState, observed: &Observed) -> Vec<Op> {
     let mut ops = Vec::new();
     let mut recreated: BTreeSet<String> = BTreeSet::new();
+    let mut retiring: BTreeSet<String> = BTreeSet::new();
 
     // The bridge.
     let bridge = &desired.bridge;
@@ -164,7 +165,7 @@ pub fn diff(desired: &DesiredState, observed: &Observed) -> Vec<Op> {
     for name in observed.links.keys() {
         if name.starts_with("tartan.") && Some(name.as_str()) != desired_vxlan {
             ops.push(Op::DeleteLink { name: name.clone() });
-            recreated.insert(name.clone());
+            retiring.insert(name.clone());
         }
     }
     // The TUN is created by the udp datapath; here it only gets its MTU and
@@ -183,9 +184,13 @@ pub fn diff(desired: &DesiredState, observed: &Observed) -> Vec<Op> {
     }
     if desired_tun.is_none() && observed.links.contains_key(TUN) {
         ops.push(Op::DeleteLink { name: TUN.into() });
-        recreated.insert(TUN.into());
+        retiring.insert(TUN.into());
     }
-    let gone = |device: &str| recreated.contains(device);
+    // Gone: deleted and created again at the start (its objects go with it),
+    // or retiring at the end; routes through a retiring device are still
+    // removed first, so the route that replaces them (BIRD's, with a higher
+    // metric) carries traffic before the device and its FDB are torn down.
+    let gone = |device: &str| recreated.contains(device) || retiring.contains(device);
 
     // Addresses on our devices.
     let mut wanted_addresses: Vec<(String, IpNet)> = bridge
@@ -258,7 +263,7 @@ pub fn diff(desired: &DesiredState, observed: &Observed) -> Vec<Op> {
         }
     }
     for (destination, route) in &observed.routes {
-        if !wanted_destinations.contains(destination) && !gone(route.device.name()) {
+        if !wanted_destinations.contains(destination) && !recreated.contains(route.device.name()) {
             ops.push(Op::DelRoute(route.clone()));
         }
     }

@@ -236,3 +236,27 @@ fn a_vxlan_device_with_a_wrong_vni_is_recreated_and_refilled() {
     );
     assert!(diff(&want, &simulate(kernel, &ops)).is_empty());
 }
+
+#[test]
+fn routes_through_a_retiring_device_are_removed_before_it() {
+    // A peer moves to a route Tartan does not own (BIRD's, bgp) in the same
+    // apply that retires the VXLAN device: its route must go first, or the
+    // device's FDB is flushed while the route still points into it.
+    let before = desired(BackendType::Vxlan, false, &[(1, true, 0)]);
+    let kernel = simulate(base_kernel(), &diff(&before, &base_kernel()));
+    let mut after = before.clone();
+    after.vxlan = None;
+    after.routes.clear();
+    after.neighbours.clear();
+    after.fdb.clear();
+    let ops = diff(&after, &kernel);
+    let del_route = ops.iter().position(|o| matches!(o, Op::DelRoute(_)));
+    let del_link = ops
+        .iter()
+        .position(|o| matches!(o, Op::DeleteLink { name } if name == "tartan.1"));
+    assert!(
+        matches!((del_route, del_link), (Some(r), Some(l)) if r < l),
+        "{ops:?}"
+    );
+    assert!(diff(&after, &simulate(kernel, &ops)).is_empty());
+}

@@ -48,6 +48,7 @@ fn facts(node: &LabNode, bgp: BgpObserved) -> LocalFacts {
         kernel: kernel_version(),
         node_labels: node.labels.clone(),
         bgp,
+        udp_auth: false,
     }
 }
 

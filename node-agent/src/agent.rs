@@ -78,6 +78,8 @@ pub struct Agent<P: Programmer> {
     started: Timestamp,
     /// BIRD's control socket (the bgp backend).
     pub bird_socket: Option<std::path::PathBuf>,
+    /// udp datagrams are authenticated (their tag shrinks the MTU).
+    pub udp_auth: bool,
     /// BGP as last observed, and whether the last plan ran BGP.
     bgp: BgpObserved,
     bgp_on: bool,
@@ -113,6 +115,7 @@ impl<P: Programmer> Agent<P> {
             programmed: BTreeSet::new(),
             started: Timestamp::now(),
             bird_socket: None,
+            udp_auth: false,
             bgp: BgpObserved::default(),
             bgp_on: false,
         }
@@ -152,6 +155,7 @@ impl<P: Programmer> Agent<P> {
         };
         let mut facts = self.facts(ready)?;
         facts.node_labels = ready.node_labels.clone();
+        facts.udp_auth = self.udp_auth;
         if self.bgp_on || ready.network.backend.type_ == BackendType::Bgp {
             self.bgp = self.observe_bgp().await;
         }

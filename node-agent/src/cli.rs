@@ -45,6 +45,11 @@ pub struct Args {
     #[arg(long, env = "TARTAN_UDP_QUEUES", default_value_t = 0)]
     pub udp_queues: usize,
 
+    /// A file holding a shared secret (at least 16 bytes, the same on every
+    /// node): udp datagrams then carry and must carry an authentication tag.
+    #[arg(long, env = "TARTAN_UDP_KEY_FILE")]
+    pub udp_key_file: Option<PathBuf>,
+
     /// bgp backend: `managed` runs `bird` itself (files in --bird-dir); with
     /// --bird-socket the agent drives a BIRD that is already running.
     #[arg(long, env = "TARTAN_BIRD", default_value = "managed", value_parser = ["managed"])]

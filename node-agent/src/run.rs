@@ -71,6 +71,17 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         stopped(),
     ));
 
+    let udp_key = match &args.udp_key_file {
+        Some(path) => {
+            let secret = std::fs::read(path)
+                .with_context(|| format!("--udp-key-file {}", path.display()))?;
+            Some(
+                crate::udp::auth::DatagramKey::from_secret(&secret)
+                    .with_context(|| format!("--udp-key-file {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     let config = DataplaneConfig {
         netns: netns.clone(),
         cni: Some(cni),
@@ -84,6 +95,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                 n => n,
             },
             batched: true,
+            key: udp_key,
         },
         bird: match &args.bird_socket {
             Some(socket) => crate::bgp::BirdMode::External {
@@ -112,6 +124,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         health.clone(),
     );
     agent.bird_socket = Some(bird_socket);
+    agent.udp_auth = udp_key.is_some();
 
     let index = Arc::new(Mutex::new(AgentIndex::new(
         node_name.clone(),

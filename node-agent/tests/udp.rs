@@ -176,3 +176,49 @@ fn a_deleted_tun_comes_back_with_its_routes() {
         routes && pings(&a, b_ip)
     });
 }
+
+#[test]
+fn with_a_shared_key_only_tagged_datagrams_get_through() {
+    use tartan_agent::plan::LocalFacts;
+    use tartan_agent::testbed::fixture::facts;
+    use tartan_agent::udp::EngineOptions;
+    use tartan_agent::udp::auth::DatagramKey;
+    let Some(mut f) = udp_fixture("uk", 2) else {
+        return;
+    };
+    let (a, _) = f.add_pod(0, "a");
+    let (_, b_ip) = f.add_pod(1, "b");
+    let keyed = |f: &mut Fixture, i: usize, secret: &[u8]| {
+        let options = EngineOptions {
+            key: Some(DatagramKey::from_secret(secret).expect("key")),
+            ..Default::default()
+        };
+        f.planes.remove(i).stop();
+        let plane = f.start_plane_with(i, options);
+        let facts = LocalFacts {
+            udp_auth: true,
+            ..facts(&f.topo, i)
+        };
+        plane
+            .set(f.target_with(i, &f.peers(i, None), facts))
+            .expect("apply");
+        f.planes.insert(i, plane);
+    };
+    keyed(&mut f, 0, b"the cluster's shared udp secret");
+    keyed(&mut f, 1, b"the cluster's shared udp secret");
+    eventually("tagged traffic flows", || pings(&a, b_ip));
+    let link = String::from_utf8_lossy(
+        &exec(&f.topo.nodes[0].netns, &["ip", "link", "show", TUN])
+            .expect("link")
+            .stdout,
+    )
+    .to_string();
+    assert!(link.contains("mtu 1456"), "the tag takes 16 bytes: {link}");
+    keyed(&mut f, 1, b"a different secret, not the cluster's");
+    assert!(!pings(&a, b_ip), "a node with another key is not accepted");
+    let bad = sample(
+        &f.metrics.render(),
+        "tartan_agent_udp_drops_total{reason=\"bad_tag\"}",
+    );
+    assert!(bad >= 1.0, "dropped and counted: {bad}");
+}

@@ -59,6 +59,8 @@ pub struct LocalFacts {
     pub node_labels: BTreeMap<String, String>,
     /// What BIRD and the kernel say about BGP.
     pub bgp: BgpObserved,
+    /// udp datagrams carry an authentication tag (16 more bytes of overhead).
+    pub udp_auth: bool,
 }
 
 impl Default for LocalFacts {
@@ -72,6 +74,7 @@ impl Default for LocalFacts {
             kernel: (0, 0),
             node_labels: BTreeMap::new(),
             bgp: BgpObserved::default(),
+            udp_auth: false,
         }
     }
 }
@@ -315,7 +318,7 @@ pub fn plan(
     let needs_vxlan = receive.contains(&BackendType::Vxlan) || !fdb.is_empty();
     let overhead = match target {
         BackendType::Vxlan => VXLAN_OVERHEAD_V4,
-        BackendType::Udp => UDP_OVERHEAD_V4,
+        BackendType::Udp => udp::overhead(facts),
         BackendType::HostGw | BackendType::Bgp => 0,
     };
     let ceiling = facts.underlay_mtu.saturating_sub(overhead);

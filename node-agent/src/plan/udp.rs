@@ -32,6 +32,16 @@ pub fn cluster_routes(
     }
 }
 
+/// Outer IPv4 and UDP headers, and the tag when datagrams are authenticated.
+pub fn overhead(facts: &LocalFacts) -> u32 {
+    UDP_OVERHEAD_V4
+        + if facts.udp_auth {
+            crate::udp::auth::TAG_LEN as u32
+        } else {
+            0
+        }
+}
+
 pub fn spec(
     network: &ValidNetwork,
     facts: &LocalFacts,
@@ -42,7 +52,7 @@ pub fn spec(
     UdpSpec {
         device: TUN.into(),
         port: u16::try_from(network.backend.udp.port).unwrap_or(8285),
-        mtu: facts.underlay_mtu.saturating_sub(UDP_OVERHEAD_V4),
+        mtu: facts.underlay_mtu.saturating_sub(overhead(facts)),
         addresses: own.iter().map(|n| host_net(*n)).collect(),
         local: own.to_vec(),
         peers,

@@ -97,12 +97,17 @@ impl Fixture {
 
     /// Node `i`'s data plane, as its agent starts it.
     pub fn start_plane(&self, i: usize) -> Dataplane {
+        self.start_plane_with(i, Default::default())
+    }
+
+    /// Node `i`'s data plane with these udp datapath options.
+    pub fn start_plane_with(&self, i: usize, udp: crate::udp::EngineOptions) -> Dataplane {
         let config = DataplaneConfig {
             netns: self.topo.nodes[i].ns(),
             cni: Some(self.cni[i].clone()),
             sysctls: Sysctls::default(),
             resync: Duration::from_secs(300),
-            udp: Default::default(),
+            udp,
             bird: self.bird(i),
         };
         Dataplane::start(config, self.metrics.clone()).expect("data plane starts")

@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::auth::DatagramKey;
 use super::batch::SendBatch;
 use super::coalesce::Coalescer;
 use super::metrics::{DropReason, UdpMetrics};
@@ -42,6 +43,8 @@ pub struct Queue {
     pub batched: bool,
     pub port: u16,
     pub peers: Peers,
+    /// Datagrams carry and must carry a tag under this key.
+    pub key: Option<DatagramKey>,
     pub metrics: UdpMetrics,
     pub stop: Arc<AtomicBool>,
 }
@@ -126,7 +129,7 @@ impl Queue {
                     continue;
                 };
                 let offset = batch.buffer.len();
-                match segment_into(&header, packet, &mut batch.buffer) {
+                match segment_into(&header, packet, &mut batch.buffer, self.key.as_ref()) {
                     Ok(segments) => {
                         batch.add(SocketAddrV4::new(node, self.port), offset, segments, gso)
                     }
@@ -207,6 +210,7 @@ impl Queue {
                     &table,
                     message,
                     data,
+                    self.key.as_ref(),
                     &mut coalescer,
                     &mut counts,
                     &mut write_tun,
@@ -222,6 +226,7 @@ impl Queue {
                 .drop(DropReason::UnknownPeer, counts.unknown_peer);
             self.metrics.drop(DropReason::Malformed, counts.malformed);
             self.metrics.drop(DropReason::NotLocal, counts.not_local);
+            self.metrics.drop(DropReason::BadTag, counts.bad_tag);
             self.metrics.drop(DropReason::TunError, tun_errors);
         }
     }
@@ -232,6 +237,7 @@ pub(crate) fn receive_train(
     table: &PeerTable,
     message: &Incoming,
     data: &[u8],
+    key: Option<&DatagramKey>,
     coalescer: &mut Coalescer,
     counts: &mut ReceiveCounts,
     write_tun: &mut impl FnMut(&[u8]),
@@ -241,7 +247,17 @@ pub(crate) fn receive_train(
         counts.unknown_peer += data.len().div_ceil(segment) as u64;
         return;
     }
-    for packet in data.chunks(segment) {
+    for datagram in data.chunks(segment) {
+        let packet = match key {
+            None => datagram,
+            Some(key) => match key.verify(datagram) {
+                Some(packet) => packet,
+                None => {
+                    counts.bad_tag += 1;
+                    continue;
+                }
+            },
+        };
         let layout = match Layout::parse(packet) {
             Ok(l) if l.total == packet.len() => l,
             _ => {
@@ -266,6 +282,7 @@ pub(crate) struct ReceiveCounts {
     pub unknown_peer: u64,
     pub malformed: u64,
     pub not_local: u64,
+    pub bad_tag: u64,
 }
 
 /// The same messages, one datagram each.

@@ -20,16 +20,19 @@ pub enum DropReason {
     SendError,
     /// The kernel refused a write to the TUN.
     TunError,
+    /// A datagram whose tag does not verify (`--udp-key-file`).
+    BadTag,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::UnknownPeer,
         DropReason::NotLocal,
         DropReason::Malformed,
         DropReason::NoPeer,
         DropReason::SendError,
         DropReason::TunError,
+        DropReason::BadTag,
     ];
 
     pub fn label(self) -> &'static str {
@@ -40,6 +43,7 @@ impl DropReason {
             DropReason::NoPeer => "no_peer",
             DropReason::SendError => "send_error",
             DropReason::TunError => "tun_error",
+            DropReason::BadTag => "bad_tag",
         }
     }
 }

@@ -17,6 +17,7 @@
 //!  tun  socket  datapath       the kernel side and the per-queue loops
 //! ```
 
+pub mod auth;
 mod batch;
 pub mod checksum;
 pub mod coalesce;
@@ -80,6 +81,8 @@ pub struct EngineOptions {
     /// `false`: the textbook relay, one packet per system call, no offloads,
     /// one queue: only for benchmarks to compare against.
     pub batched: bool,
+    /// Tag every datagram and require tags (every node needs the same key).
+    pub key: Option<auth::DatagramKey>,
 }
 
 impl Default for EngineOptions {
@@ -87,6 +90,7 @@ impl Default for EngineOptions {
         Self {
             queues: default_queues(),
             batched: true,
+            key: None,
         }
     }
 }
@@ -154,6 +158,7 @@ impl Engine {
                 batched,
                 port,
                 peers: peers.clone(),
+                key: options.key,
                 metrics: metrics.clone(),
                 stop: stop.clone(),
             };

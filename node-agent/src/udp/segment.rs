@@ -3,6 +3,7 @@
 //! becomes equally sized, fully checksummed inner packets laid end to end,
 //! ready to leave in one `sendmsg` with UDP GSO.
 
+use super::auth::{DatagramKey, TAG_LEN};
 use super::checksum;
 use super::packet::{Layout, Malformed, TCP, UDP};
 use super::vnet::{self, VnetHeader};
@@ -19,18 +20,20 @@ pub struct Segments {
     pub total: usize,
 }
 
-/// Appends the packets `packet` (described by `header`) stands for to `out`.
+/// Appends the datagrams `packet` (described by `header`) stands for to
+/// `out`: each an inner packet, followed by its tag when `key` is set.
 /// On error nothing is appended.
 pub fn segment_into(
     header: &VnetHeader,
     packet: &[u8],
     out: &mut Vec<u8>,
+    key: Option<&DatagramKey>,
 ) -> Result<Segments, Malformed> {
     let layout = Layout::parse(packet)?;
     let packet = &packet[..layout.total];
     let gso = header.gso_type & !vnet::GSO_ECN;
     let protocol = match gso {
-        vnet::GSO_NONE => return single(header, packet, out),
+        vnet::GSO_NONE => return single(header, packet, out, key),
         vnet::GSO_TCPV4 | vnet::GSO_TCPV6 => TCP,
         vnet::GSO_UDP_L4 => UDP,
         _ => return Err(Malformed::Transport),
@@ -48,7 +51,7 @@ pub fn segment_into(
     let mss = usize::from(header.gso_size);
     let payload = &packet[headers..];
     if mss == 0 || payload.len() <= mss {
-        return single(header, packet, out);
+        return single(header, packet, out, key);
     }
     let count = payload.len().div_ceil(mss);
     out.reserve(payload.len() + count * headers);
@@ -92,16 +95,26 @@ pub fn segment_into(
             check = 0xffff;
         }
         seg[check_at..check_at + 2].copy_from_slice(&check.to_be_bytes());
+        if let Some(key) = key {
+            let tag = key.tag(&out[start..]);
+            out.extend_from_slice(&tag);
+        }
     }
+    let tag = if key.is_some() { TAG_LEN } else { 0 };
     Ok(Segments {
-        size: headers + mss,
+        size: headers + mss + tag,
         count,
-        total: packet.len() + (count - 1) * headers,
+        total: packet.len() + (count - 1) * headers + count * tag,
     })
 }
 
 /// One packet, its checksum completed if the kernel left that to us.
-fn single(header: &VnetHeader, packet: &[u8], out: &mut Vec<u8>) -> Result<Segments, Malformed> {
+fn single(
+    header: &VnetHeader,
+    packet: &[u8],
+    out: &mut Vec<u8>,
+    key: Option<&DatagramKey>,
+) -> Result<Segments, Malformed> {
     let start = usize::from(header.csum_start);
     let at = start + usize::from(header.csum_offset);
     let needs = header.flags & vnet::NEEDS_CSUM != 0;
@@ -119,9 +132,15 @@ fn single(header: &VnetHeader, packet: &[u8], out: &mut Vec<u8>) -> Result<Segme
         }
         seg[at..at + 2].copy_from_slice(&check.to_be_bytes());
     }
+    let mut size = packet.len();
+    if let Some(key) = key {
+        let tag = key.tag(&out[begin..]);
+        out.extend_from_slice(&tag);
+        size += TAG_LEN;
+    }
     Ok(Segments {
-        size: packet.len(),
+        size,
         count: 1,
-        total: packet.len(),
+        total: size,
     })
 }

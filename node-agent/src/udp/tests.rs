@@ -76,7 +76,7 @@ fn gso_header(gso_type: u8, headers: usize, mss: usize, ip_len: usize, offset: u
 
 fn cut(packet: &[u8], header: &VnetHeader) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    let segments = segment_into(header, packet, &mut out).expect("segments");
+    let segments = segment_into(header, packet, &mut out, None).expect("segments");
     assert_eq!(segments.total, out.len());
     let mut packets: Vec<Vec<u8>> = out.chunks(segments.size).map(<[u8]>::to_vec).collect();
     assert_eq!(packets.len(), segments.count);
@@ -204,6 +204,7 @@ fn receive(peer: Ipv4Addr, data: &[u8], segment: usize) -> (ReceiveCounts, usize
         &table(),
         &message,
         data,
+        None,
         &mut coalescer,
         &mut counts,
         &mut write,
@@ -265,7 +266,7 @@ proptest! {
         }
         let header = VnetHeader::parse(&header).expect("10 bytes");
         let mut out = Vec::new();
-        if let Ok(segments) = segment_into(&header, &packet, &mut out) {
+        if let Ok(segments) = segment_into(&header, &packet, &mut out, None) {
             prop_assert_eq!(segments.total, out.len());
             prop_assert!(segments.count >= 1);
         } else {
@@ -302,4 +303,68 @@ fn a_peer_leaving_udp_keeps_its_entry_until_the_routes_have_moved() {
     );
     assert_eq!(to("10.244.3.9"), Some(Ipv4Addr::new(192, 168, 0, 3)));
     assert!(table.is_peer(Ipv4Addr::new(192, 168, 0, 2)));
+}
+
+#[test]
+fn keyed_datagrams_carry_a_tag_that_the_receiver_checks_and_strips() {
+    let key =
+        super::auth::DatagramKey::from_secret(b"a shared secret of the cluster").expect("key");
+    let packet = ipv4(TCP, &tcp(1000, &payload(4000)));
+    let header = gso_header(vnet::GSO_TCPV4, 52, 1448, 20, 16);
+    let mut out = Vec::new();
+    let segments = segment_into(&header, &packet, &mut out, Some(&key)).expect("segments");
+    assert_eq!(
+        (segments.count, segments.size),
+        (3, 52 + 1448 + super::auth::TAG_LEN)
+    );
+    assert_eq!(segments.total, out.len());
+    for datagram in out.chunks(segments.size) {
+        let inner = key.verify(datagram).expect("tag verifies");
+        assert!(transport_checksum_ok(inner));
+    }
+    let receive_keyed = |data: &[u8], key: &super::auth::DatagramKey| {
+        let mut counts = ReceiveCounts::default();
+        let mut frames = Vec::new();
+        let mut coalescer = Coalescer::new(true);
+        let message = Incoming {
+            peer: Ipv4Addr::new(192, 168, 0, 2),
+            len: data.len(),
+            segment: segments.size,
+        };
+        let mut write = |f: &[u8]| frames.push(f.to_vec());
+        receive_train(
+            &table(),
+            &message,
+            data,
+            Some(key),
+            &mut coalescer,
+            &mut counts,
+            &mut write,
+        );
+        coalescer.flush(&mut write);
+        (counts, frames)
+    };
+    let (counts, frames) = receive_keyed(&out, &key);
+    assert_eq!(
+        (counts.packets, counts.bad_tag, frames.len()),
+        (3, 0, 1),
+        "merged back"
+    );
+    assert_eq!(&frames[0][vnet::LEN + 52..], &payload(4000)[..]);
+    let other =
+        super::auth::DatagramKey::from_secret(b"not the cluster's secret at all").expect("key");
+    let (counts, frames) = receive_keyed(&out, &other);
+    assert_eq!(
+        (counts.bad_tag, frames.len()),
+        (3, 0),
+        "a wrong key gets nothing through"
+    );
+    let mut forged = out.clone();
+    forged[60] ^= 0x40;
+    let (counts, _) = receive_keyed(&forged, &key);
+    assert_eq!(
+        (counts.packets, counts.bad_tag),
+        (2, 1),
+        "a changed byte fails its datagram only"
+    );
 }

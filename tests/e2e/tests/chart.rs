@@ -404,3 +404,25 @@ async fn rendered_manifests_validate_against_the_api_server() {
         );
     }
 }
+
+#[test]
+fn a_udp_key_secret_is_mounted_and_passed_to_the_agent() {
+    if !require_binaries() {
+        return;
+    }
+    let spec_of =
+        |docs: &[Value]| find(docs, "DaemonSet", "t-agent")["spec"]["template"]["spec"].clone();
+    let plain = spec_of(&render(&[]));
+    assert!(
+        !serde_yaml::to_string(&plain).expect("yaml").contains("udp"),
+        "off by default"
+    );
+    let keyed = spec_of(&render(&["agent.udpKeySecret=tartan-udp"]));
+    let text = serde_yaml::to_string(&keyed).expect("yaml");
+    assert!(
+        text.contains("TARTAN_UDP_KEY_FILE")
+            && text.contains("/etc/tartan/udp/key")
+            && text.contains("secretName: tartan-udp"),
+        "{text}"
+    );
+}

@@ -18,7 +18,8 @@ use tartan_agent::status::{kernel_version, node_status};
 use tartan_agent::sysctl::Sysctls;
 use tartan_crds::{BackendType, NodeSubnet};
 
-use crate::state::{AgentsReport, LabNode, LabState, node_dir};
+use crate::state::{AgentsReport, LAB_UDP_SECRET, LabNode, LabState, UdpDatapath, node_dir};
+use tartan_agent::udp::auth::DatagramKey;
 
 /// Most rounds a rollout may take before the daemon reports it stuck.
 const MAX_ROUNDS: usize = 10;
@@ -38,7 +39,7 @@ fn bird_mode(lab: &str, node: &str) -> BirdMode {
     }
 }
 
-fn facts(node: &LabNode, bgp: BgpObserved) -> LocalFacts {
+fn facts(node: &LabNode, bgp: BgpObserved, udp_auth: bool) -> LocalFacts {
     LocalFacts {
         underlay: node.iface.clone(),
         node_ip: node.ip,
@@ -48,7 +49,7 @@ fn facts(node: &LabNode, bgp: BgpObserved) -> LocalFacts {
         kernel: kernel_version(),
         node_labels: node.labels.clone(),
         bgp,
-        udp_auth: false,
+        udp_auth,
     }
 }
 
@@ -88,7 +89,11 @@ pub fn run(name: &str) -> anyhow::Result<()> {
                 sysctls: Sysctls::default(),
                 resync: Duration::from_secs(300),
                 udp: tartan_agent::udp::EngineOptions {
-                    batched: !state.udp_unbatched,
+                    batched: state.udp != UdpDatapath::Unbatched,
+                    key: (state.udp == UdpDatapath::Authenticated)
+                        .then(|| DatagramKey::from_secret(LAB_UDP_SECRET))
+                        .transpose()
+                        .context("the lab's udp key")?,
                     ..Default::default()
                 },
                 bird: bird_mode(name, &n.name),
@@ -157,7 +162,11 @@ fn converge(
                 .spec
                 .validate()
                 .with_context(|| format!("NodeSubnet {}", node.name))?;
-            let facts = facts(node, bgp[i].clone());
+            let facts = facts(
+                node,
+                bgp[i].clone(),
+                state.udp == UdpDatapath::Authenticated,
+            );
             let desired = plan(&network, &local, &peers, &facts);
             bgp_on[i] = desired.bgp.is_some();
             waiting_for_bgp |= network.backend.type_ == BackendType::Bgp

@@ -14,6 +14,7 @@ use tartan_agent::testbed::{self, Topology, bench::best_of, exec, ip};
 use tartan_crds::{BackendType, OverlayNetworkSpec};
 
 use crate::lifecycle::{UpOptions, down, up};
+use crate::state::UdpDatapath;
 
 #[derive(Debug, Clone)]
 pub struct Throughput {
@@ -58,7 +59,7 @@ fn lab_throughput(
     name: &str,
     backend: BackendType,
     direct: bool,
-    udp_unbatched: bool,
+    udp: UdpDatapath,
     seconds: u32,
 ) -> anyhow::Result<f64> {
     let mut network = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
@@ -72,7 +73,7 @@ fn lab_throughput(
         network,
         routed: false,
         control_plane: false,
-        udp_unbatched,
+        udp,
     })?;
     let result = iperf(
         &lab.pods[0].netns,
@@ -131,33 +132,40 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
             gbps: kernel_vxlan,
         },
     ];
-    for (label, backend, direct, unbatched) in [
-        ("tartan vxlan", BackendType::Vxlan, false, false),
-        ("tartan host-gw", BackendType::HostGw, false, false),
+    let batched = UdpDatapath::Batched;
+    for (label, backend, direct, udp) in [
+        ("tartan vxlan", BackendType::Vxlan, false, batched),
+        ("tartan host-gw", BackendType::HostGw, false, batched),
         (
             "tartan vxlan + directRouting",
             BackendType::Vxlan,
             true,
-            false,
+            batched,
         ),
         (
             "tartan udp (userspace, batched)",
             BackendType::Udp,
             false,
+            batched,
+        ),
+        (
+            "tartan udp, datagrams authenticated",
+            BackendType::Udp,
             false,
+            UdpDatapath::Authenticated,
         ),
         (
             "udp relay, one packet per system call (baseline)",
             BackendType::Udp,
             false,
-            true,
+            UdpDatapath::Unbatched,
         ),
     ] {
         let gbps = lab_throughput(
             &format!("bench{}", std::process::id() % 1000),
             backend,
             direct,
-            unbatched,
+            udp,
             seconds,
         )?;
         rows.push(Throughput {

@@ -103,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 network,
                 routed,
                 control_plane,
-                udp_unbatched: false,
+                udp: Default::default(),
             })?;
             let (text, failures) = lifecycle::status(&name)?;
             println!(

@@ -22,8 +22,8 @@ pub struct UpOptions {
     pub routed: bool,
     /// Real API server, operator and agents (see `control_plane`).
     pub control_plane: bool,
-    /// The udp datapath one packet per system call (benchmark baseline).
-    pub udp_unbatched: bool,
+    /// How the udp datapath runs (benchmarks).
+    pub udp: crate::state::UdpDatapath,
 }
 
 /// The namespace prefix of a lab: keeps labs apart from each other and the host.
@@ -131,7 +131,7 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
         outside: LabNode::from(&topology.outside),
         pods: Vec::new(),
         control_plane: options.control_plane,
-        udp_unbatched: options.udp_unbatched,
+        udp: options.udp,
     };
     lab.save()?;
     AgentsReport {

@@ -57,10 +57,26 @@ pub struct LabState {
     /// The nodes are Node objects on a real API server; real operator and agents run.
     #[serde(default)]
     pub control_plane: bool,
-    /// The udp datapath without batching or offloads (a benchmark baseline).
+    /// How the udp datapath runs (benchmarks compare the variants).
     #[serde(default)]
-    pub udp_unbatched: bool,
+    pub udp: UdpDatapath,
 }
+
+/// The udp datapath variants the bench measures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UdpDatapath {
+    /// As shipped: batched, offloads on.
+    #[default]
+    Batched,
+    /// The textbook relay: one packet per system call (baseline).
+    Unbatched,
+    /// Batched, every datagram tagged with the lab's shared key.
+    Authenticated,
+}
+
+/// The shared udp secret of `UdpDatapath::Authenticated` labs.
+pub const LAB_UDP_SECRET: &[u8] = b"tartan-lab shared udp secret";
 
 /// What the agents daemon publishes: NodeSubnets with statuses, and progress.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

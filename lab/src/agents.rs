@@ -14,7 +14,7 @@ use tartan_agent::dataplane::{Dataplane, DataplaneConfig, Target};
 use tartan_agent::metrics::Metrics;
 use tartan_agent::netns::NetNs;
 use tartan_agent::plan::{BgpObserved, LocalFacts, LocalProblem, Peer, plan};
-use tartan_agent::status::{kernel_version, node_status};
+use tartan_agent::status::node_status;
 use tartan_agent::sysctl::Sysctls;
 use tartan_crds::{BackendType, NodeSubnet};
 
@@ -41,15 +41,9 @@ fn bird_mode(lab: &str, node: &str) -> BirdMode {
 
 fn facts(node: &LabNode, bgp: BgpObserved, udp_auth: bool) -> LocalFacts {
     LocalFacts {
-        underlay: node.iface.clone(),
-        node_ip: node.ip,
-        underlay_prefix: node.prefix,
-        node_ipv6: None,
-        underlay_mtu: 1500,
-        kernel: kernel_version(),
-        node_labels: node.labels.clone(),
         bgp,
         udp_auth,
+        ..tartan_agent::testbed::Node::from(node).facts()
     }
 }
 

@@ -22,6 +22,19 @@ pub struct LabNode {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+impl From<&LabNode> for Node {
+    fn from(n: &LabNode) -> Self {
+        Self {
+            name: n.name.clone(),
+            netns: n.netns.clone(),
+            ip: n.ip,
+            prefix: n.prefix,
+            iface: n.iface.clone(),
+            labels: n.labels.clone(),
+        }
+    }
+}
+
 impl From<&Node> for LabNode {
     fn from(n: &Node) -> Self {
         Self {

@@ -67,24 +67,10 @@ impl Drop for Down {
 }
 
 fn round_trip(name: &str, up_args: &[&str], switches: &[(&str, Option<&str>)]) {
-    if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter"]) {
+    let Some(lab) = TestLab::up(name, 2, up_args, &[]) else {
         return;
-    }
-    let _serial = serial();
-    let name = format!("{name}{}", std::process::id() % 1000);
-    let _guard = Down(name.clone());
-    let mut args = vec![
-        "up",
-        "--name",
-        &name,
-        "--nodes",
-        "3",
-        "--pods-per-node",
-        "2",
-    ];
-    args.extend_from_slice(up_args);
-    let up = ok(&args);
-    assert!(up.contains("36 of 36 paths work"), "{up}");
+    };
+    let name = lab.name.clone();
     let status = ok(&["status", "--name", &name]);
     assert!(
         status.contains("NODE-IP") && status.contains("36 of 36 paths work"),
@@ -160,15 +146,15 @@ fn udp_lab_switches_to_vxlan_and_back_without_loss() {
     );
 }
 
-/// A routed lab (3 nodes in two racks, a pod each), taken down on drop.
-struct RoutedLab {
+/// A 3-node lab, taken down on drop; `up` checks the whole matrix works.
+struct TestLab {
     name: String,
     _down: Down,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
-impl RoutedLab {
-    fn up(tag: &str, args: &[&str], tools: &[&str]) -> Option<Self> {
+impl TestLab {
+    fn up(tag: &str, pods_per_node: usize, args: &[&str], tools: &[&str]) -> Option<Self> {
         let mut needed = vec!["ip", "nft", "ping", "nsenter"];
         needed.extend_from_slice(tools);
         if !tartan_agent::testbed::kernel_tests_allowed(&needed) {
@@ -177,6 +163,7 @@ impl RoutedLab {
         let serial = serial();
         let name = format!("{tag}{}", std::process::id() % 1000);
         let down = Down(name.clone());
+        let pods = pods_per_node.to_string();
         let mut all = vec![
             "up",
             "--name",
@@ -184,12 +171,17 @@ impl RoutedLab {
             "--nodes",
             "3",
             "--pods-per-node",
-            "1",
-            "--routed",
+            &pods,
         ];
         all.extend_from_slice(args);
         let up = ok(&all);
-        assert!(up.contains("9 of 9 paths work"), "{up}");
+        // Every pod to every other pod, and each to the outside host.
+        let total = 3 * pods_per_node;
+        let paths = total * (total - 1) + total;
+        assert!(
+            up.contains(&format!("{paths} of {paths} paths work")),
+            "{up}"
+        );
         Some(Self {
             name,
             _down: down,
@@ -212,7 +204,7 @@ fn bgp_mesh_lab_switches_from_vxlan_and_back_without_loss() {
 
 #[test]
 fn routed_bgp_lab_routes_pods_through_the_top_of_rack_router_without_tunnels() {
-    let Some(lab) = RoutedLab::up("rb", &["--backend", "bgp"], &["bird"]) else {
+    let Some(lab) = TestLab::up("rb", 1, &["--routed", "--backend", "bgp"], &["bird"]) else {
         return;
     };
     let name = lab.name.clone();
@@ -261,7 +253,7 @@ fn routed_bgp_lab_routes_pods_through_the_top_of_rack_router_without_tunnels() {
 
 #[test]
 fn routed_underlay_works_with_vxlan_and_reports_host_gw_as_impossible() {
-    let Some(lab) = RoutedLab::up("rt", &[], &[]) else {
+    let Some(lab) = TestLab::up("rt", 1, &["--routed"], &[]) else {
         return;
     };
     let name = lab.name.clone();

@@ -43,17 +43,7 @@ pub fn network(backend: BackendType, direct: bool) -> ValidNetwork {
 }
 
 pub fn facts(topo: &Topology, i: usize) -> LocalFacts {
-    let node = &topo.nodes[i];
-    LocalFacts {
-        underlay: node.iface.clone(),
-        node_ip: node.ip,
-        underlay_prefix: node.prefix,
-        node_ipv6: None,
-        underlay_mtu: 1500,
-        kernel: (6, 1),
-        node_labels: node.labels.clone(),
-        ..Default::default()
-    }
+    topo.nodes[i].facts()
 }
 
 impl Fixture {

@@ -61,6 +61,20 @@ impl Node {
     pub fn ns(&self) -> NetNs {
         NetNs::named(&self.netns)
     }
+
+    /// What an agent on this node finds out about it (a 1500-byte underlay).
+    pub fn facts(&self) -> crate::plan::LocalFacts {
+        crate::plan::LocalFacts {
+            underlay: self.iface.clone(),
+            node_ip: self.ip,
+            underlay_prefix: self.prefix,
+            node_ipv6: None,
+            underlay_mtu: 1500,
+            kernel: crate::status::kernel_version(),
+            node_labels: self.labels.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// A switch with nodes and an outside host; namespaces removed on drop.

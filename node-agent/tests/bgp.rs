@@ -281,3 +281,36 @@ fn a_bird_already_running_is_reconfigured_through_its_socket() {
     let _ = daemon.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_agent_restart_keeps_bgp_routes_and_changes_nothing() {
+    let Some(mut f) = bgp_fixture("br") else {
+        return;
+    };
+    meshed(&f);
+    let (a, _) = f.add_pod(0, "a");
+    let (_, b_ip) = f.add_pod(1, "b");
+    assert!(pings(&a, b_ip));
+    // The agent stops (an upgrade): its BIRD goes with it, the routes stay,
+    // and the peers keep theirs to this node through graceful restart.
+    f.planes.remove(0).stop();
+    assert!(bird_pid(&f, 0).is_none(), "BIRD went with the agent");
+    assert!(
+        pings(&a, b_ip),
+        "pods keep their network while the agent is down"
+    );
+    let restarted = f.start_plane(0);
+    let report = restarted
+        .set(f.target_with(0, &f.peers(0, None), f.observed_facts(0)))
+        .expect("apply after restart");
+    f.planes.insert(0, restarted);
+    assert_eq!(report.total(), 0, "nothing of Tartan's changed: {report:?}");
+    assert!(pings(&a, b_ip));
+    converge(
+        &f,
+        &[0, 1, 2],
+        |i| f.peers(i, None),
+        "sessions back",
+        |s| all_on_bgp(s, 2),
+    );
+}

@@ -72,15 +72,15 @@ impl Layout {
 
     /// The transport header's length (TCP data offset, or 8 for UDP).
     pub fn transport_len(&self, packet: &[u8]) -> Result<usize, Malformed> {
-        let len = match self.protocol {
+        let (len, min) = match self.protocol {
             TCP => {
                 let offset = *packet.get(self.ip_len + 12).ok_or(Malformed::Truncated)?;
-                usize::from(offset >> 4) * 4
+                (usize::from(offset >> 4) * 4, 20)
             }
-            UDP => 8,
+            UDP => (8, 8),
             _ => return Err(Malformed::Transport),
         };
-        if len < 8 || self.ip_len + len > self.total {
+        if len < min || self.ip_len + len > self.total {
             return Err(Malformed::Transport);
         }
         Ok(len)
@@ -150,5 +150,14 @@ mod tests {
         v4[9] = TCP;
         let layout = Layout::parse(&v4).expect("a bare header parses");
         assert_eq!(layout.transport_len(&v4), Err(Malformed::Truncated));
+        // A TCP data offset below 5 words is no TCP header (it would put the
+        // flags past the end of a short packet).
+        let mut short = vec![0u8; 33];
+        short[0] = 0x45;
+        short[3] = 33;
+        short[9] = TCP;
+        short[32] = 2 << 4;
+        let layout = Layout::parse(&short).expect("parses");
+        assert_eq!(layout.transport_len(&short), Err(Malformed::Transport));
     }
 }

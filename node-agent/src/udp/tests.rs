@@ -250,6 +250,45 @@ proptest! {
         prop_assert!(counts.packets + counts.malformed + counts.not_local >= 1 || data.is_empty());
     }
 
+    /// Arbitrary TCP-looking packets (valid IPv4 header, any TCP bytes, one
+    /// after another in a train) never panic the receiver and its merging.
+    #[test]
+    fn the_receiver_survives_any_tcp_segments(
+        segments in (0usize..200).prop_flat_map(|len| {
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), len), 1..8)
+        }),
+    ) {
+        let train: Vec<u8> = segments.iter().flat_map(|body| ipv4(TCP, body)).collect();
+        let size = train.len() / segments.len();
+        let (counts, _) = receive(Ipv4Addr::new(192, 168, 0, 2), &train, size);
+        prop_assert_eq!(counts.packets + counts.malformed, segments.len() as u64);
+    }
+
+    /// TCP/UDP super-packets with arbitrary transport bytes and GSO fields
+    /// never panic the sender, and what it cuts adds up.
+    #[test]
+    fn the_sender_survives_any_super_packet(
+        body in proptest::collection::vec(any::<u8>(), 0..6000),
+        gso_size in 0u16..2000,
+        udp in any::<bool>(),
+        hdr_len in any::<u16>(),
+    ) {
+        let (protocol, gso_type) = if udp { (UDP, vnet::GSO_UDP_L4) } else { (TCP, vnet::GSO_TCPV4) };
+        let packet = ipv4(protocol, &body);
+        let header = VnetHeader {
+            flags: vnet::NEEDS_CSUM,
+            gso_type,
+            hdr_len,
+            gso_size,
+            csum_start: 20,
+            csum_offset: if udp { 6 } else { 16 },
+        };
+        let mut out = Vec::new();
+        if let Ok(segments) = segment_into(&header, &packet, &mut out, None) {
+            prop_assert_eq!(segments.total, out.len());
+        }
+    }
+
     /// Arbitrary frames from the TUN never panic the sender.
     #[test]
     fn the_sender_survives_any_frame(

@@ -36,15 +36,14 @@ async fn watch(name: &str) -> anyhow::Result<()> {
     let _operator = start_operator(&cp, "tartan-operator")?;
     let mut _agents = Vec::new();
     for node in &state.nodes {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        // Port 0: each agent binds a free port itself (no race for a port
+        // picked here and released before the agent binds it).
         _agents.push(start_agent(
             &cp,
             &node.name,
             &node.netns,
             &cni_config(name, &node.name).dir,
-            port,
+            0,
         )?);
     }
     let mut report = AgentsReport::load(name)?;

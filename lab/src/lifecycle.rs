@@ -337,12 +337,33 @@ fn diagnostics(name: &str) -> String {
         cp.join("kube-apiserver.log"),
     ] {
         if let Ok(text) = std::fs::read_to_string(&file) {
+            // Backtrace frames crowd out the message; errors come first.
             let lines: Vec<&str> = text
                 .lines()
                 .filter(|l| !l.contains("failed with status 500"))
+                .filter(|l| {
+                    let t = l.trim_start();
+                    !(t.starts_with("at ")
+                        || t.split(':')
+                            .next()
+                            .is_some_and(|n| n.parse::<u32>().is_ok()))
+                })
+                .collect();
+            let errors: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.contains("Error") || l.contains("ERROR") || l.contains("panicked"))
+                .take(5)
                 .collect();
             let tail = lines[lines.len().saturating_sub(15)..].join("\n");
-            out.push_str(&format!("\n--- {} ---\n{tail}", file.display()));
+            out.push_str(&format!(
+                "\n--- {} ---\n{}{tail}",
+                file.display(),
+                errors
+                    .iter()
+                    .map(|e| format!("{e}\n...\n"))
+                    .collect::<String>()
+            ));
         }
     }
     out

@@ -234,7 +234,8 @@ impl ControlPlane {
         let mut config: serde_yaml::Value = serde_yaml::from_str(&text)?;
         config["users"][0]["user"]["as"] = serde_yaml::Value::String(user.to_string());
         let path = self.dir.join(file);
-        std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+        // Written whole and renamed: a process starting meanwhile never reads half a file.
+        tartan_agent::cni::write_atomic(&path, serde_yaml::to_string(&config)?.as_bytes())?;
         Ok(path)
     }
 

@@ -192,7 +192,7 @@ pub fn start_agent(
     cni_dir: &Path,
     metrics_port: u16,
 ) -> anyhow::Result<Process> {
-    let kubeconfig = cp.kubeconfig_as(AGENT_SA, "agent.kubeconfig")?;
+    let kubeconfig = cp.kubeconfig_as(AGENT_SA, &format!("agent-{node}.kubeconfig"))?;
     Process::spawn(
         node,
         &binary("tartan-agent")?,

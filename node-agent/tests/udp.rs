@@ -222,3 +222,55 @@ fn with_a_shared_key_only_tagged_datagrams_get_through() {
     );
     assert!(bad >= 1.0, "dropped and counted: {bad}");
 }
+
+#[test]
+fn without_offloads_the_datapath_falls_back_to_plain_packets() {
+    use tartan_agent::udp::EngineOptions;
+    // What a kernel without vnet headers, GSO and GRO gets: the same
+    // datapath one packet at a time, on the TUN an offloading engine left
+    // behind (its offloads must be switched off, or TCP stalls).
+    let Some(mut f) = udp_fixture("uo", 2) else {
+        return;
+    };
+    let (a, _) = f.add_pod(0, "a");
+    let (b, b_ip) = f.add_pod(1, "b");
+    for i in 0..2 {
+        f.planes.remove(i).stop();
+        let plane = f.start_plane_with(
+            i,
+            EngineOptions {
+                batched: false,
+                ..Default::default()
+            },
+        );
+        plane.set(f.target(i, &f.peers(i, None))).expect("apply");
+        f.planes.insert(i, plane);
+    }
+    let text = f.metrics.render();
+    for feature in ["vnet_hdr", "tso", "udp_gso", "udp_gro"] {
+        let on = sample(
+            &text,
+            &format!("tartan_agent_udp_offload{{feature=\"{feature}\"}}"),
+        );
+        assert_eq!(on, 0.0, "{feature} reported off");
+    }
+    eventually("plain packets flow", || pings(&a, b_ip));
+    let mut server = NetNs::named(&b)
+        .command("iperf3")
+        .expect("netns")
+        .args(["-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 -s");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = exec(&a, &["iperf3", "-c", &b_ip.to_string(), "-t", "1", "-J"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.expect("iperf3 -c").stdout).expect("iperf3 JSON");
+    let received = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    assert!(
+        received > 1e6,
+        "bulk TCP over plain packets: {received} bytes"
+    );
+}

@@ -132,6 +132,12 @@ pub fn open(name: &str, queues: usize, offloads: bool) -> io::Result<Tun> {
             }
         }
     }
+    if !vnet_hdr {
+        // A persistent device keeps the offloads an earlier owner set; without
+        // a virtio header to describe them, super-packets would arrive as
+        // "packets" of 64 KiB with unfinished checksums. Turn them off.
+        ioctl_value(&first, TUNSETOFFLOAD, 0)?;
+    }
     ioctl_value(&first, TUNSETPERSIST, 1)?;
     let flags = if vnet_hdr { base | IFF_VNET_HDR } else { base };
     let mut fds = vec![first];

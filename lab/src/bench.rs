@@ -5,12 +5,10 @@
 //! Written as Markdown and an SVG bar chart.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use plotters::prelude::*;
-use tartan_agent::testbed::{self, Topology, bench::best_of, exec, ip};
+use tartan_agent::testbed::{self, Topology, bench::best_of, ip};
 use tartan_crds::{BackendType, OverlayNetworkSpec};
 
 use crate::lifecycle::{UpOptions, down, up};
@@ -22,17 +20,6 @@ pub struct Throughput {
     pub gbps: f64,
 }
 
-fn iperf_server(netns: &str) -> anyhow::Result<Child> {
-    let child = Command::new("ip")
-        .args(["netns", "exec", netns, "iperf3", "-s", "-1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting iperf3 -s")?;
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(child)
-}
-
 /// TCP throughput from `client` to `server_ip` (where `server_netns` listens), in Gbit/s.
 pub fn iperf(
     client: &str,
@@ -40,19 +27,11 @@ pub fn iperf(
     server_ip: &str,
     seconds: u32,
 ) -> anyhow::Result<f64> {
-    let mut server = iperf_server(server_netns)?;
-    let out = exec(
-        client,
-        &["iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"],
-    );
-    let _ = server.kill();
-    let _ = server.wait();
-    let out = out.context("iperf3 -c")?;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
-    json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|b| b / 1e9)
-        .context("iperf3 reported no throughput")
+    Ok(
+        testbed::iperf::tcp(client, server_netns, server_ip, seconds)
+            .context("iperf3")?
+            .gbps,
+    )
 }
 
 fn lab_throughput(

@@ -64,20 +64,9 @@ fn bulk_tcp_crosses_in_batches_with_offloads() {
     assert!(link.contains("mtu 1472"), "{link}");
     eventually("pod a reaches pod b over udp", || pings(&a, b_ip));
 
-    let mut server = NetNs::named(&b)
-        .command("iperf3")
-        .expect("netns")
-        .args(["-s", "-1"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3 -s");
-    std::thread::sleep(Duration::from_millis(300));
-    let out = exec(&a, &["iperf3", "-c", &b_ip.to_string(), "-t", "2", "-J"]);
-    let _ = server.kill();
-    let _ = server.wait();
-    let out = out.expect("iperf3 -c");
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    let received = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    let received = testbed::iperf::tcp(&a, &b, &b_ip.to_string(), 2)
+        .expect("iperf3")
+        .bytes;
     assert!(received > 1e6, "iperf3 moved only {received} bytes");
 
     let text = f.metrics.render();
@@ -255,20 +244,9 @@ fn without_offloads_the_datapath_falls_back_to_plain_packets() {
         assert_eq!(on, 0.0, "{feature} reported off");
     }
     eventually("plain packets flow", || pings(&a, b_ip));
-    let mut server = NetNs::named(&b)
-        .command("iperf3")
-        .expect("netns")
-        .args(["-s", "-1"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("iperf3 -s");
-    std::thread::sleep(Duration::from_millis(300));
-    let out = exec(&a, &["iperf3", "-c", &b_ip.to_string(), "-t", "1", "-J"]);
-    let _ = server.kill();
-    let _ = server.wait();
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.expect("iperf3 -c").stdout).expect("iperf3 JSON");
-    let received = json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    let received = testbed::iperf::tcp(&a, &b, &b_ip.to_string(), 1)
+        .expect("iperf3")
+        .bytes;
     assert!(
         received > 1e6,
         "bulk TCP over plain packets: {received} bytes"

@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod cni;
 pub mod fixture;
+pub mod iperf;
 
 use std::collections::BTreeMap;
 use std::io;

@@ -113,14 +113,7 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
 
     // The backend switch: one field of the OverlayNetwork.
     let networks: Api<OverlayNetwork> = Api::all(client.clone());
-    networks
-        .patch(
-            "default",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"backend": {"type": "host-gw"}}})),
-        )
-        .await
-        .expect("switch");
+    switch_backend(&client, BackendType::HostGw).await;
     eventually("both agents on host-gw", Duration::from_secs(60), || {
         ready(BackendType::HostGw)
     })
@@ -155,14 +148,7 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
 
     // On to bgp: each agent runs BIRD, the two peer, and routes come from BGP.
     if testbed::kernel_tests_allowed(&["bird"]) {
-        networks
-            .patch(
-                "default",
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"spec": {"backend": {"type": "bgp"}}})),
-            )
-            .await
-            .expect("switch");
+        switch_backend(&client, BackendType::Bgp).await;
         let list = eventually("both agents on bgp", Duration::from_secs(60), || {
             ready(BackendType::Bgp)
         })
@@ -210,6 +196,18 @@ fn scrape(port: u16) -> String {
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     response
+}
+
+/// The backend switch, as a person does it: one field of the OverlayNetwork.
+async fn switch_backend(client: &kube::Client, backend: BackendType) {
+    Api::<OverlayNetwork>::all(client.clone())
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"backend": {"type": backend}}})),
+        )
+        .await
+        .expect("switch");
 }
 
 /// `GET /readyz` on the agent's probes port: the status code.
@@ -288,14 +286,7 @@ async fn the_data_plane_outlives_an_unreachable_api_server_and_catches_up() {
     .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
     // Caught up: a change made after the outage is followed.
     let client = cp.client().await.expect("client");
-    Api::<OverlayNetwork>::all(client.clone())
-        .patch(
-            "default",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"backend": {"type": "host-gw"}}})),
-        )
-        .await
-        .expect("switch");
+    switch_backend(&client, BackendType::HostGw).await;
     eventually("host-gw after the outage", Duration::from_secs(60), || {
         ready_count(client.clone(), BackendType::HostGw)
     })

@@ -1,0 +1,51 @@
+//! One TCP stream between two namespaces with iperf3: the throughput figure
+//! of the bench and the "bulk traffic crosses" check of the kernel tests.
+
+use std::io;
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::exec;
+use crate::netns::NetNs;
+
+/// What the receiving side counted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transfer {
+    pub bytes: f64,
+    pub gbps: f64,
+}
+
+/// `seconds` of TCP from `client` to `server_ip`, where `server_netns` listens.
+pub fn tcp(
+    client: &str,
+    server_netns: &str,
+    server_ip: &str,
+    seconds: u32,
+) -> io::Result<Transfer> {
+    let mut server = NetNs::named(server_netns)
+        .command("iperf3")?
+        .args(["-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = exec(
+        client,
+        &["iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let json: serde_json::Value = serde_json::from_slice(&out?.stdout)
+        .map_err(|e| io::Error::other(format!("iperf3 JSON: {e}")))?;
+    let received = &json["end"]["sum_received"];
+    match (
+        received["bytes"].as_f64(),
+        received["bits_per_second"].as_f64(),
+    ) {
+        (Some(bytes), Some(bps)) => Ok(Transfer {
+            bytes,
+            gbps: bps / 1e9,
+        }),
+        _ => Err(io::Error::other("iperf3 reported no transfer")),
+    }
+}

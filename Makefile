@@ -1,14 +1,24 @@
 # `make test` is the one command that runs every test (CI runs exactly this).
-# `make lab` brings up a 3-node lab.
+# `make lab` brings up a 3-node lab. Both run as root (namespaces, netlink).
 
 CARGO ?= cargo
 
-.PHONY: test deps fmt-check clippy cargo-test crds lab lab-down bench
+.PHONY: test root deps control-plane fmt-check clippy cargo-test crds lab lab-down bench
 
-test: deps fmt-check clippy cargo-test
+test: root deps control-plane fmt-check clippy cargo-test
 
+root:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+	  echo "make: run this as root (the tests and the lab create network namespaces and program netlink)" >&2; \
+	  exit 1; \
+	fi
+
+# What the tests and the lab need from Debian (a no-op when it is there).
 deps:
 	bash scripts/install-test-deps.sh
+
+# The Kubernetes control plane for the end-to-end tests and `tartan-lab up --control-plane`.
+control-plane:
 	bash tests/control-plane/build.sh
 
 fmt-check:
@@ -17,21 +27,24 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# Kernel, lab and end-to-end tests are #[ignore]d with their reason, so a
+# plain `cargo test` reports them as ignored; here their needs are installed
+# and they run.
 cargo-test:
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked -- --include-ignored
 
 # Regenerate crds/*.yaml from the API types.
 crds:
 	$(CARGO) run -q -p tartan-crds -- write crds
 	cp crds/*.yaml charts/tartan/crds/
 
-lab: deps
+lab: root deps
 	$(CARGO) build -q --release -p tartan-lab -p tartan-operator -p tartan-agent
 	./target/release/tartan-lab up --nodes 3 --backend vxlan
 
-lab-down:
+lab-down: root
 	./target/release/tartan-lab down
 
-bench: deps
+bench: root deps
 	$(CARGO) build -q --release -p tartan-lab
 	./target/release/tartan-lab bench --out bench/out

@@ -16,6 +16,7 @@ use tartan_agent::netns::NetNs;
 use tartan_agent::plan::{BgpObserved, LocalFacts, LocalProblem, Peer, plan};
 use tartan_agent::status::node_status;
 use tartan_agent::sysctl::Sysctls;
+use tartan_agent::underlay::Underlay;
 use tartan_crds::{BackendType, NodeSubnet};
 
 use crate::state::{AgentsReport, LAB_UDP_SECRET, LabNode, LabState, UdpDatapath, node_dir};
@@ -39,11 +40,20 @@ fn bird_mode(lab: &str, node: &str) -> BirdMode {
     }
 }
 
+/// What an agent on this node finds out about it (a 1500-byte underlay).
 fn facts(node: &LabNode, bgp: BgpObserved, udp_auth: bool) -> LocalFacts {
+    let underlay = Underlay {
+        name: node.iface.clone(),
+        node_ip: node.ip,
+        prefix: node.prefix,
+        node_ipv6: None,
+        mtu: 1500,
+    };
     LocalFacts {
+        node_labels: node.labels.clone(),
         bgp,
         udp_auth,
-        ..tartan_agent::testbed::Node::from(node).facts()
+        ..underlay.facts(tartan_agent::host::kernel_version())
     }
 }
 

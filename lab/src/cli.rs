@@ -118,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .ok()
                 .and_then(|r| r.kubeconfig)
             {
-                let kubectl = tartan_e2e::cluster::binaries_dir().join("kubectl");
+                let kubectl = tartan_harness::cluster::binaries_dir().join("kubectl");
                 let kubectl = kubectl.canonicalize().unwrap_or(kubectl);
                 println!("a real control plane runs the operator and one agent per node:");
                 println!("  export KUBECONFIG={kubeconfig}");

@@ -10,8 +10,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tartan_crds::{NodeSubnet, OverlayNetwork};
-use tartan_e2e::ControlPlane;
-use tartan_e2e::setup::{
+use tartan_harness::ControlPlane;
+use tartan_harness::setup::{
     create_network_with, create_node, install_crds, install_rbac, start_agent, start_operator,
 };
 
@@ -42,7 +42,7 @@ async fn watch(name: &str) -> anyhow::Result<()> {
             &cp,
             &node.name,
             &node.netns,
-            &cni_config(name, &node.name).dir,
+            &cni_config(name, &node.name),
             0,
         )?);
     }

@@ -5,10 +5,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use tartan_agent::netns::NetNs;
-use tartan_agent::testbed::{self, Topology, cni};
 use tartan_crds::{NodeSubnet, NodeSubnetSpec, OverlayNetworkSpec};
 use tartan_operator::ipam::{Ipam, Preference};
+use tartan_testbed::{Topology, cni};
 
 use crate::agents::cni_config;
 use crate::matrix;
@@ -79,13 +78,13 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
         options.network.backend.bgp.peers = crate::tor::peers();
     }
     if options.control_plane
-        && !tartan_e2e::cluster::binaries_dir()
+        && !tartan_harness::cluster::binaries_dir()
             .join("kube-apiserver")
             .exists()
     {
         bail!(
             "--control-plane: the Kubernetes binaries are not built; run `bash tests/control-plane/build.sh` ({})",
-            tartan_e2e::cluster::binaries_dir().display()
+            tartan_harness::cluster::binaries_dir().display()
         );
     }
     let prefix = prefix(&options.name);
@@ -154,11 +153,11 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
         for k in 0..options.pods_per_node {
             let name = format!("pod{k}");
             let netns = format!("{}-{}-{name}", lab.prefix, node.name);
-            testbed::add_netns(&netns)?;
+            tartan_testbed::add_netns(&netns)?;
             let pod_path = PathBuf::from("/var/run/netns").join(&netns);
             let result = cni::add(&cni::Invocation {
                 conflist: &conflist,
-                node: &NetNs::named(&node.netns),
+                node: &node.netns,
                 pod_netns: &pod_path,
                 container_id: &netns,
                 ifname: "eth0",
@@ -316,7 +315,7 @@ pub fn down(name: &str) -> anyhow::Result<usize> {
         );
     }
     let removed =
-        testbed::remove_by_prefix(&prefix(name)).context("removing the lab's namespaces")?;
+        tartan_testbed::remove_by_prefix(&prefix(name)).context("removing the lab's namespaces")?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use tartan_agent::testbed::exec;
+use tartan_testbed::exec;
 
 use crate::state::LabState;
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use tartan_agent::testbed::Node;
 use tartan_crds::{NodeSubnet, OverlayNetworkSpec};
+use tartan_testbed::Node;
 
 pub const ROOT: &str = "/run/tartan-lab";
 

@@ -8,8 +8,8 @@ use std::process::{Child, Stdio};
 
 use anyhow::Context as _;
 use tartan_agent::netns::NetNs;
-use tartan_agent::testbed::{RACK_LABEL, RACKS, rack_gateway};
 use tartan_crds::BgpPeer;
+use tartan_testbed::{RACK_LABEL, RACKS, rack_gateway};
 
 use crate::state::{LabState, dir};
 
@@ -92,7 +92,7 @@ pub fn start(state: &LabState) -> anyhow::Result<Child> {
 
 /// The router's routing table: what it learned by BGP.
 pub fn routes(state: &LabState) -> String {
-    tartan_agent::testbed::ip(&["-n", &router_netns(state), "route", "show", "proto", "bird"])
+    tartan_testbed::ip(&["-n", &router_netns(state), "route", "show", "proto", "bird"])
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
 }

@@ -67,9 +67,7 @@ impl Drop for Down {
 }
 
 fn round_trip(name: &str, up_args: &[&str], switches: &[(&str, Option<&str>)]) {
-    let Some(lab) = TestLab::up(name, 2, up_args, &[]) else {
-        return;
-    };
+    let lab = TestLab::up(name, 2, up_args, &[]);
     let name = lab.name.clone();
     let status = ok(&["status", "--name", &name]);
     assert!(
@@ -111,6 +109,7 @@ fn round_trip(name: &str, up_args: &[&str], switches: &[(&str, Option<&str>)]) {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces (make test runs it)"]
 fn vxlan_lab_switches_to_host_gw_and_back_without_loss() {
     round_trip(
         "vx",
@@ -120,6 +119,7 @@ fn vxlan_lab_switches_to_host_gw_and_back_without_loss() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces (make test runs it)"]
 fn host_gw_lab_switches_to_vxlan_with_direct_routing_without_loss() {
     round_trip(
         "hg",
@@ -129,6 +129,7 @@ fn host_gw_lab_switches_to_vxlan_with_direct_routing_without_loss() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces (make test runs it)"]
 fn direct_routing_lab_switches_to_plain_vxlan_without_loss() {
     round_trip(
         "dr",
@@ -138,6 +139,7 @@ fn direct_routing_lab_switches_to_plain_vxlan_without_loss() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces (make test runs it)"]
 fn udp_lab_switches_to_vxlan_and_back_without_loss() {
     round_trip(
         "ud",
@@ -154,12 +156,10 @@ struct TestLab {
 }
 
 impl TestLab {
-    fn up(tag: &str, pods_per_node: usize, args: &[&str], tools: &[&str]) -> Option<Self> {
+    fn up(tag: &str, pods_per_node: usize, args: &[&str], tools: &[&str]) -> Self {
         let mut needed = vec!["ip", "nft", "ping", "nsenter"];
         needed.extend_from_slice(tools);
-        if !tartan_agent::testbed::kernel_tests_allowed(&needed) {
-            return None;
-        }
+        tartan_testbed::require(&needed);
         let serial = serial();
         let name = format!("{tag}{}", std::process::id() % 1000);
         let down = Down(name.clone());
@@ -182,19 +182,18 @@ impl TestLab {
             up.contains(&format!("{paths} of {paths} paths work")),
             "{up}"
         );
-        Some(Self {
+        Self {
             name,
             _down: down,
             _serial: serial,
-        })
+        }
     }
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces (make test runs it)"]
 fn bgp_mesh_lab_switches_from_vxlan_and_back_without_loss() {
-    if !tartan_agent::testbed::kernel_tests_allowed(&["bird"]) {
-        return;
-    }
+    tartan_testbed::require(&["bird"]);
     round_trip(
         "bg",
         &["--backend", "vxlan"],
@@ -203,10 +202,9 @@ fn bgp_mesh_lab_switches_from_vxlan_and_back_without_loss() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces (make test runs it)"]
 fn routed_bgp_lab_routes_pods_through_the_top_of_rack_router_without_tunnels() {
-    let Some(lab) = TestLab::up("rb", 1, &["--routed", "--backend", "bgp"], &["bird"]) else {
-        return;
-    };
+    let lab = TestLab::up("rb", 1, &["--routed", "--backend", "bgp"], &["bird"]);
     let name = lab.name.clone();
     let status = ok(&["status", "--name", &name]);
     // Rack 1 holds n1 and n3 (mesh + router), rack 2 n2 (router only).
@@ -228,7 +226,7 @@ fn routed_bgp_lab_routes_pods_through_the_top_of_rack_router_without_tunnels() {
     }
     let n1 = format!("tlab-{name}-n1");
     let routes = String::from_utf8_lossy(
-        &tartan_agent::testbed::ip(&["-n", &n1, "route"])
+        &tartan_testbed::ip(&["-n", &n1, "route"])
             .expect("routes")
             .stdout,
     )
@@ -252,10 +250,9 @@ fn routed_bgp_lab_routes_pods_through_the_top_of_rack_router_without_tunnels() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces (make test runs it)"]
 fn routed_underlay_works_with_vxlan_and_reports_host_gw_as_impossible() {
-    let Some(lab) = TestLab::up("rt", 1, &["--routed"], &[]) else {
-        return;
-    };
+    let lab = TestLab::up("rt", 1, &["--routed"], &[]);
     let name = lab.name.clone();
     let report = ok(&["switch", "--name", &name, "--backend", "host-gw"]);
     assert_eq!(lost(&report), 0, "{report}");
@@ -279,10 +276,9 @@ fn routed_underlay_works_with_vxlan_and_reports_host_gw_as_impossible() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces (make test runs it)"]
 fn a_second_up_of_the_same_lab_is_refused_and_non_root_is_told() {
-    if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter"]) {
-        return;
-    }
+    tartan_testbed::require(&["ip", "nft", "ping", "nsenter"]);
     let _serial = serial();
     let name = format!("tw{}", std::process::id() % 1000);
     let _guard = Down(name.clone());
@@ -301,12 +297,10 @@ fn a_second_up_of_the_same_lab_is_refused_and_non_root_is_told() {
 }
 
 #[test]
+#[ignore = "lab test: needs root and network namespaces (make test runs it)"]
 fn control_plane_lab_runs_the_real_operator_and_agents_and_switches_with_kubectl() {
-    if !tartan_agent::testbed::kernel_tests_allowed(&["ip", "nft", "ping", "nsenter"])
-        || !tartan_e2e::require_binaries()
-    {
-        return;
-    }
+    tartan_testbed::require(&["ip", "nft", "ping", "nsenter"]);
+    tartan_harness::require_binaries();
     let _serial = serial();
     let name = format!("cp{}", std::process::id() % 1000);
     let _guard = Down(name.clone());
@@ -327,7 +321,7 @@ fn control_plane_lab_runs_the_real_operator_and_agents_and_switches_with_kubectl
         .expect("a KUBECONFIG to export")
         .to_string();
     let kubectl = |args: &[&str]| {
-        let out = Command::new(tartan_e2e::binaries_dir().join("kubectl"))
+        let out = Command::new(tartan_harness::binaries_dir().join("kubectl"))
             .arg(format!("--kubeconfig={kubeconfig}"))
             .args(args)
             .output()
@@ -379,4 +373,57 @@ fn control_plane_lab_runs_the_real_operator_and_agents_and_switches_with_kubectl
     let report = ok(&["switch", "--name", &name, "--backend", "vxlan"]);
     assert!(report.contains("-> vxlan"), "{report}");
     assert_eq!(lost(&report), 0, "{report}");
+}
+
+/// Entries in host-local's default state directory for the `tartan` network.
+fn host_local_default_state() -> Vec<String> {
+    std::fs::read_dir("/var/lib/cni/networks/tartan")
+        .map(|entries| {
+            let mut names: Vec<String> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "lab test: needs root, network namespaces and the control plane that make deps builds (make test runs it)"]
+fn a_control_plane_lab_comes_up_again_after_down_and_leaves_nothing_outside_its_directory() {
+    tartan_testbed::require(&["ip", "nft", "ping", "nsenter"]);
+    tartan_harness::require_binaries();
+    let _serial = serial();
+    let name = format!("ud{}", std::process::id() % 1000);
+    let _guard = Down(name.clone());
+    let host_local_before = host_local_default_state();
+    let up = [
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--control-plane",
+    ];
+    let first = ok(&up);
+    assert!(first.contains("4 of 4 paths work"), "{first}");
+    ok(&["down", "--name", &name]);
+    assert!(
+        namespaces(&format!("tlab-{name}-")).is_empty(),
+        "down removes every namespace"
+    );
+    assert!(
+        !tartan_lab::state::dir(&name).exists(),
+        "down removes the lab's directory"
+    );
+    let second = ok(&up);
+    assert!(second.contains("4 of 4 paths work"), "{second}");
+    assert_eq!(
+        host_local_default_state(),
+        host_local_before,
+        "pod addresses are allocated under the lab's own directory"
+    );
 }

@@ -19,35 +19,27 @@ use serde_json::json;
 use tartan_crds::condition::{self, Condition};
 use tartan_crds::{BackendType, CONDITION_READY, NodeSubnet, NodeSubnetStatus};
 
-use crate::dataplane::{Dataplane, Target};
-use crate::index::{Inputs, ReadyInputs};
+use crate::dataplane::{Dataplane, DataplaneError, Target};
 use crate::metrics::Metrics;
 use crate::netlink::ApplyReport;
 use crate::netns::NetNs;
 use crate::plan::{BgpObserved, LocalFacts, PeerProblem, plan};
 use crate::status::node_status;
 use crate::underlay::{self, Choice};
+use crate::watch::{Inputs, ReadyInputs};
 
 /// The field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "tartan-agent";
 
 /// Something that makes the kernel match a target.
 pub trait Programmer: Send + Sync + 'static {
-    fn program(&self, target: Target) -> Result<ApplyReport, String>;
+    fn program(&self, target: Target) -> Result<ApplyReport, DataplaneError>;
 }
 
 impl Programmer for Dataplane {
-    fn program(&self, target: Target) -> Result<ApplyReport, String> {
-        self.set(target).map_err(|e| e.to_string())
+    fn program(&self, target: Target) -> Result<ApplyReport, DataplaneError> {
+        self.set(target)
     }
-}
-
-/// Where the underlay comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnderlayChoice {
-    Name(String),
-    Pattern(String),
-    NodeInternalIp,
 }
 
 /// What the probes report.
@@ -68,7 +60,9 @@ impl Health {
 pub struct Agent<P: Programmer> {
     pub client: Client,
     pub netns: NetNs,
-    pub underlay: UnderlayChoice,
+    pub underlay: Choice,
+    /// The running kernel's (major, minor), read once at start.
+    pub kernel: (u32, u32),
     pub programmer: Arc<P>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
@@ -99,7 +93,8 @@ impl<P: Programmer> Agent<P> {
     pub fn new(
         client: Client,
         netns: NetNs,
-        underlay: UnderlayChoice,
+        underlay: Choice,
+        kernel: (u32, u32),
         programmer: Arc<P>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
@@ -108,6 +103,7 @@ impl<P: Programmer> Agent<P> {
             client,
             netns,
             underlay,
+            kernel,
             programmer,
             metrics,
             health,
@@ -170,7 +166,7 @@ impl<P: Programmer> Agent<P> {
         let applied = tokio::task::spawn_blocking(move || programmer.program(target))
             .await
             .map_err(|e| AgentError::Task(e.to_string()))?;
-        let error = applied.as_ref().err().cloned();
+        let error = applied.as_ref().err().map(|e| e.to_string());
         self.metrics
             .applies
             .with_label_values(&[if error.is_none() { "ok" } else { "error" }])
@@ -215,19 +211,9 @@ impl<P: Programmer> Agent<P> {
     }
 
     fn facts(&self, ready: &ReadyInputs) -> Result<LocalFacts, AgentError> {
-        let choice = match &self.underlay {
-            UnderlayChoice::Name(n) => Choice::Name(n.clone()),
-            UnderlayChoice::Pattern(p) => Choice::Pattern(p.clone()),
-            UnderlayChoice::NodeInternalIp => Choice::NodeAddress(
-                ready
-                    .node_ip
-                    .ok_or(underlay::UnderlayError::NoNodeAddress)?,
-            ),
-        };
-        Ok(underlay::select(
-            &underlay::interfaces(&self.netns)?,
-            &choice,
-        )?)
+        let interfaces = underlay::interfaces(&self.netns)?;
+        let underlay = underlay::select(&interfaces, &self.underlay, ready.node_ip)?;
+        Ok(underlay.facts(self.kernel))
     }
 
     fn record(&mut self, ready: &ReadyInputs, desired: &crate::plan::DesiredState, applied: bool) {

@@ -11,18 +11,19 @@ use serde_json::Value;
 use tartan_crds::{BackendType, NodeSubnet, NodeSubnetSpec, OverlayNetwork, OverlayNetworkSpec};
 use tower_test::mock::{self, Handle};
 
-use crate::agent::{Agent, Health, Programmer, UnderlayChoice};
-use crate::dataplane::Target;
-use crate::index::{AgentIndex, Inputs};
+use crate::agent::{Agent, Health, Programmer};
+use crate::dataplane::{DataplaneError, Target};
 use crate::metrics::Metrics;
-use crate::netlink::ApplyReport;
+use crate::netlink::{ApplyError, ApplyReport};
 use crate::netns::NetNs;
+use crate::underlay::Choice;
+use crate::watch::{AgentIndex, Inputs};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<Target>>);
 
 impl Programmer for Recorder {
-    fn program(&self, target: Target) -> Result<ApplyReport, String> {
+    fn program(&self, target: Target) -> Result<ApplyReport, DataplaneError> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -87,7 +88,20 @@ fn index(backend: BackendType) -> AgentIndex {
     index
 }
 
-fn agent(recorder: Arc<Recorder>) -> (Agent<Recorder>, Handle<Request<Body>, Response<Body>>) {
+/// A data plane whose kernel refuses a route, as netlink reports it.
+struct RefusingKernel;
+
+impl Programmer for RefusingKernel {
+    fn program(&self, _: Target) -> Result<ApplyReport, DataplaneError> {
+        Err(DataplaneError::Apply(ApplyError::Kernel {
+            failed: 1,
+            total: 3,
+            first: "add route 10.244.2.0/24: ENETUNREACH".into(),
+        }))
+    }
+}
+
+fn agent<P: Programmer>(recorder: Arc<P>) -> (Agent<P>, Handle<Request<Body>, Response<Body>>) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let metrics = Arc::new(Metrics::new().expect("metrics"));
@@ -95,7 +109,8 @@ fn agent(recorder: Arc<Recorder>) -> (Agent<Recorder>, Handle<Request<Body>, Res
     let agent = Agent::new(
         client,
         NetNs::Current,
-        UnderlayChoice::Name("lo".into()),
+        Choice::Name("lo".into()),
+        (6, 1),
         recorder,
         metrics,
         Arc::new(Health::default()),
@@ -183,4 +198,22 @@ async fn waiting_and_invalid_inputs_are_reported_not_programmed() {
         recorder.0.lock().expect("lock").is_empty(),
         "nothing programmed from a bad object"
     );
+}
+
+#[tokio::test]
+async fn a_netlink_failure_is_reported_as_one() {
+    let (mut agent, handle) = agent(Arc::new(RefusingKernel));
+    let server = tokio::spawn(answer(handle, 1));
+    agent
+        .reconcile(&index(BackendType::Vxlan).inputs(), Some("a"))
+        .await
+        .expect("the failure is reported, not returned");
+    let bodies = server.await.expect("one write");
+    let ready = &bodies[0]["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "ApplyFailed");
+    assert_eq!(
+        ready["message"],
+        "netlink: 1 of 3 kernel changes failed; first: add route 10.244.2.0/24: ENETUNREACH"
+    );
+    assert_eq!(agent.metrics.applies.with_label_values(&["error"]).get(), 1);
 }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 pub use tartan_runtime::LogFormat;
 
+use crate::underlay::InterfacePattern;
+
 /// Tartan node agent: programs this node's bridge, VXLAN, routes and masquerade from NodeSubnets.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tartan-agent", version, about)]
@@ -27,7 +29,7 @@ pub struct Args {
 
     /// Regular expression picking the underlay interface by name.
     #[arg(long, env = "TARTAN_IFACE_REGEX")]
-    pub iface_regex: Option<String>,
+    pub iface_regex: Option<InterfacePattern>,
 
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "TARTAN_METRICS_ADDR", default_value = "0.0.0.0:9101")]
@@ -37,13 +39,20 @@ pub struct Args {
     #[arg(long, env = "TARTAN_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
 
+    /// Where host-local keeps its pod address allocations (the conflist's
+    /// `dataDir`; default host-local's own, /var/lib/cni/networks).
+    #[arg(long, env = "TARTAN_CNI_IPAM_DATA_DIR")]
+    pub cni_ipam_data_dir: Option<PathBuf>,
+
     /// Seconds between full resyncs of the kernel state (drift is repaired at once anyway).
-    #[arg(long, env = "TARTAN_RESYNC_SECONDS", default_value_t = 300)]
+    #[arg(long, env = "TARTAN_RESYNC_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(10..=86_400))]
     pub resync_seconds: u64,
 
     /// TUN queues of the udp backend, each with a send and a receive thread (0: one per core, at most 4).
-    #[arg(long, env = "TARTAN_UDP_QUEUES", default_value_t = 0)]
-    pub udp_queues: usize,
+    #[arg(long, env = "TARTAN_UDP_QUEUES", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub udp_queues: u16,
 
     /// A file holding a shared secret (at least 16 bytes, the same on every
     /// node): udp datagrams then carry and must carry an authentication tag.
@@ -105,4 +114,34 @@ pub enum Command {
         #[arg(long, default_value = "tartan-agent")]
         name: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("tartan-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_the_flag_named() {
+        let error = parse(&["--resync-seconds", "3"]).expect_err("too short");
+        assert!(error.to_string().contains("--resync-seconds"), "{error}");
+        assert!(error.to_string().contains("10..=86400"), "{error}");
+        assert!(parse(&["--udp-queues", "65"]).is_err());
+        assert_eq!(
+            parse(&["--resync-seconds", "10"])
+                .expect("ok")
+                .resync_seconds,
+            10
+        );
+    }
+
+    #[test]
+    fn a_bad_interface_pattern_is_refused_when_parsed() {
+        let error = parse(&["--iface-regex", "^(eth"]).expect_err("unbalanced");
+        assert!(error.to_string().contains("--iface-regex"), "{error}");
+        assert!(parse(&["--iface-regex", "^ens[0-9]+$"]).is_ok());
+    }
 }

@@ -1,6 +1,8 @@
 //! tartan-agent: turns NodeSubnet objects into this node's kernel state.
 //!
 //! ```text
+//!  watch/      Node, NodeSubnets, OverlayNetwork → AgentIndex → planner inputs (on change)
+//!  underlay    which interface carries the overlay → LocalFacts
 //!  plan/       pure: NodeSubnets + OverlayNetwork + local facts → DesiredState
 //!  netlink/    thin: observe (dump, parse) → diff (pure) → apply (batched netlink)
 //!  repair      pure: a drift notification → the operation that undoes it
@@ -13,7 +15,7 @@ pub mod bgp;
 pub mod cli;
 pub mod cni;
 pub mod dataplane;
-pub mod index;
+pub mod host;
 pub mod masquerade;
 pub mod metrics;
 pub mod netlink;
@@ -24,9 +26,9 @@ pub mod repair;
 pub mod run;
 pub mod status;
 pub mod sysctl;
-pub mod testbed;
 pub mod udp;
 pub mod underlay;
+pub mod watch;
 
 #[cfg(test)]
 mod agent_tests;

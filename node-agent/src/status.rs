@@ -135,17 +135,6 @@ fn ready(desired: &DesiredState, apply_error: Option<&str>) -> Condition {
     ))
 }
 
-/// The running kernel's (major, minor), from uname.
-pub fn kernel_version() -> (u32, u32) {
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse::<u32>().ok());
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,11 +209,5 @@ mod tests {
         let first = node_status(None, &state(), &facts(), Some(1), None);
         let second = node_status(Some(&first), &state(), &facts(), Some(1), None);
         assert_eq!(first, second);
-    }
-
-    #[test]
-    fn kernel_version_parses() {
-        let (major, _) = kernel_version();
-        assert!(major >= 3);
     }
 }

@@ -1,6 +1,7 @@
 //! Which interface carries the overlay: `--iface NAME`, `--iface-regex RE`, or
 //! by default the interface holding the Node's InternalIP. Selection is pure;
-//! reading the interfaces is one netlink dump.
+//! reading the interfaces is one netlink dump. [`Underlay::facts`] is where
+//! the planner's [`LocalFacts`] start.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -12,7 +13,6 @@ use crate::netlink::observe::parse_link;
 use crate::netlink::socket::RouteSocket;
 use crate::netns::NetNs;
 use crate::plan::{LocalFacts, is_tartan_device};
-use crate::status::kernel_version;
 
 /// One interface as the selection needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,13 +24,42 @@ pub struct Interface {
     pub ipv6: Vec<(Ipv6Addr, u8)>,
 }
 
+/// How the underlay is chosen, from the flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Choice {
+    /// `--iface NAME`.
     Name(String),
-    /// A regular expression over interface names (first match in index order).
-    Pattern(String),
-    /// The interface holding the Node's InternalIP.
-    NodeAddress(Ipv4Addr),
+    /// `--iface-regex RE`: the first match in index order.
+    Pattern(InterfacePattern),
+    /// The interface holding the Node's InternalIP (the default).
+    NodeInternalIp,
+}
+
+/// A regular expression over interface names, compiled once when the flags
+/// are parsed (a bad one is refused there, with clap's message).
+#[derive(Debug, Clone)]
+pub struct InterfacePattern(regex::Regex);
+
+impl std::str::FromStr for InterfacePattern {
+    type Err = regex::Error;
+
+    fn from_str(pattern: &str) -> Result<Self, Self::Err> {
+        regex::Regex::new(pattern).map(InterfacePattern)
+    }
+}
+
+impl PartialEq for InterfacePattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for InterfacePattern {}
+
+impl std::fmt::Display for InterfacePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,8 +70,6 @@ pub enum UnderlayError {
     NoAddress(String),
     #[error("--iface-regex {0}: no interface matches")]
     NoMatch(String),
-    #[error("--iface-regex {0}: {1}")]
-    BadPattern(String, String),
     #[error("no interface holds the Node's InternalIP {0}; set --iface or --iface-regex")]
     NodeAddressNotLocal(Ipv4Addr),
     #[error("the Node has no InternalIP yet and neither --iface nor --iface-regex is set")]
@@ -51,8 +78,40 @@ pub enum UnderlayError {
     Io(String),
 }
 
-/// Picks the underlay and builds the local facts. Pure.
-pub fn select(interfaces: &[Interface], choice: &Choice) -> Result<LocalFacts, UnderlayError> {
+/// The chosen underlay: the interface and its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    pub name: String,
+    pub node_ip: Ipv4Addr,
+    /// Prefix length of the underlay's IPv4 network: peers inside it are on-link.
+    pub prefix: u8,
+    pub node_ipv6: Option<(Ipv6Addr, u8)>,
+    pub mtu: u32,
+}
+
+impl Underlay {
+    /// This node's facts on this underlay, before the per-reconcile inputs
+    /// (labels, BGP) are added: the one place [`LocalFacts`] are built.
+    pub fn facts(&self, kernel: (u32, u32)) -> LocalFacts {
+        LocalFacts {
+            underlay: self.name.clone(),
+            node_ip: self.node_ip,
+            underlay_prefix: self.prefix,
+            node_ipv6: self.node_ipv6,
+            underlay_mtu: self.mtu,
+            kernel,
+            ..Default::default()
+        }
+    }
+}
+
+/// Picks the underlay. Pure: `node_internal_ip` is the Node's InternalIP,
+/// when it has one.
+pub fn select(
+    interfaces: &[Interface],
+    choice: &Choice,
+    node_internal_ip: Option<Ipv4Addr>,
+) -> Result<Underlay, UnderlayError> {
     let candidates = interfaces
         .iter()
         .filter(|i| !is_tartan_device(&i.name) && i.name != "lo");
@@ -62,24 +121,23 @@ pub fn select(interfaces: &[Interface], choice: &Choice) -> Result<LocalFacts, U
                 .iter()
                 .find(|i| &i.name == name)
                 .ok_or_else(|| UnderlayError::NoSuchInterface(name.clone()))?;
-            if iface.ipv4.is_empty() {
-                return Err(UnderlayError::NoAddress(name.clone()));
-            }
-            (iface, iface.ipv4[0])
+            let first = iface
+                .ipv4
+                .first()
+                .ok_or_else(|| UnderlayError::NoAddress(name.clone()))?;
+            (iface, *first)
         }
-        Choice::Pattern(pattern) => {
-            let matcher = regex::Regex::new(pattern)
-                .map_err(|e| UnderlayError::BadPattern(pattern.clone(), e.to_string()))?;
-            let iface = candidates
-                .filter(|i| !i.ipv4.is_empty())
-                .find(|i| matcher.is_match(&i.name))
-                .ok_or_else(|| UnderlayError::NoMatch(pattern.clone()))?;
-            (iface, iface.ipv4[0])
+        Choice::Pattern(pattern) => candidates
+            .filter(|i| pattern.0.is_match(&i.name))
+            .find_map(|i| i.ipv4.first().map(|a| (i, *a)))
+            .ok_or_else(|| UnderlayError::NoMatch(pattern.to_string()))?,
+        Choice::NodeInternalIp => {
+            let ip = node_internal_ip.ok_or(UnderlayError::NoNodeAddress)?;
+            candidates
+                .filter_map(|i| i.ipv4.iter().find(|(a, _)| *a == ip).map(|a| (i, *a)))
+                .next()
+                .ok_or(UnderlayError::NodeAddressNotLocal(ip))?
         }
-        Choice::NodeAddress(ip) => candidates
-            .filter_map(|i| i.ipv4.iter().find(|(a, _)| a == ip).map(|a| (i, *a)))
-            .next()
-            .ok_or(UnderlayError::NodeAddressNotLocal(*ip))?,
     };
     let (iface, (node_ip, prefix)) = chosen;
     let node_ipv6 = iface
@@ -87,14 +145,12 @@ pub fn select(interfaces: &[Interface], choice: &Choice) -> Result<LocalFacts, U
         .iter()
         .copied()
         .find(|(a, _)| !a.is_unicast_link_local());
-    Ok(LocalFacts {
-        underlay: iface.name.clone(),
+    Ok(Underlay {
+        name: iface.name.clone(),
         node_ip,
-        underlay_prefix: prefix,
+        prefix,
         node_ipv6,
-        underlay_mtu: iface.mtu,
-        kernel: kernel_version(),
-        ..Default::default()
+        mtu: iface.mtu,
     })
 }
 
@@ -164,6 +220,10 @@ mod tests {
         }
     }
 
+    fn pattern(re: &str) -> InterfacePattern {
+        re.parse().expect("a valid pattern")
+    }
+
     fn all() -> Vec<Interface> {
         vec![
             iface("lo", Some([127, 0, 0, 1])),
@@ -175,32 +235,32 @@ mod tests {
 
     #[test]
     fn by_node_address_by_name_and_by_pattern() {
-        let facts =
-            select(&all(), &Choice::NodeAddress(Ipv4Addr::new(10, 0, 1, 7))).expect("found");
+        let facts = select(
+            &all(),
+            &Choice::NodeInternalIp,
+            Some(Ipv4Addr::new(10, 0, 1, 7)),
+        )
+        .expect("found");
         assert_eq!(
-            (
-                facts.underlay.as_str(),
-                facts.underlay_mtu,
-                facts.underlay_prefix
-            ),
+            (facts.name.as_str(), facts.mtu, facts.prefix),
             ("ens5", 9001, 24)
         );
         assert_eq!(
-            select(&all(), &Choice::Name("docker0".into()))
+            select(&all(), &Choice::Name("docker0".into()), None)
                 .expect("found")
                 .node_ip,
             Ipv4Addr::new(172, 17, 0, 1)
         );
         assert_eq!(
-            select(&all(), &Choice::Pattern("^(eth|ens)[0-9]+$".into()))
+            select(&all(), &Choice::Pattern(pattern("^(eth|ens)[0-9]+$")), None)
                 .expect("found")
-                .underlay,
+                .name,
             "ens5"
         );
         assert_eq!(
-            select(&all(), &Choice::Pattern("ens.*".into()))
+            select(&all(), &Choice::Pattern(pattern("ens.*")), None)
                 .expect("found")
-                .underlay,
+                .name,
             "ens5"
         );
     }
@@ -208,30 +268,52 @@ mod tests {
     #[test]
     fn clear_errors_when_nothing_resolves() {
         assert_eq!(
-            select(&all(), &Choice::Name("eth9".into()))
+            select(&all(), &Choice::Name("eth9".into()), None)
                 .unwrap_err()
                 .to_string(),
             "--iface eth9: no such interface"
         );
         assert!(matches!(
-            select(&all(), &Choice::Pattern("^wlan[0-9]$".into())),
+            select(&all(), &Choice::Pattern(pattern("^wlan[0-9]$")), None),
             Err(UnderlayError::NoMatch(_))
         ));
-        let err = select(&all(), &Choice::NodeAddress(Ipv4Addr::new(10, 9, 9, 9))).unwrap_err();
+        let err = select(
+            &all(),
+            &Choice::NodeInternalIp,
+            Some(Ipv4Addr::new(10, 9, 9, 9)),
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("set --iface or --iface-regex"),
             "{err}"
         );
         assert!(matches!(
-            select(&[iface("eth0", None)], &Choice::Name("eth0".into())),
+            select(&[iface("eth0", None)], &Choice::Name("eth0".into()), None),
             Err(UnderlayError::NoAddress(_))
         ));
     }
 
     #[test]
+    fn no_internal_ip_yet_is_named() {
+        assert_eq!(
+            select(&all(), &Choice::NodeInternalIp, None),
+            Err(UnderlayError::NoNodeAddress)
+        );
+    }
+
+    #[test]
+    fn a_bad_pattern_is_refused_when_parsed() {
+        assert!("^(eth".parse::<InterfacePattern>().is_err());
+    }
+
+    #[test]
     fn tartan_devices_are_never_the_underlay() {
         assert!(matches!(
-            select(&all(), &Choice::NodeAddress(Ipv4Addr::new(10, 244, 1, 1))),
+            select(
+                &all(),
+                &Choice::NodeInternalIp,
+                Some(Ipv4Addr::new(10, 244, 1, 1))
+            ),
             Err(UnderlayError::NodeAddressNotLocal(_))
         ));
     }

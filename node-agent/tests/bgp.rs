@@ -5,19 +5,21 @@
 //! its peers and comes back. Needs root, iproute2, nft, ping, bird and the CNI
 //! plugins; skips with a reason outside CI, fails under CI=true.
 
+mod common;
+
+use tartan_agent::netns::NetNs;
+
 use std::time::{Duration, Instant};
 
+use common::fixture::{Fixture, pings};
 use tartan_agent::bgp::learned_routes;
 use tartan_agent::plan::{DesiredState, LocalProblem, Peer};
 use tartan_agent::status::node_status;
-use tartan_agent::testbed::fixture::{Fixture, pings};
-use tartan_agent::testbed::{self, ip};
 use tartan_crds::{BackendType, CONDITION_READY};
+use tartan_testbed::ip;
 
-fn bgp_fixture(tag: &str) -> Option<Fixture> {
-    if !testbed::kernel_tests_allowed(&["bird"]) {
-        return None;
-    }
+fn bgp_fixture(tag: &str) -> Fixture {
+    tartan_testbed::require(&["bird"]);
     Fixture::new(tag, 3, BackendType::Bgp, false)
 }
 
@@ -74,10 +76,9 @@ fn output(args: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces and BIRD (make test runs it)"]
 fn pods_reach_each_other_over_plain_routes_learned_by_bgp() {
-    let Some(f) = bgp_fixture("bm") else {
-        return;
-    };
+    let f = bgp_fixture("bm");
     meshed(&f);
     let pods: Vec<_> = (0..3).map(|i| f.add_pod(i, "p")).collect();
     for (from, _) in &pods {
@@ -98,14 +99,13 @@ fn pods_reach_each_other_over_plain_routes_learned_by_bgp() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces and BIRD (make test runs it)"]
 fn a_node_whose_subnet_goes_away_is_withdrawn() {
-    let Some(f) = bgp_fixture("bw") else {
-        return;
-    };
+    let f = bgp_fixture("bw");
     meshed(&f);
     let gone = f.subnets[2].cidr.into();
     assert!(
-        learned_routes(&f.topo.nodes[0].ns())
+        learned_routes(&NetNs::named(&f.topo.nodes[0].netns))
             .expect("routes")
             .contains(&gone)
     );
@@ -116,7 +116,7 @@ fn a_node_whose_subnet_goes_away_is_withdrawn() {
         "n3's route is withdrawn",
         |_| {
             (0..2).all(|i| {
-                !learned_routes(&f.topo.nodes[i].ns())
+                !learned_routes(&NetNs::named(&f.topo.nodes[i].netns))
                     .expect("routes")
                     .contains(&gone)
             })
@@ -144,10 +144,9 @@ fn bird_pid(f: &Fixture, i: usize) -> Option<i32> {
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces and BIRD (make test runs it)"]
 fn a_killed_bird_is_reported_by_its_peers_and_comes_back() {
-    let Some(f) = bgp_fixture("bk") else {
-        return;
-    };
+    let f = bgp_fixture("bk");
     meshed(&f);
     let (a, _) = f.add_pod(0, "a");
     let (_, b_ip) = f.add_pod(1, "b");
@@ -209,23 +208,19 @@ fn a_killed_bird_is_reported_by_its_peers_and_comes_back() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces and BIRD (make test runs it)"]
 fn a_bird_already_running_is_reconfigured_through_its_socket() {
     use tartan_agent::bgp::{Bird, BirdMode, observe};
     use tartan_agent::plan::{BgpNeighbor, BgpSpec};
-    if !testbed::kernel_tests_allowed(&["bird"]) {
-        return;
-    }
+    tartan_testbed::require(&["bird"]);
     let prefix = format!("tt{}xb", std::process::id() % 10_000);
-    let topo = testbed::Topology::l2(&prefix, 1).expect("namespace");
+    let topo = tartan_testbed::Topology::l2(&prefix, 1).expect("namespace");
     let node = &topo.nodes[0];
     let dir = std::env::temp_dir().join(&prefix);
     std::fs::create_dir_all(&dir).expect("dir");
     let (config, socket) = (dir.join("bird.conf"), dir.join("bird.ctl"));
     std::fs::write(&config, "protocol device {}\n").expect("config");
-    let mut daemon = node
-        .ns()
-        .command("bird")
-        .expect("netns")
+    let mut daemon = tartan_testbed::command_in(&node.netns, "bird")
         .args(["-f", "-c"])
         .arg(&config)
         .arg("-s")
@@ -245,7 +240,7 @@ fn a_bird_already_running_is_reconfigured_through_its_socket() {
             socket: socket.clone(),
             config: config.clone(),
         },
-        node.ns(),
+        NetNs::named(&node.netns),
     );
     let spec = BgpSpec {
         router_id: node.ip,
@@ -265,7 +260,7 @@ fn a_bird_already_running_is_reconfigured_through_its_socket() {
         }],
     };
     bird.ensure(&spec).expect("configured");
-    let observed = observe(&node.ns(), &socket);
+    let observed = observe(&NetNs::named(&node.netns), &socket);
     assert!(
         observed.sessions.contains_key("mesh_192_168_100_12"),
         "{observed:?}"
@@ -276,17 +271,20 @@ fn a_bird_already_running_is_reconfigured_through_its_socket() {
             .contains("neighbor 192.168.100.12 as 64512")
     );
     bird.stop().expect("idle config");
-    assert!(observe(&node.ns(), &socket).sessions.is_empty());
+    assert!(
+        observe(&NetNs::named(&node.netns), &socket)
+            .sessions
+            .is_empty()
+    );
     let _ = daemon.kill();
     let _ = daemon.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces and BIRD (make test runs it)"]
 fn an_agent_restart_keeps_bgp_routes_and_changes_nothing() {
-    let Some(mut f) = bgp_fixture("br") else {
-        return;
-    };
+    let mut f = bgp_fixture("br");
     meshed(&f);
     let (a, _) = f.add_pod(0, "a");
     let (_, b_ip) = f.add_pod(1, "b");

@@ -4,19 +4,21 @@
 //! Needs root, iproute2, nft, ping and the CNI plugins; skips with a reason
 //! outside CI, fails under CI=true.
 
+mod common;
+
+use tartan_agent::netns::NetNs;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use common::fixture::{Fixture, pings, source_seen_outside};
 use tartan_agent::dataplane::cleanup;
-use tartan_agent::testbed::fixture::{Fixture, pings, source_seen_outside};
-use tartan_agent::testbed::{exec, ip};
 use tartan_crds::{BackendType, OverlayNetworkSpec};
+use tartan_testbed::{exec, ip};
 
 fn full_matrix(backend: BackendType, direct: bool, tag: &str) {
-    let Some(f) = Fixture::new(tag, 3, backend, direct) else {
-        return;
-    };
+    let f = Fixture::new(tag, 3, backend, direct);
     f.program_all();
     let mut pods = Vec::new();
     for i in 0..3 {
@@ -47,21 +49,25 @@ fn full_matrix(backend: BackendType, direct: bool, tag: &str) {
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
 fn vxlan_every_pod_reaches_every_pod_and_the_outside() {
     full_matrix(BackendType::Vxlan, false, "vx");
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
 fn udp_every_pod_reaches_every_pod_and_the_outside() {
     full_matrix(BackendType::Udp, false, "ud");
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
 fn host_gw_every_pod_reaches_every_pod_and_the_outside() {
     full_matrix(BackendType::HostGw, false, "hg");
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
 fn vxlan_direct_routing_every_pod_reaches_every_pod_and_the_outside() {
     full_matrix(BackendType::Vxlan, true, "dr");
 }
@@ -76,10 +82,9 @@ fn route_dump(netns: &str) -> String {
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
 fn second_apply_changes_nothing_and_removing_a_peer_removes_exactly_its_objects() {
-    let Some(f) = Fixture::new("rm", 3, BackendType::Vxlan, false) else {
-        return;
-    };
+    let f = Fixture::new("rm", 3, BackendType::Vxlan, false);
     let n1 = &f.topo.nodes[0].netns;
     // A foreign route, device and neighbour that must survive every reconcile.
     ip(&[
@@ -151,10 +156,9 @@ fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Du
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
 fn objects_removed_by_hand_come_back_within_a_second() {
-    let Some(f) = Fixture::new("df", 3, BackendType::Vxlan, false) else {
-        return;
-    };
+    let f = Fixture::new("df", 3, BackendType::Vxlan, false);
     f.program_all();
     let n1 = f.topo.nodes[0].netns.clone();
     let second = Duration::from_secs(1);
@@ -199,16 +203,15 @@ fn objects_removed_by_hand_come_back_within_a_second() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
 fn cleanup_leaves_no_tartan_object_behind() {
-    let Some(mut f) = Fixture::new("cl", 2, BackendType::Vxlan, false) else {
-        return;
-    };
+    let mut f = Fixture::new("cl", 2, BackendType::Vxlan, false);
     f.program_all();
     // --cleanup runs with the agent stopped; a running one would repair what it removes.
     f.planes.remove(0).stop();
     let n1 = f.topo.nodes[0].clone();
     assert!(f.cni[0].path().exists());
-    let report = cleanup(&n1.ns(), Some(&f.cni[0])).expect("cleanup");
+    let report = cleanup(&NetNs::named(&n1.netns), Some(&f.cni[0])).expect("cleanup");
     assert!(report.total() >= 2, "{report:?}");
     let links = String::from_utf8_lossy(&ip(&["-n", &n1.netns, "link"]).expect("links").stdout)
         .into_owned();
@@ -228,9 +231,7 @@ fn cleanup_leaves_no_tartan_object_behind() {
 /// object. `kernel_forwards`: whether pods keep talking while it is down (all
 /// backends but udp, whose datapath is the agent itself).
 fn restart_changes_nothing(backend: BackendType, tag: &str, kernel_forwards: bool) {
-    let Some(mut f) = Fixture::new(tag, 2, backend, false) else {
-        return;
-    };
+    let mut f = Fixture::new(tag, 2, backend, false);
     f.program_all();
     let (a, _) = f.add_pod(0, "a");
     let (_, b_ip) = f.add_pod(1, "b");
@@ -259,20 +260,21 @@ fn restart_changes_nothing(backend: BackendType, tag: &str, kernel_forwards: boo
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
 fn a_restarted_agent_changes_nothing_on_a_programmed_node() {
     restart_changes_nothing(BackendType::Vxlan, "rs", true);
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
 fn a_restarted_udp_agent_reattaches_to_its_tun_and_changes_nothing() {
     restart_changes_nothing(BackendType::Udp, "ru", false);
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
 fn dual_stack_pods_reach_each_other_over_ipv6() {
-    let Some(mut f) = Fixture::new("v6", 2, BackendType::Vxlan, false) else {
-        return;
-    };
+    let mut f = Fixture::new("v6", 2, BackendType::Vxlan, false);
     // Re-plan the same fixture as dual-stack.
     let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
     spec.ipv6_cidr = Some("fd00:10:244::/56".into());

@@ -4,14 +4,16 @@
 //! Needs root, iproute2, nft, ping, iperf3 and the CNI plugins; skips with a
 //! reason outside CI, fails under CI=true.
 
+mod common;
+
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
+use common::fixture::{Fixture, pings};
 use tartan_agent::netns::NetNs;
 use tartan_agent::plan::TUN;
-use tartan_agent::testbed::fixture::{Fixture, pings};
-use tartan_agent::testbed::{self, exec};
 use tartan_crds::BackendType;
+use tartan_testbed::exec;
 
 /// The value of one sample in the Prometheus text, 0 when absent.
 fn sample(text: &str, series: &str) -> f64 {
@@ -28,20 +30,17 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn udp_fixture(tag: &str, nodes: usize) -> Option<Fixture> {
-    if !testbed::kernel_tests_allowed(&["iperf3"]) {
-        return None;
-    }
-    let f = Fixture::new(tag, nodes, BackendType::Udp, false)?;
+fn udp_fixture(tag: &str, nodes: usize) -> Fixture {
+    tartan_testbed::require(&["iperf3"]);
+    let f = Fixture::new(tag, nodes, BackendType::Udp, false);
     f.program_all();
-    Some(f)
+    f
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device and iperf3 (make test runs it)"]
 fn bulk_tcp_crosses_in_batches_with_offloads() {
-    let Some(f) = udp_fixture("ub", 2) else {
-        return;
-    };
+    let f = udp_fixture("ub", 2);
     let (a, _) = f.add_pod(0, "a");
     let (b, b_ip) = f.add_pod(1, "b");
     // The TUN holds the cluster route and the peer's, at the udp MTU.
@@ -64,7 +63,7 @@ fn bulk_tcp_crosses_in_batches_with_offloads() {
     assert!(link.contains("mtu 1472"), "{link}");
     eventually("pod a reaches pod b over udp", || pings(&a, b_ip));
 
-    let received = testbed::iperf::tcp(&a, &b, &b_ip.to_string(), 2)
+    let received = tartan_testbed::iperf::tcp(&a, &b, &b_ip.to_string(), 2)
         .expect("iperf3")
         .bytes;
     assert!(received > 1e6, "iperf3 moved only {received} bytes");
@@ -106,10 +105,9 @@ fn bulk_tcp_crosses_in_batches_with_offloads() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device and iperf3 (make test runs it)"]
 fn strangers_garbage_and_foreign_destinations_are_dropped_and_counted() {
-    let Some(f) = udp_fixture("dr", 2) else {
-        return;
-    };
+    let f = udp_fixture("dr", 2);
     let target = (f.topo.nodes[0].ip, 8285);
     let send_from = |netns: &str, payload: &[u8]| {
         let socket = NetNs::named(netns)
@@ -149,15 +147,14 @@ fn strangers_garbage_and_foreign_destinations_are_dropped_and_counted() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device and iperf3 (make test runs it)"]
 fn a_deleted_tun_comes_back_with_its_routes() {
-    let Some(f) = udp_fixture("ur", 2) else {
-        return;
-    };
+    let f = udp_fixture("ur", 2);
     let (a, _) = f.add_pod(0, "a");
     let (_, b_ip) = f.add_pod(1, "b");
     eventually("pods talk over udp", || pings(&a, b_ip));
     let node = &f.topo.nodes[0].netns;
-    testbed::ip(&["-n", node, "link", "del", TUN]).expect("delete tartan0");
+    tartan_testbed::ip(&["-n", node, "link", "del", TUN]).expect("delete tartan0");
     eventually("tartan0 and its routes are back, traffic flows", || {
         let routes = exec(node, &["ip", "route", "show", "dev", TUN])
             .map(|o| String::from_utf8_lossy(&o.stdout).contains("10.244.2.0/24"))
@@ -167,14 +164,13 @@ fn a_deleted_tun_comes_back_with_its_routes() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device and iperf3 (make test runs it)"]
 fn with_a_shared_key_only_tagged_datagrams_get_through() {
+    use common::fixture::facts;
     use tartan_agent::plan::LocalFacts;
-    use tartan_agent::testbed::fixture::facts;
     use tartan_agent::udp::EngineOptions;
     use tartan_agent::udp::auth::DatagramKey;
-    let Some(mut f) = udp_fixture("uk", 2) else {
-        return;
-    };
+    let mut f = udp_fixture("uk", 2);
     let (a, _) = f.add_pod(0, "a");
     let (_, b_ip) = f.add_pod(1, "b");
     let keyed = |f: &mut Fixture, i: usize, secret: &[u8]| {
@@ -213,14 +209,13 @@ fn with_a_shared_key_only_tagged_datagrams_get_through() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device and iperf3 (make test runs it)"]
 fn without_offloads_the_datapath_falls_back_to_plain_packets() {
     use tartan_agent::udp::EngineOptions;
     // What a kernel without vnet headers, GSO and GRO gets: the same
     // datapath one packet at a time, on the TUN an offloading engine left
     // behind (its offloads must be switched off, or TCP stalls).
-    let Some(mut f) = udp_fixture("uo", 2) else {
-        return;
-    };
+    let mut f = udp_fixture("uo", 2);
     let (a, _) = f.add_pod(0, "a");
     let (b, b_ip) = f.add_pod(1, "b");
     for i in 0..2 {
@@ -244,7 +239,7 @@ fn without_offloads_the_datapath_falls_back_to_plain_packets() {
         assert_eq!(on, 0.0, "{feature} reported off");
     }
     eventually("plain packets flow", || pings(&a, b_ip));
-    let received = testbed::iperf::tcp(&a, &b, &b_ip.to_string(), 1)
+    let received = tartan_testbed::iperf::tcp(&a, &b, &b_ip.to_string(), 1)
         .expect("iperf3")
         .bytes;
     assert!(

@@ -207,10 +207,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs BIRD's `bird -p` (Debian package bird2; make test installs it)"]
     fn bird_parses_mesh_external_peers_and_both() {
-        if !crate::testbed::kernel_tests_allowed(&["bird"]) {
-            return;
-        }
+        tartan_testbed::require_tools(&["bird"]);
         let mesh = vec![
             neighbor("mesh_192_168_0_2", [192, 168, 0, 2], false),
             neighbor("mesh_192_168_0_3", [192, 168, 0, 3], false),

@@ -63,14 +63,16 @@ impl DataplaneConfig {
     }
 }
 
+/// What failed, by layer: each variant says which part of the kernel (or
+/// which daemon) refused, so a netlink failure never reads as an nftables one.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error(transparent)]
+    #[error("netlink: {0}")]
     Apply(#[from] ApplyError),
     #[error("sysctl: {0}")]
     Sysctl(std::io::Error),
     #[error("nftables: {0}")]
-    Nftables(String),
+    Nftables(#[from] nftables::helper::NftablesError),
     #[error("CNI config: {0}")]
     Cni(std::io::Error),
     #[error("udp datapath: {0}")]
@@ -113,7 +115,7 @@ pub struct LastApply {
 }
 
 pub(crate) enum Command {
-    Set(Box<Target>, Sender<Result<ApplyReport, String>>),
+    Set(Box<Target>, Sender<Result<ApplyReport, DataplaneError>>),
     Drift(Vec<(Change, RouteNetlinkMessage)>),
     Stop,
 }
@@ -170,11 +172,7 @@ impl Dataplane {
         self.tx
             .send(Command::Set(Box::new(target), reply_tx))
             .map_err(|_| DataplaneError::Stopped)?;
-        match reply_rx.recv() {
-            Ok(Ok(report)) => Ok(report),
-            Ok(Err(message)) => Err(DataplaneError::Nftables(message)),
-            Err(_) => Err(DataplaneError::Stopped),
-        }
+        reply_rx.recv().map_err(|_| DataplaneError::Stopped)?
     }
 
     /// Stops the threads; the kernel state stays as it is.
@@ -219,7 +217,7 @@ pub fn cleanup(netns: &NetNs, cni: Option<&CniConfig>) -> Result<ApplyReport, Da
     );
     let report = applier.execute(ops, observed)?;
     crate::bgp::remove_routes(netns).map_err(|e| DataplaneError::Apply(e.into()))?;
-    masquerade::apply(netns, None).map_err(|e| DataplaneError::Nftables(e.to_string()))?;
+    masquerade::apply(netns, None)?;
     if let Some(cni) = cni {
         cni.remove().map_err(DataplaneError::Cni)?;
     }

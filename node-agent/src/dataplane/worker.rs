@@ -47,7 +47,7 @@ impl Worker {
             match next {
                 Ok(Command::Set(target, reply)) => {
                     self.target = Some(*target);
-                    let result = self.full(false).map_err(|e| e.to_string());
+                    let result = self.full(false);
                     let _ = reply.send(result);
                 }
                 Ok(Command::Drift(mut events)) => {
@@ -145,8 +145,7 @@ impl Worker {
         }
         let masq = Some(state.masquerade.clone()).filter(|m| m.masquerade);
         if resync || self.masquerade.as_ref() != Some(&masq) {
-            masquerade::apply(&self.config.netns, masq.as_ref())
-                .map_err(|e| DataplaneError::Nftables(e.to_string()))?;
+            masquerade::apply(&self.config.netns, masq.as_ref())?;
             self.masquerade = Some(masq);
         }
         if let Some(cni) = &self.config.cni {

@@ -1,15 +1,3 @@
-//! A real Kubernetes control plane for Tartan's end-to-end tests and the lab:
-//! etcd on a temporary directory and loopback ports, kube-apiserver with real
-//! TLS, service-account keys and RBAC, kube-controller-manager (the garbage
-//! collector among its controllers); an admin kubeconfig; torn down, processes
-//! and files, when the [`ControlPlane`] drops (also on a failing test).
-//!
-//! The binaries are built by `tests/control-plane/build.sh` into
-//! `target/control-plane/<version>/`.
-
-pub mod cluster;
-pub mod pki;
-pub mod process;
-pub mod setup;
-
-pub use cluster::{ControlPlane, binaries_dir, require_binaries};
+//! Tartan's end-to-end tests (in `tests/`): the operator, the agents, the
+//! chart and the uninstall hook against a real API server. The harness they
+//! use is the `tartan-harness` crate; this crate holds only the tests.

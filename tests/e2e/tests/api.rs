@@ -5,8 +5,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 use tartan_crds::{OverlayNetwork, OverlayNetworkSpec};
-use tartan_e2e::setup::install_crds;
-use tartan_e2e::{ControlPlane, require_binaries};
+use tartan_harness::setup::install_crds;
+use tartan_harness::{ControlPlane, require_binaries};
 
 async fn refused(api: &Api<OverlayNetwork>, spec: OverlayNetworkSpec) -> String {
     match api
@@ -19,10 +19,9 @@ async fn refused(api: &Api<OverlayNetwork>, spec: OverlayNetworkSpec) -> String 
 }
 
 #[tokio::test]
+#[ignore = "e2e: needs the control plane that make deps builds (make test runs it)"]
 async fn crds_apply_and_the_api_server_enforces_their_rules() {
-    if !require_binaries() {
-        return;
-    }
+    require_binaries();
     let cp = ControlPlane::start("api").await.expect("control plane");
     // The committed YAML, through the real kubectl.
     let crds_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../crds");

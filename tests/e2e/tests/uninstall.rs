@@ -9,9 +9,9 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
-use tartan_e2e::process::Process;
-use tartan_e2e::setup::binary;
-use tartan_e2e::{ControlPlane, require_binaries};
+use tartan_harness::process::Process;
+use tartan_harness::setup::binary;
+use tartan_harness::{ControlPlane, require_binaries};
 
 fn daemonset(name: &str) -> DaemonSet {
     serde_json::from_value(json!({
@@ -26,10 +26,9 @@ fn daemonset(name: &str) -> DaemonSet {
 }
 
 #[tokio::test]
+#[ignore = "e2e: needs the control plane that make deps builds (make test runs it)"]
 async fn uninstall_deletes_the_agents_and_waits_for_every_node_to_be_clean() {
-    if !require_binaries() {
-        return;
-    }
+    require_binaries();
     let cp = ControlPlane::start("uninstall")
         .await
         .expect("control plane");

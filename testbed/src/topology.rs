@@ -1,6 +1,6 @@
-//! A cluster's underlay in network namespaces, for the tests and the lab:
-//! one L2 switch (a bridge in its own namespace), nodes attached to it by veth,
-//! an "outside" host, and pods attached to nodes through the real CNI plugins.
+//! A cluster's underlay in network namespaces: one L2 switch (a bridge in its
+//! own namespace), nodes attached to it by veth, an "outside" host; or two
+//! racks behind a router namespace.
 //!
 //! ```text
 //!   [node n1: eth0 192.168.100.11] ─┐
@@ -11,41 +11,11 @@
 //! Every name starts with a per-run prefix; [`Topology`] removes what it made
 //! on drop, and [`remove_by_prefix`] finds leftovers after a crash.
 
-pub mod bench;
-pub mod cni;
-pub mod fixture;
-pub mod iperf;
-
 use std::collections::BTreeMap;
 use std::io;
 use std::net::Ipv4Addr;
-use std::process::{Command, Output};
 
-use crate::netns::NetNs;
-
-/// Runs `ip ARGS...`, failing with its stderr.
-pub fn ip(args: &[&str]) -> io::Result<Output> {
-    run(Command::new("ip").args(args))
-}
-
-pub fn run(command: &mut Command) -> io::Result<Output> {
-    let output = command.output()?;
-    if !output.status.success() {
-        return Err(io::Error::other(format!(
-            "{:?} failed: {}",
-            command,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(output)
-}
-
-/// Runs a command inside a named namespace.
-pub fn exec(netns: &str, args: &[&str]) -> io::Result<Output> {
-    let mut all = vec!["netns", "exec", netns];
-    all.extend_from_slice(args);
-    ip(&all)
-}
+use crate::{exec, ip};
 
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -56,26 +26,6 @@ pub struct Node {
     pub iface: String,
     /// Labels the node would carry on a cluster (its rack in a routed topology).
     pub labels: BTreeMap<String, String>,
-}
-
-impl Node {
-    pub fn ns(&self) -> NetNs {
-        NetNs::named(&self.netns)
-    }
-
-    /// What an agent on this node finds out about it (a 1500-byte underlay).
-    pub fn facts(&self) -> crate::plan::LocalFacts {
-        crate::plan::LocalFacts {
-            underlay: self.iface.clone(),
-            node_ip: self.ip,
-            underlay_prefix: self.prefix,
-            node_ipv6: None,
-            underlay_mtu: 1500,
-            kernel: crate::status::kernel_version(),
-            node_labels: self.labels.clone(),
-            ..Default::default()
-        }
-    }
 }
 
 /// A switch with nodes and an outside host; namespaces removed on drop.
@@ -310,34 +260,4 @@ pub fn remove_by_prefix(prefix: &str) -> io::Result<usize> {
         ip(&["netns", "del", name])?;
     }
     Ok(names.len())
-}
-
-/// Whether the tests may touch the kernel: root, and the tools present. Outside
-/// CI a missing requirement skips with a printed reason; with `CI=true` it fails.
-pub fn kernel_tests_allowed(tools: &[&str]) -> bool {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let mut missing = Vec::new();
-    if !nix::unistd::Uid::effective().is_root() {
-        missing.push("root".to_string());
-    }
-    for tool in tools {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            missing.push(tool.to_string());
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        !ci,
-        "kernel test cannot run under CI=true: missing {}",
-        missing.join(", ")
-    );
-    eprintln!("SKIPPED: needs {}", missing.join(", "));
-    false
 }

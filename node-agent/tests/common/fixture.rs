@@ -2,8 +2,8 @@
 //! real data plane (planner, applier, udp datapath), and pods attached
 //! through the real CNI plugins with the conflist the agent wrote: the
 //! fixture of the kernel tests. Needs root, iproute2, nft, ping and the CNI
-//! plugins; [`Fixture::new`] returns `None` (with a printed reason) outside
-//! CI when they are missing.
+//! plugins; the tests using it are `#[ignore]`d with that reason and
+//! [`Fixture::new`] fails when one is missing.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
@@ -14,14 +14,15 @@ use std::time::Duration;
 use tartan_crds::validate::ValidEndpoint;
 use tartan_crds::{BackendType, OverlayNetworkSpec, ValidNetwork, ValidNodeSubnet};
 
-use super::{Topology, cni, exec};
-use crate::bgp::BirdMode;
-use crate::cni::CniConfig;
-use crate::dataplane::{Dataplane, DataplaneConfig, Target};
-use crate::metrics::Metrics;
-use crate::netns::NetNs;
-use crate::plan::{self, LocalFacts, Peer, vtep_mac};
-use crate::sysctl::Sysctls;
+use tartan_agent::bgp::BirdMode;
+use tartan_agent::cni::CniConfig;
+use tartan_agent::dataplane::{Dataplane, DataplaneConfig, Target};
+use tartan_agent::metrics::Metrics;
+use tartan_agent::netns::NetNs;
+use tartan_agent::plan::{self, LocalFacts, Peer, vtep_mac};
+use tartan_agent::sysctl::Sysctls;
+use tartan_agent::underlay::Underlay;
+use tartan_testbed::{Topology, cni, exec};
 
 pub const TOOLS: &[&str] = &["ip", "nft", "ping", "nsenter"];
 
@@ -42,15 +43,27 @@ pub fn network(backend: BackendType, direct: bool) -> ValidNetwork {
     spec.validate().expect("valid network")
 }
 
+/// What an agent on node `i` finds out about it (a 1500-byte underlay).
 pub fn facts(topo: &Topology, i: usize) -> LocalFacts {
-    topo.nodes[i].facts()
+    let node = &topo.nodes[i];
+    let underlay = Underlay {
+        name: node.iface.clone(),
+        node_ip: node.ip,
+        prefix: node.prefix,
+        node_ipv6: None,
+        mtu: 1500,
+    };
+    LocalFacts {
+        node_labels: node.labels.clone(),
+        ..underlay.facts(tartan_agent::host::kernel_version())
+    }
 }
 
 impl Fixture {
-    pub fn new(tag: &str, nodes: usize, backend: BackendType, direct: bool) -> Option<Self> {
-        if !super::kernel_tests_allowed(TOOLS) {
-            return None;
-        }
+    /// `nodes` nodes with their data planes started; fails the test when
+    /// root or a tool in [`TOOLS`] is missing.
+    pub fn new(tag: &str, nodes: usize, backend: BackendType, direct: bool) -> Self {
+        tartan_testbed::require(TOOLS);
         let prefix = format!("tt{}{tag}", std::process::id() % 10_000);
         let topo = Topology::l2(&prefix, nodes).expect("topology");
         let dir = std::env::temp_dir().join(&prefix);
@@ -82,7 +95,7 @@ impl Fixture {
             let plane = fixture.start_plane(i);
             fixture.planes.push(plane);
         }
-        Some(fixture)
+        fixture
     }
 
     /// Node `i`'s data plane, as its agent starts it.
@@ -91,9 +104,9 @@ impl Fixture {
     }
 
     /// Node `i`'s data plane with these udp datapath options.
-    pub fn start_plane_with(&self, i: usize, udp: crate::udp::EngineOptions) -> Dataplane {
+    pub fn start_plane_with(&self, i: usize, udp: tartan_agent::udp::EngineOptions) -> Dataplane {
         let config = DataplaneConfig {
-            netns: self.topo.nodes[i].ns(),
+            netns: NetNs::named(&self.topo.nodes[i].netns),
             cni: Some(self.cni[i].clone()),
             sysctls: Sysctls::default(),
             resync: Duration::from_secs(300),
@@ -146,7 +159,10 @@ impl Fixture {
     /// Node `i`'s facts with BGP as its BIRD and kernel report it now.
     pub fn observed_facts(&self, i: usize) -> LocalFacts {
         LocalFacts {
-            bgp: crate::bgp::observe(&self.topo.nodes[i].ns(), &self.bird(i).socket()),
+            bgp: tartan_agent::bgp::observe(
+                &NetNs::named(&self.topo.nodes[i].netns),
+                &self.bird(i).socket(),
+            ),
             ..facts(&self.topo, i)
         }
     }
@@ -166,16 +182,15 @@ impl Fixture {
     /// A pod on node `i` through the real CNI plugins and the conflist the agent wrote.
     pub fn add_pod(&self, i: usize, pod: &str) -> (String, Ipv4Addr) {
         let netns = format!("{}-{}-{pod}", self.topo.prefix, self.subnets[i].node_name);
-        super::add_netns(&netns).expect("pod netns");
+        tartan_testbed::add_netns(&netns).expect("pod netns");
         let text =
             std::fs::read_to_string(self.cni[i].path()).expect("the agent wrote the conflist");
         let conflist: serde_json::Value = serde_json::from_str(&text).expect("conflist JSON");
         let plugins = cni::plugin_dir().expect("CNI plugins installed");
-        let pod_path = PathBuf::from("/var/run/netns").join(&netns);
-        let node_ns = self.topo.nodes[i].ns();
+        let pod_path = tartan_testbed::netns_path(&netns);
         let result = cni::add(&cni::Invocation {
             conflist: &conflist,
-            node: &node_ns,
+            node: &self.topo.nodes[i].netns,
             pod_netns: &pod_path,
             container_id: &netns,
             ifname: "eth0",

@@ -4,15 +4,18 @@
 //! `ip -batch`), one peer joining 5,000, and the process RSS holding 5,000.
 //! Written as Markdown and an SVG bar chart.
 
+pub mod program;
+
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use plotters::prelude::*;
-use tartan_agent::testbed::{self, Topology, bench::best_of, ip};
 use tartan_crds::{BackendType, OverlayNetworkSpec};
+use tartan_testbed::{Topology, ip};
 
 use crate::lifecycle::{UpOptions, down, up};
 use crate::state::UdpDatapath;
+use program::best_of;
 
 #[derive(Debug, Clone)]
 pub struct Throughput {
@@ -28,7 +31,7 @@ pub fn iperf(
     seconds: u32,
 ) -> anyhow::Result<f64> {
     Ok(
-        testbed::iperf::tcp(client, server_netns, server_ip, seconds)
+        tartan_testbed::iperf::tcp(client, server_netns, server_ip, seconds)
             .context("iperf3")?
             .gbps,
     )
@@ -96,8 +99,12 @@ fn rss_kib() -> u64 {
 
 pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
     crate::lifecycle::require_root()?;
-    if !testbed::kernel_tests_allowed(&["iperf3", "ip", "bridge", "nft"]) {
-        bail!("bench needs iperf3, iproute2 and nft");
+    let missing = tartan_testbed::missing(&["iperf3", "ip", "bridge", "nft"]);
+    if !missing.is_empty() {
+        bail!(
+            "bench needs {} (make bench installs them)",
+            missing.join(", ")
+        );
     }
     let prefix = format!("tbench{}", std::process::id() % 10_000);
     let (raw, kernel_vxlan) = baselines(&prefix, seconds)?;

@@ -16,6 +16,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use tartan_crds::{OverlayNetwork, OverlayNetworkSpec};
 
+use tartan_agent::cni::CniConfig;
+
 use crate::cluster::ControlPlane;
 use crate::process::Process;
 
@@ -33,7 +35,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         return Ok(path);
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/debug")
+        .join("../target/debug")
         .join(name);
     if !path.exists() {
         bail!(
@@ -189,21 +191,27 @@ pub fn start_agent(
     cp: &ControlPlane,
     node: &str,
     netns: &str,
-    cni_dir: &Path,
+    cni: &CniConfig,
     metrics_port: u16,
 ) -> anyhow::Result<Process> {
     let kubeconfig = cp.kubeconfig_as(AGENT_SA, &format!("agent-{node}.kubeconfig"))?;
+    let mut args = vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--node-name={node}"),
+        format!("--netns={netns}"),
+        format!("--cni-conf-dir={}", cni.dir.display()),
+        format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+        format!("--bird-dir={}", cni.dir.join("bird").display()),
+    ];
+    // host-local's allocations stay under the caller's directory, so
+    // removing it leaves nothing behind (a lab's `down`).
+    if let Some(ipam) = &cni.ipam_data_dir {
+        args.push(format!("--cni-ipam-data-dir={}", ipam.display()));
+    }
     Process::spawn(
         node,
         &binary("tartan-agent")?,
-        &[
-            format!("--kubeconfig={}", kubeconfig.display()),
-            format!("--node-name={node}"),
-            format!("--netns={netns}"),
-            format!("--cni-conf-dir={}", cni_dir.display()),
-            format!("--metrics-addr=127.0.0.1:{metrics_port}"),
-            format!("--bird-dir={}", cni_dir.join("bird").display()),
-        ],
+        &args,
         &cp.dir.join(format!("agent-{node}.log")),
         &[("RUST_LOG", "info,kube=warn")],
     )

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use tartan_crds::validate::{ValidEndpoint, format_mac};
 use tartan_crds::{BackendType, OverlayNetworkSpec, ValidNodeSubnet};
 
-use super::{add_netns, ip};
-use crate::netlink::Applier;
-use crate::netns::NetNs;
-use crate::plan::{DesiredState, LocalFacts, Peer, plan, vtep_mac};
+use tartan_agent::netlink::Applier;
+use tartan_agent::netns::NetNs;
+use tartan_agent::plan::{DesiredState, LocalFacts, Peer, plan, vtep_mac};
+use tartan_testbed::{add_netns, ip};
 
 #[derive(Debug, Clone)]
 pub struct ProgramFigures {

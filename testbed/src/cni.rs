@@ -1,6 +1,6 @@
 //! Runs a CNI conflist the way a container runtime does: each plugin in turn,
 //! with `CNI_*` environment, the network config on stdin and the previous
-//! plugin's result as `prevResult`; DEL in reverse order. Plugins run inside
+//! plugin's result as `prevResult`. Plugins run inside
 //! the node's namespace (where `cni0` lives); the pod is `CNI_NETNS`.
 
 use std::io::{self, Write};
@@ -8,9 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use serde_json::{Value, json};
-
-use crate::netns::NetNs;
+use serde_json::Value;
 
 /// Where the reference plugins are: `/opt/cni/bin` (what the DaemonSet installs) or Debian's `/usr/lib/cni`.
 pub fn plugin_dir() -> Option<PathBuf> {
@@ -23,8 +21,8 @@ pub fn plugin_dir() -> Option<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct Invocation<'a> {
     pub conflist: &'a Value,
-    /// The node's namespace (where the plugins run).
-    pub node: &'a NetNs,
+    /// The node's namespace name (where the plugins run).
+    pub node: &'a str,
     /// The pod's namespace path (`CNI_NETNS`).
     pub pod_netns: &'a Path,
     pub container_id: &'a str,
@@ -47,9 +45,7 @@ fn run_plugin(
     if let Some(prev) = prev {
         config["prevResult"] = prev.clone();
     }
-    let mut child = inv
-        .node
-        .command(inv.plugin_dir.join(kind))?
+    let mut child = crate::command_in(inv.node, inv.plugin_dir.join(kind))
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", inv.container_id)
         .env("CNI_NETNS", inv.pod_netns)
@@ -86,19 +82,6 @@ pub fn add(inv: &Invocation<'_>) -> io::Result<Value> {
     result.ok_or_else(|| io::Error::other("conflist has no plugins"))
 }
 
-/// CNI DEL through every plugin, last first.
-pub fn del(inv: &Invocation<'_>) -> io::Result<()> {
-    for plugin in inv.conflist["plugins"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .rev()
-    {
-        run_plugin(inv, "DEL", plugin, None)?;
-    }
-    Ok(())
-}
-
 /// The pod's addresses from a CNI result.
 pub fn addresses(result: &Value) -> Vec<IpAddr> {
     result["ips"]
@@ -109,9 +92,4 @@ pub fn addresses(result: &Value) -> Vec<IpAddr> {
         .filter_map(|a| a.split('/').next())
         .filter_map(|a| a.parse().ok())
         .collect()
-}
-
-/// Pretty prints a conflist (for the lab's status output).
-pub fn describe(conflist: &Value) -> String {
-    json!({"plugins": conflist["plugins"].as_array().map(|p| p.iter().map(|x| x["type"].clone()).collect::<Vec<_>>())}).to_string()
 }

@@ -5,8 +5,7 @@ use std::io;
 use std::process::Stdio;
 use std::time::Duration;
 
-use super::exec;
-use crate::netns::NetNs;
+use crate::exec;
 
 /// What the receiving side counted.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,8 +21,7 @@ pub fn tcp(
     server_ip: &str,
     seconds: u32,
 ) -> io::Result<Transfer> {
-    let mut server = NetNs::named(server_netns)
-        .command("iperf3")?
+    let mut server = crate::command_in(server_netns, "iperf3")
         .args(["-s", "-1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

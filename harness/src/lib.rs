@@ -1,0 +1,15 @@
+//! Test-only: a real Kubernetes control plane for Tartan's end-to-end tests and the lab:
+//! etcd on a temporary directory and loopback ports, kube-apiserver with real
+//! TLS, service-account keys and RBAC, kube-controller-manager (the garbage
+//! collector among its controllers); an admin kubeconfig; torn down, processes
+//! and files, when the [`ControlPlane`] drops (also on a failing test).
+//!
+//! The binaries are built by `tests/control-plane/build.sh` into
+//! `target/control-plane/<version>/`.
+
+pub mod cluster;
+pub mod pki;
+pub mod process;
+pub mod setup;
+
+pub use cluster::{ControlPlane, binaries_dir, require_binaries};

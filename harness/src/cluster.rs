@@ -229,7 +229,10 @@ impl ControlPlane {
         config["users"][0]["user"]["as"] = serde_yaml::Value::String(user.to_string());
         let path = self.dir.join(file);
         // Written whole and renamed: a process starting meanwhile never reads half a file.
-        tartan_agent::cni::write_atomic(&path, serde_yaml::to_string(&config)?.as_bytes())?;
+        tartan_runtime::atomic_file::write_atomic(
+            &path,
+            serde_yaml::to_string(&config)?.as_bytes(),
+        )?;
         Ok(path)
     }
 

@@ -120,7 +120,7 @@ fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
 
 fn write<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     let text = serde_json::to_vec_pretty(value)?;
-    tartan_agent::cni::write_atomic(path, &text)
+    tartan_runtime::atomic_file::write_atomic(path, &text)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -4,11 +4,12 @@
 //! and `portmap`. Written atomically, and only when its content would change.
 //! (`loopback` is installed beside them; runtimes call it on their own.)
 
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use tartan_crds::ValidNodeSubnet;
+use tartan_runtime::atomic_file::write_atomic;
 
 use crate::plan::{BRIDGE, gateway};
 
@@ -87,26 +88,6 @@ impl CniConfig {
             Err(e) => Err(e),
         }
     }
-}
-
-/// Replaces `path` with `content` unless it already holds exactly that.
-pub fn write_atomic(path: &Path, content: &[u8]) -> io::Result<bool> {
-    if std::fs::read(path).is_ok_and(|old| old == content) {
-        return Ok(false);
-    }
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other(format!("{} has no directory", path.display())))?;
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(content)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The operator's Prometheus metrics. Labels are bounded: controller, family,
 //! error kind, reason; never names, CIDRs or messages.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
     TextEncoder,
@@ -23,93 +24,88 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
+        let registrar = Registrar(&registry);
         let m = Self {
-            subnets_capacity: GaugeVec::new(
+            subnets_capacity: registrar.add(GaugeVec::new(
                 Opts::new(
                     "tartan_operator_subnets_capacity",
                     "Node subnets the pool holds, by IP family.",
                 ),
                 &["family"],
-            )?,
-            subnets_allocated: GaugeVec::new(
+            )?)?,
+            subnets_allocated: registrar.add(GaugeVec::new(
                 Opts::new(
                     "tartan_operator_subnets_allocated",
                     "Node subnets allocated, by IP family.",
                 ),
                 &["family"],
-            )?,
-            nodes_waiting: Gauge::new(
+            )?)?,
+            nodes_waiting: registrar.add(Gauge::new(
                 "tartan_operator_nodes_waiting_for_subnet",
                 "Nodes without a NodeSubnet because the pool is exhausted.",
-            )?,
-            subnet_conflicts: GaugeVec::new(
+            )?)?,
+            subnet_conflicts: registrar.add(GaugeVec::new(
                 Opts::new(
                     "tartan_operator_subnet_conflicts",
                     "NodeSubnets that are not valid allocations (duplicate CIDR, outside the pool, invalid spec).",
                 ),
                 &["reason"],
-            )?,
-            reconcile_duration: HistogramVec::new(
+            )?)?,
+            reconcile_duration: registrar.add(HistogramVec::new(
                 HistogramOpts::new(
                     "tartan_operator_reconcile_duration_seconds",
                     "Time spent in one reconcile.",
                 )
                 .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
                 &["controller"],
-            )?,
-            reconcile_errors: IntCounterVec::new(
+            )?)?,
+            reconcile_errors: registrar.add(IntCounterVec::new(
                 Opts::new(
                     "tartan_operator_reconcile_errors_total",
                     "Reconciles that failed, by error kind.",
                 ),
                 &["controller", "error"],
-            )?,
-            allocations: IntCounterVec::new(
+            )?)?,
+            allocations: registrar.add(IntCounterVec::new(
                 Opts::new(
                     "tartan_operator_allocations_total",
                     "Allocation attempts by result.",
                 ),
                 &["result"],
-            )?,
-            is_leader: Gauge::new(
+            )?)?,
+            is_leader: registrar.add(Gauge::new(
                 "tartan_operator_is_leader",
                 "1 while this replica holds the leader lease.",
-            )?,
-            leader_transitions: IntCounterVec::new(
+            )?)?,
+            leader_transitions: registrar.add(IntCounterVec::new(
                 Opts::new(
                     "tartan_operator_leader_transitions_total",
                     "Times this replica gained or lost the lease.",
                 ),
                 &["direction"],
-            )?,
+            )?)?,
             registry,
         };
-        m.registry.register(Box::new(m.subnets_capacity.clone()))?;
-        m.registry.register(Box::new(m.subnets_allocated.clone()))?;
-        m.registry.register(Box::new(m.nodes_waiting.clone()))?;
-        m.registry.register(Box::new(m.subnet_conflicts.clone()))?;
-        m.registry
-            .register(Box::new(m.reconcile_duration.clone()))?;
-        m.registry.register(Box::new(m.reconcile_errors.clone()))?;
-        m.registry.register(Box::new(m.allocations.clone()))?;
-        m.registry.register(Box::new(m.is_leader.clone()))?;
-        m.registry
-            .register(Box::new(m.leader_transitions.clone()))?;
-        // Series that exist from the start, so dashboards and alerts see zeros.
+        m.start_series_at_zero();
+        Ok(m)
+    }
+
+    /// Creates the series of every known label value, so dashboards and
+    /// alerts see zeros from the start instead of no data.
+    fn start_series_at_zero(&self) {
         for family in ["ipv4", "ipv6"] {
-            m.subnets_capacity.with_label_values(&[family]);
-            m.subnets_allocated.with_label_values(&[family]);
+            self.subnets_capacity.with_label_values(&[family]);
+            self.subnets_allocated.with_label_values(&[family]);
         }
         for reason in ["DuplicateCIDR", "OutsidePool", "InvalidSpec"] {
-            m.subnet_conflicts.with_label_values(&[reason]);
+            self.subnet_conflicts.with_label_values(&[reason]);
         }
         for result in ["allocated", "exhausted"] {
-            m.allocations.with_label_values(&[result]);
+            self.allocations.with_label_values(&[result]);
         }
         for direction in ["acquired", "lost"] {
-            m.leader_transitions.with_label_values(&[direction]);
+            self.leader_transitions.with_label_values(&[direction]);
         }
-        Ok(m)
     }
 
     /// Starts a timer that records into the histogram when dropped.
@@ -133,5 +129,15 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Registers each metric it is handed with its registry, and hands it back.
+struct Registrar<'r>(&'r Registry);
+
+impl Registrar<'_> {
+    fn add<M: Collector + Clone + 'static>(&self, metric: M) -> prometheus::Result<M> {
+        self.0.register(Box::new(metric.clone()))?;
+        Ok(metric)
     }
 }

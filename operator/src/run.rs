@@ -11,56 +11,103 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tartan_crds::{NodeSubnet, OverlayNetwork};
+use tokio::task::JoinHandle;
 
 use crate::cli::{Args, Command};
 use crate::controller::{self, Context, IndexFeeder, error_policy};
-
 use crate::index::SubnetIndex;
-use crate::lease::{Leadership, LeaseConfig, LeaseManager};
+use crate::lease::{Leadership, LeaseConfig, LeaseError, LeaseManager};
 use crate::metrics::Metrics;
 
 pub async fn main(args: Args) -> anyhow::Result<()> {
     match &args.command {
-        Some(Command::Crds) => {
+        Some(command) => run_command(&args, command).await,
+        None => run_operator(&args).await,
+    }
+}
+
+/// The one-shot subcommands: print the CRDs or the RBAC rules, or uninstall.
+async fn run_command(args: &Args, command: &Command) -> anyhow::Result<()> {
+    match command {
+        Command::Crds => {
             for file in tartan_crds::generate::crds() {
                 print!("---\n{}", tartan_crds::generate::render(&file.crd)?);
             }
-            return Ok(());
+            Ok(())
         }
-        Some(Command::Rbac { name, namespace }) => {
+        Command::Rbac { name, namespace } => {
             print!("{}", crate::rbac::render(name, namespace)?);
-            return Ok(());
+            Ok(())
         }
-        Some(Command::Uninstall {
+        Command::Uninstall {
             namespace,
             agent_daemonset,
             cleanup_daemonset,
             timeout_seconds,
-        }) => {
+        } => {
             tartan_runtime::init_logging(args.log_format);
             let client = tartan_runtime::client(args.kubeconfig.as_deref()).await?;
             let timeout = Duration::from_secs(*timeout_seconds);
-            return crate::uninstall::run(
+            crate::uninstall::run(
                 client,
                 namespace,
                 agent_daemonset,
                 cleanup_daemonset,
                 timeout,
             )
-            .await;
+            .await
         }
-        None => {}
     }
+}
+
+/// The operator proper: probes server, leader election when asked for, the
+/// controllers until SIGTERM (or until the lease is lost).
+async fn run_operator(args: &Args) -> anyhow::Result<()> {
     tartan_runtime::init_logging(args.log_format);
     let client = tartan_runtime::client(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let health = Arc::new(Health::default());
     let shutdown = tartan_runtime::Shutdown::on_signals();
-    let stopped = || shutdown.wait();
+    let server = spawn_probes(args, &metrics, &health, &shutdown);
+
+    let identity = args.identity.clone().unwrap_or_else(hostname);
+    let (leader, lease_task) = if args.leader_election {
+        match campaign(args, &client, &identity, &metrics, &health, &shutdown).await {
+            Some((leader, lease_task)) => (leader, Some(lease_task)),
+            // Shut down while standing by.
+            None => return finish(server).await,
+        }
+    } else {
+        (Leadership::always(), None)
+    };
+    let controllers = run_controllers(
+        client,
+        args,
+        &identity,
+        metrics,
+        health.clone(),
+        leader,
+        shutdown.wait(),
+    );
+    match lease_task {
+        Some(lease_task) => run_while_leading(controllers, lease_task).await?,
+        None => controllers.await,
+    }
+    finish(server).await
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until shutdown.
+fn spawn_probes(
+    args: &Args,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    shutdown: &tartan_runtime::Shutdown,
+) -> JoinHandle<std::io::Result<()>> {
     let probes = {
         let (metrics, health) = (metrics.clone(), health.clone());
         tartan_runtime::Probes::new(
@@ -68,86 +115,88 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             move || health.ready.load(Ordering::Relaxed),
         )
     };
-    let server = tokio::spawn(tartan_runtime::serve_probes(
+    tokio::spawn(tartan_runtime::serve_probes(
         args.metrics_addr,
         probes,
-        stopped(),
-    ));
-
-    let identity = args.identity.clone().unwrap_or_else(hostname);
-    let leadership = if args.leader_election {
-        let namespace = args
-            .leader_election_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "kube-system".into());
-        let duration = Duration::from_secs(args.lease_duration_seconds.max(3));
-        let config = LeaseConfig {
-            name: args.leader_election_id.clone(),
-            namespace: namespace.clone(),
-            identity: identity.clone(),
-            duration,
-            renew_every: duration / 3,
-            retry_every: Duration::from_secs(2).min(duration / 3),
-            field_manager: controller::FIELD_MANAGER,
-        };
-        let (manager, mut leadership) = LeaseManager::new(
-            Api::<Lease>::namespaced(client.clone(), &namespace),
-            config,
-            metrics.clone(),
-        );
-        let lease_task = tokio::spawn(manager.run(stopped()));
-        // A standby is healthy and ready; it just does not write.
-        health.ready.store(true, Ordering::Relaxed);
-        tracing::info!(%identity, lease = %args.leader_election_id, %namespace, "waiting for leadership");
-        tokio::select! {
-            _ = leadership.acquired() => {}
-            _ = stopped() => return finish(server).await,
-        }
-        health.ready.store(false, Ordering::Relaxed);
-        Some((leadership, lease_task))
-    } else {
-        None
-    };
-    let (leader, lease_task) = match leadership {
-        Some((l, t)) => (l, Some(t)),
-        None => (Leadership::always(), None),
-    };
-    let controllers = run_controllers(
-        client,
-        &args,
-        &identity,
-        metrics,
-        health.clone(),
-        leader,
-        stopped(),
-    );
-    match lease_task {
-        Some(lease_task) => {
-            tokio::select! {
-                _ = controllers => {}
-                lease = lease_task => {
-                    // Lost the lease: stop at once so a restart campaigns afresh.
-                    match lease {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(e).context("leader election"),
-                        Err(e) => return Err(e).context("leader election task"),
-                    }
-                }
-            }
-        }
-        None => controllers.await,
-    }
-    finish(server).await
+        shutdown.wait(),
+    ))
 }
 
-async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
+/// The Lease this replica campaigns for, from the flags.
+fn lease_config(args: &Args, identity: &str) -> LeaseConfig {
+    let namespace = args
+        .leader_election_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "kube-system".into());
+    let duration = Duration::from_secs(args.lease_duration_seconds.max(3));
+    LeaseConfig {
+        name: args.leader_election_id.clone(),
+        namespace,
+        identity: identity.to_string(),
+        duration,
+        renew_every: duration / 3,
+        retry_every: Duration::from_secs(2).min(duration / 3),
+        field_manager: controller::FIELD_MANAGER,
+    }
+}
+
+/// Starts the lease task and waits, ready, until this replica leads; `None`
+/// when shutdown came first.
+async fn campaign(
+    args: &Args,
+    client: &Client,
+    identity: &str,
+    metrics: &Arc<Metrics>,
+    health: &Health,
+    shutdown: &tartan_runtime::Shutdown,
+) -> Option<(Leadership, JoinHandle<Result<(), LeaseError>>)> {
+    let config = lease_config(args, identity);
+    let namespace = config.namespace.clone();
+    let (manager, mut leadership) = LeaseManager::new(
+        Api::<Lease>::namespaced(client.clone(), &namespace),
+        config,
+        metrics.clone(),
+    );
+    let lease_task = tokio::spawn(manager.run(shutdown.wait()));
+    // A standby is healthy and ready; it just does not write.
+    health.ready.store(true, Ordering::Relaxed);
+    tracing::info!(%identity, lease = %args.leader_election_id, %namespace, "waiting for leadership");
+    tokio::select! {
+        _ = leadership.acquired() => {}
+        _ = shutdown.wait() => return None,
+    }
+    health.ready.store(false, Ordering::Relaxed);
+    Some((leadership, lease_task))
+}
+
+/// Runs the controllers until they stop or the lease task ends.
+async fn run_while_leading(
+    controllers: impl std::future::Future<Output = ()>,
+    lease_task: JoinHandle<Result<(), LeaseError>>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        _ = controllers => Ok(()),
+        lease = lease_task => {
+            // Lost the lease: stop at once so a restart campaigns afresh.
+            match lease {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e).context("leader election"),
+                Err(e) => Err(e).context("leader election task"),
+            }
+        }
+    }
+}
+
+async fn finish(server: JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
     match server.await {
         Ok(result) => result.context("metrics server"),
         Err(e) => Err(e).context("metrics server task"),
     }
 }
 
+/// The three controllers over one [`Context`], and readiness once the
+/// NodeSubnets are listed; returns when all have shut down.
 async fn run_controllers(
     client: Client,
     args: &Args,
@@ -159,9 +208,6 @@ async fn run_controllers(
 ) {
     let shutdown = shutdown.shared();
     let nodes_api: Api<Node> = Api::all(client.clone());
-    let subnets_api: Api<NodeSubnet> = Api::all(client.clone());
-    let networks_api: Api<OverlayNetwork> = Api::all(client.clone());
-
     let node_controller = Controller::new(nodes_api, watcher::Config::default());
     let (subnets_reader, subnets_writer) = reflector::store();
     let (wake_nodes, wake_nodes_rx) = mpsc::unbounded();
@@ -172,67 +218,100 @@ async fn run_controllers(
         index: Arc::new(Mutex::new(SubnetIndex::new(args.network.clone()))),
         nodes: node_controller.store(),
         subnets: subnets_reader.clone(),
-        recorder: Recorder::new(client.clone(), Context::reporter(identity)),
+        recorder: Recorder::new(client, Context::reporter(identity)),
         metrics,
         leader,
         wake_nodes,
         wake_network,
     });
+    tokio::join!(
+        run_subnet_controller(
+            ctx.clone(),
+            subnets_reader,
+            subnets_writer,
+            shutdown.clone()
+        ),
+        run_network_controller(ctx.clone(), wake_network_rx, shutdown.clone()),
+        run_node_controller(ctx.clone(), node_controller, wake_nodes_rx, shutdown),
+        ready_once_listed(ctx, health),
+    );
+}
 
+/// Watches NodeSubnets into the index (through [`IndexFeeder`]) and the store,
+/// and reconciles each one that changed.
+async fn run_subnet_controller(
+    ctx: Arc<Context>,
+    reader: Store<NodeSubnet>,
+    writer: Writer<NodeSubnet>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let subnets_api: Api<NodeSubnet> = Api::all(ctx.client.clone());
     let mut feeder = IndexFeeder::new(&ctx);
     let subnet_events = watcher(subnets_api, watcher::Config::default())
         .default_backoff()
         .inspect_ok(move |event| feeder.feed(event))
-        .reflect(subnets_writer)
+        .reflect(writer)
         .touched_objects();
-    let subnet_controller = Controller::for_stream(subnet_events, subnets_reader)
-        .graceful_shutdown_on(shutdown.clone())
+    Controller::for_stream(subnet_events, reader)
+        .graceful_shutdown_on(shutdown)
         .run(
             controller::subnet::reconcile,
             |_, e, c| error_policy("subnet", e, &c),
-            ctx.clone(),
+            ctx,
         )
-        .for_each(|_| async {});
+        .for_each(|_| async {})
+        .await;
+}
 
-    let network_name = args.network.clone();
-    let network_controller = Controller::new(
+/// Reconciles this operator's OverlayNetwork on its changes and when woken.
+async fn run_network_controller(
+    ctx: Arc<Context>,
+    wake: mpsc::UnboundedReceiver<()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let networks_api: Api<OverlayNetwork> = Api::all(ctx.client.clone());
+    let network_name = ctx.network.clone();
+    Controller::new(
         networks_api,
         watcher::Config::default().fields(&format!("metadata.name={network_name}")),
     )
-    .reconcile_on(wake_network_rx.map(move |()| ObjectRef::new(&network_name)))
-    .graceful_shutdown_on(shutdown.clone())
+    .reconcile_on(wake.map(move |()| ObjectRef::new(&network_name)))
+    .graceful_shutdown_on(shutdown)
     .run(
         controller::network::reconcile,
         |_, e, c| error_policy("network", e, &c),
-        ctx.clone(),
+        ctx,
     )
-    .for_each(|_| async {});
+    .for_each(|_| async {})
+    .await;
+}
 
-    let node_controller = node_controller
-        .reconcile_all_on(wake_nodes_rx)
-        .graceful_shutdown_on(shutdown.clone())
+/// Reconciles each Node on its changes, and every Node when woken.
+async fn run_node_controller(
+    ctx: Arc<Context>,
+    node_controller: Controller<Node>,
+    wake: mpsc::UnboundedReceiver<()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    node_controller
+        .reconcile_all_on(wake)
+        .graceful_shutdown_on(shutdown)
         .run(
             controller::node::reconcile,
             |_, e, c| error_policy("node", e, &c),
-            ctx.clone(),
+            ctx,
         )
-        .for_each(|_| async {});
+        .for_each(|_| async {})
+        .await;
+}
 
-    let ready_ctx = ctx.clone();
-    let readiness = async move {
-        // Ready once the NodeSubnets are listed: only then can allocation start.
-        while !ready_ctx.index().is_synced() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        health.ready.store(true, Ordering::Relaxed);
-        tracing::info!("NodeSubnets listed; allocating");
-    };
-    tokio::join!(
-        subnet_controller,
-        network_controller,
-        node_controller,
-        readiness
-    );
+/// Flips `/readyz` once the NodeSubnets are listed: only then can allocation start.
+async fn ready_once_listed(ctx: Arc<Context>, health: Arc<Health>) {
+    while !ctx.index().is_synced() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    health.ready.store(true, Ordering::Relaxed);
+    tracing::info!("NodeSubnets listed; allocating");
 }
 
 /// What `/readyz` reports; flipped as the controllers start.

@@ -3,6 +3,9 @@
 //! signal, the `/metrics` `/healthz` `/readyz` server, RBAC rule builders and
 //! a promtool check for tests. No Tartan logic lives here.
 
+pub mod atomic_file;
+pub mod relist;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

@@ -127,7 +127,7 @@ impl Bird {
             || std::fs::read_to_string(&config_path).ok().as_deref() != Some(text.as_str());
         if changed {
             check(&text, &dir)?;
-            crate::cni::write_atomic(&config_path, text.as_bytes())
+            tartan_runtime::atomic_file::write_atomic(&config_path, text.as_bytes())
                 .map_err(io_error(format!("writing {}", config_path.display())))?;
         }
         match &self.mode {
@@ -199,7 +199,7 @@ impl Bird {
             BirdMode::External { config, .. } => {
                 let idle =
                     "# tartan-agent: the bgp backend is off on this node.\nprotocol device {}\n";
-                crate::cni::write_atomic(config, idle.as_bytes())
+                tartan_runtime::atomic_file::write_atomic(config, idle.as_bytes())
                     .map_err(io_error(format!("writing {}", config.display())))?;
                 self.reconfigure()
             }

@@ -27,6 +27,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tartan_crds::NodeSubnet;
+use tartan_runtime::relist::{Delta, Relist};
 
 use crate::error::{Error, Result};
 use crate::index::SubnetIndex;
@@ -120,7 +121,7 @@ pub fn error_policy(controller: &'static str, error: &Error, ctx: &Context) -> A
 /// Feeds NodeSubnet watch events into the index, the way a reflector feeds a store.
 pub struct IndexFeeder {
     index: Arc<Mutex<SubnetIndex>>,
-    relist: Vec<NodeSubnet>,
+    relist: Relist<NodeSubnet>,
     wake_nodes: mpsc::UnboundedSender<()>,
     wake_network: mpsc::UnboundedSender<()>,
 }
@@ -129,32 +130,27 @@ impl IndexFeeder {
     pub fn new(ctx: &Context) -> Self {
         Self {
             index: ctx.index.clone(),
-            relist: Vec::new(),
+            relist: Relist::new(),
             wake_nodes: ctx.wake_nodes.clone(),
             wake_network: ctx.wake_network.clone(),
         }
     }
 
     pub fn feed(&mut self, event: &watcher::Event<NodeSubnet>) {
+        let Some(delta) = self.relist.feed(event.clone()) else {
+            return;
+        };
         let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let freed = match event {
-            watcher::Event::Init => {
-                self.relist.clear();
-                return;
-            }
-            watcher::Event::InitApply(subnet) => {
-                self.relist.push(subnet.clone());
-                return;
-            }
-            watcher::Event::InitDone => {
-                index.reset(&std::mem::take(&mut self.relist));
+        let freed = match delta {
+            Delta::Reset(subnets) => {
+                index.reset(&subnets);
                 true
             }
-            watcher::Event::Apply(subnet) => {
-                index.apply(subnet);
+            Delta::Apply(subnet) => {
+                index.apply(&subnet);
                 false
             }
-            watcher::Event::Delete(subnet) => index.delete(&kube::ResourceExt::name_any(subnet)),
+            Delta::Delete(subnet) => index.delete(&kube::ResourceExt::name_any(&subnet)),
         };
         drop(index);
         // Closed channels mean the controllers are shutting down; nothing to wake.

@@ -42,7 +42,8 @@ pub struct Args {
     pub identity: Option<String>,
 
     /// Seconds a Lease stays valid without renewal; a standby takes over after it.
-    #[arg(long, env = "TARTAN_LEASE_DURATION_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "TARTAN_LEASE_DURATION_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_duration_seconds: u64,
 
     /// Path of a kubeconfig file (defaults to KUBECONFIG, ~/.kube/config, then in-cluster).
@@ -77,4 +78,22 @@ pub enum Command {
         #[arg(long, default_value = "kube-system")]
         namespace: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Args;
+
+    #[test]
+    fn a_lease_shorter_than_three_seconds_is_refused_with_the_flag_named() {
+        let error = Args::try_parse_from(["tartan-operator", "--lease-duration-seconds", "1"])
+            .expect_err("too short");
+        assert!(
+            error.to_string().contains("--lease-duration-seconds"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("3..=300"), "{error}");
+    }
 }

@@ -129,7 +129,7 @@ fn lease_config(args: &Args, identity: &str) -> LeaseConfig {
         .clone()
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "kube-system".into());
-    let duration = Duration::from_secs(args.lease_duration_seconds.max(3));
+    let duration = Duration::from_secs(args.lease_duration_seconds);
     LeaseConfig {
         name: args.leader_election_id.clone(),
         namespace,

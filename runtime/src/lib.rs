@@ -1,7 +1,8 @@
 //! Plumbing both binaries need and neither should own: a Kubernetes client
 //! from `--kubeconfig` or the environment, structured logging, a shutdown
-//! signal, the `/metrics` `/healthz` `/readyz` server, RBAC rule builders and
-//! a promtool check for tests. No Tartan logic lives here.
+//! signal, the `/metrics` `/healthz` `/readyz` server, RBAC rule builders,
+//! atomic file writes (`atomic_file`) and the folding of a watch's relists
+//! into deltas (`relist`). No Tartan logic lives here.
 
 pub mod atomic_file;
 pub mod relist;

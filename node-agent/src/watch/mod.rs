@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tartan_crds::{NodeSubnet, OverlayNetwork};
+use tartan_runtime::relist::{Delta, Relist};
 use tokio::sync::watch;
 
 pub use index::{AgentIndex, Inputs, ReadyInputs};
@@ -129,7 +130,7 @@ fn spawn_one<K>(
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     tokio::spawn(async move {
-        let mut relist: Vec<K> = Vec::new();
+        let mut relist = Relist::new();
         let mut events = std::pin::pin!(watcher(api, config).default_backoff());
         while let Some(event) = events.next().await {
             let event = match event {
@@ -147,16 +148,15 @@ fn spawn_one<K>(
                     continue;
                 }
             };
+            let Some(delta) = relist.feed(event) else {
+                continue;
+            };
             {
                 let mut index = sink.index.lock().unwrap_or_else(|e| e.into_inner());
-                match event {
-                    watcher::Event::Apply(o) => (handlers.apply)(&mut index, o),
-                    watcher::Event::Delete(o) => (handlers.delete)(&mut index, o),
-                    watcher::Event::Init => relist.clear(),
-                    watcher::Event::InitApply(o) => relist.push(o),
-                    watcher::Event::InitDone => {
-                        (handlers.reset)(&mut index, std::mem::take(&mut relist))
-                    }
+                match delta {
+                    Delta::Apply(o) => (handlers.apply)(&mut index, o),
+                    Delta::Delete(o) => (handlers.delete)(&mut index, o),
+                    Delta::Reset(all) => (handlers.reset)(&mut index, all),
                 }
             }
             sink.publish();

@@ -211,7 +211,6 @@ async fn deleted_node_means_its_nodesubnet_is_deleted() {
         )
         .await;
     assert_eq!(action.expect("ok"), Action::await_change());
-    let _ = &mut h.nodes;
 }
 
 #[tokio::test]

@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::DeleteParams;
 use kube::{Api, Client, ResourceExt};
-use tartan_crds::NodeSubnet;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tartan_crds::{NodeSubnet, OverlayNetwork};
+use tartan_harness::process::Process;
 use tartan_harness::setup::{
     NAMESPACE, create_network, create_node, eventually, install_crds, install_rbac, start_operator,
 };
@@ -33,6 +37,66 @@ async fn subnets(client: &Client) -> BTreeMap<String, (String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Every object the operator writes (NodeSubnets, OverlayNetworks, its
+/// Events), by name, with its resourceVersion.
+async fn operator_objects(client: &Client) -> BTreeMap<String, String> {
+    let mut all = BTreeMap::new();
+    let subnets: Api<NodeSubnet> = Api::all(client.clone());
+    let networks: Api<OverlayNetwork> = Api::all(client.clone());
+    let events: Api<Event> = Api::all(client.clone());
+    let params = Default::default();
+    for s in subnets.list(&params).await.expect("list NodeSubnets") {
+        all.insert(
+            format!("nodesubnet/{}", s.name_any()),
+            s.resource_version().unwrap_or_default(),
+        );
+    }
+    for n in networks.list(&params).await.expect("list OverlayNetworks") {
+        all.insert(
+            format!("overlaynetwork/{}", n.name_any()),
+            n.resource_version().unwrap_or_default(),
+        );
+    }
+    for e in events.list(&params).await.expect("list Events") {
+        if e.reporting_controller
+            .as_deref()
+            .is_some_and(|c| c.contains("tartan"))
+        {
+            all.insert(
+                format!("event/{}", e.name_any()),
+                e.resource_version().unwrap_or_default(),
+            );
+        }
+    }
+    all
+}
+
+/// With the leader frozen (SIGSTOP, well inside its lease) a new Node needs
+/// a subnet; until the lease runs out nothing the operator writes may
+/// change, so any write would be the standby's. Then the leader resumes.
+async fn standby_writes_nothing(client: &Client, leader: &Process) {
+    let pid = Pid::from_raw(i32::try_from(leader.pid().expect("leader runs")).expect("pid"));
+    let before = operator_objects(client).await;
+    signal::kill(pid, Signal::SIGSTOP).expect("freeze the leader");
+    create_node(client, "frozen", "192.168.0.20")
+        .await
+        .expect("node");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = operator_objects(client).await;
+    signal::kill(pid, Signal::SIGCONT).expect("resume the leader");
+    assert_eq!(
+        during, before,
+        "the standby wrote while the leader held the lease"
+    );
+    eventually(
+        "the resumed leader allocates the new node",
+        Duration::from_secs(20),
+        || async { subnets(client).await.get("frozen").cloned() },
+    )
+    .await
+    .expect("allocated after resuming");
 }
 
 async fn setup(name: &str) -> (ControlPlane, Client) {
@@ -160,6 +224,7 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over_within_15_seco
     )
     .await
     .expect("allocated");
+    standby_writes_nothing(&client, if leader == "op-a" { &a } else { &b }).await;
     // Kill the leader without a chance to hand over.
     let (dead, alive) = if leader == "op-a" {
         (&mut a, "op-b")

@@ -33,7 +33,8 @@ struct Harness {
             http::Response<kube::client::Body>,
         >,
     >,
-    nodes: Writer<Node>,
+    /// Held, never read: the Node store stays live while its writer does.
+    _nodes: Writer<Node>,
     subnets: Writer<NodeSubnet>,
 }
 
@@ -70,7 +71,7 @@ impl Harness {
         Self {
             ctx: Arc::new(ctx),
             handle: Some(handle),
-            nodes: node_writer,
+            _nodes: node_writer,
             subnets: subnet_writer,
         }
     }

@@ -1,14 +1,16 @@
-//! Targeted drift repair: a netlink notification about one of Tartan's objects
-//! becomes the one operation that puts it back. Pure. Link changes and lost
-//! notifications ask for a full reconcile instead.
+//! The netlink layer's targeted drift repair: a [`monitor`](super::monitor)
+//! notification about one of Tartan's objects becomes the one [`Op`] that
+//! puts it back, so drift is undone at once instead of at the next resync.
+//! Pure, like [`diff`](super::diff). Link changes and lost notifications ask
+//! for a full reconcile instead.
 
 use std::collections::BTreeSet;
 
 use netlink_packet_route::RouteNetlinkMessage;
 
-use crate::netlink::Op;
-use crate::netlink::monitor::Change;
-use crate::netlink::observe::{self, Names};
+use super::Op;
+use super::monitor::Change;
+use super::observe::{self, Names};
 use crate::plan::{DesiredState, is_tartan_device};
 
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 //!  watch/      Node, NodeSubnets, OverlayNetwork → AgentIndex → planner inputs (on change)
 //!  underlay    which interface carries the overlay → LocalFacts
 //!  plan/       pure: NodeSubnets + OverlayNetwork + local facts → DesiredState
-//!  netlink/    thin: observe (dump, parse) → diff (pure) → apply (batched netlink)
-//!  repair      pure: a drift notification → the operation that undoes it
+//!  netlink/    thin: observe (dump, parse) → diff (pure) → apply (batched netlink);
+//!              repair (pure): a drift notification → the operation that undoes it
 //!  dataplane   the worker thread: apply, repair, resync; cleanup
 //!  masquerade  nftables table `inet tartan`;  cni: 10-tartan.conflist;  sysctl
 //! ```
@@ -22,7 +22,6 @@ pub mod netlink;
 pub mod netns;
 pub mod plan;
 pub mod rbac;
-pub mod repair;
 pub mod run;
 pub mod status;
 pub mod sysctl;

@@ -1,8 +1,10 @@
 //! The agent's Prometheus metrics (`tartan_agent_*`). Labels are bounded:
 //! kind, backend, state, result; never addresses or names.
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Clone)]
@@ -21,116 +23,131 @@ pub struct Metrics {
     pub status_writes: IntCounterVec,
     pub udp: crate::udp::metrics::UdpMetrics,
     pub bgp_sessions: IntGaugeVec,
-    pub bgp_routes_learned: prometheus::IntGauge,
+    pub bgp_routes_learned: IntGauge,
+}
+
+/// Builds a metric and registers it in one step, so each field of
+/// [`Metrics`] is one expression.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<M: Collector + Clone + 'static>(&self, metric: M) -> prometheus::Result<M> {
+        self.0.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
+
+    fn counters(&self, name: &str, help: &str, label: &str) -> prometheus::Result<IntCounterVec> {
+        self.add(IntCounterVec::new(Opts::new(name, help), &[label])?)
+    }
+
+    fn gauges(&self, name: &str, help: &str, label: &str) -> prometheus::Result<IntGaugeVec> {
+        self.add(IntGaugeVec::new(Opts::new(name, help), &[label])?)
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+    ) -> prometheus::Result<Histogram> {
+        self.add(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets),
+        )?)
+    }
 }
 
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
+        let r = Registrar(&registry);
         let m = Self {
-            netlink_changes: IntCounterVec::new(
-                Opts::new(
-                    "tartan_agent_netlink_changes_total",
-                    "Kernel objects added, replaced or removed, by kind.",
-                ),
-                &["kind"],
+            netlink_changes: r.counters(
+                "tartan_agent_netlink_changes_total",
+                "Kernel objects added, replaced or removed, by kind.",
+                "kind",
             )?,
-            drift_repairs: IntCounterVec::new(
-                Opts::new(
-                    "tartan_agent_drift_repairs_total",
-                    "Tartan objects changed by someone else and restored, by kind.",
-                ),
-                &["kind"],
+            drift_repairs: r.counters(
+                "tartan_agent_drift_repairs_total",
+                "Tartan objects changed by someone else and restored, by kind.",
+                "kind",
             )?,
-            apply_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "tartan_agent_apply_duration_seconds",
-                    "Time to diff and apply the desired kernel state.",
-                )
-                .buckets(vec![
-                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ]),
+            apply_duration: r.histogram(
+                "tartan_agent_apply_duration_seconds",
+                "Time to diff and apply the desired kernel state.",
+                vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
             )?,
-            apply_errors: IntCounterVec::new(
-                Opts::new(
-                    "tartan_agent_apply_errors_total",
-                    "Applies that failed, by kind of failure.",
-                ),
-                &["kind"],
+            apply_errors: r.counters(
+                "tartan_agent_apply_errors_total",
+                "Applies that failed, by kind of failure.",
+                "kind",
             )?,
-            kernel_objects: IntGaugeVec::new(
-                Opts::new(
-                    "tartan_agent_kernel_objects",
-                    "Kernel objects in the desired state, by kind.",
-                ),
-                &["kind"],
+            kernel_objects: r.gauges(
+                "tartan_agent_kernel_objects",
+                "Kernel objects in the desired state, by kind.",
+                "kind",
             )?,
-            peers: IntGaugeVec::new(Opts::new("tartan_agent_peers", "Peers by state."), &["state"])?,
-            backend_info: IntGaugeVec::new(
-                Opts::new("tartan_agent_backend_info", "1 for the backend this node sends with."),
-                &["backend"],
+            peers: r.gauges("tartan_agent_peers", "Peers by state.", "state")?,
+            backend_info: r.gauges(
+                "tartan_agent_backend_info",
+                "1 for the backend this node sends with.",
+                "backend",
             )?,
-            applies: IntCounterVec::new(Opts::new("tartan_agent_applies_total", "Applies of the desired state, by result."), &["result"])?,
-            convergence_lag: Histogram::with_opts(
-                HistogramOpts::new(
-                    "tartan_agent_convergence_lag_seconds",
-                    "Seconds from a peer NodeSubnet's creation to its being programmed on this node.",
-                )
-                .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            applies: r.counters(
+                "tartan_agent_applies_total",
+                "Applies of the desired state, by result.",
+                "result",
             )?,
-            watch_errors: IntCounterVec::new(
-                Opts::new("tartan_agent_watch_errors_total", "Errors of the API watches, by resource."),
-                &["resource"],
+            convergence_lag: r.histogram(
+                "tartan_agent_convergence_lag_seconds",
+                "Seconds from a peer NodeSubnet's creation to its being programmed on this node.",
+                vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
             )?,
-            status_writes: IntCounterVec::new(
-                Opts::new("tartan_agent_status_writes_total", "NodeSubnet status writes, by result."),
-                &["result"],
+            watch_errors: r.counters(
+                "tartan_agent_watch_errors_total",
+                "Errors of the API watches, by resource.",
+                "resource",
+            )?,
+            status_writes: r.counters(
+                "tartan_agent_status_writes_total",
+                "NodeSubnet status writes, by result.",
+                "result",
             )?,
             udp: crate::udp::metrics::UdpMetrics::register(&registry)?,
-            bgp_sessions: IntGaugeVec::new(
-                Opts::new(
-                    "tartan_agent_bgp_sessions",
-                    "This node's BGP sessions by BIRD state (established, active, connect, idle, opensent, openconfirm, unknown).",
-                ),
-                &["state"],
+            bgp_sessions: r.gauges(
+                "tartan_agent_bgp_sessions",
+                "This node's BGP sessions by BIRD state (established, active, connect, idle, opensent, openconfirm, unknown).",
+                "state",
             )?,
-            bgp_routes_learned: prometheus::IntGauge::new(
+            bgp_routes_learned: r.add(IntGauge::new(
                 "tartan_agent_bgp_routes_learned",
                 "Routes BGP peers sent this node that passed the import filter.",
-            )?,
+            )?)?,
             registry,
         };
-        m.registry.register(Box::new(m.netlink_changes.clone()))?;
-        m.registry.register(Box::new(m.drift_repairs.clone()))?;
-        m.registry.register(Box::new(m.apply_duration.clone()))?;
-        m.registry.register(Box::new(m.apply_errors.clone()))?;
-        m.registry.register(Box::new(m.kernel_objects.clone()))?;
-        m.registry.register(Box::new(m.peers.clone()))?;
-        m.registry.register(Box::new(m.backend_info.clone()))?;
-        m.registry.register(Box::new(m.applies.clone()))?;
-        m.registry.register(Box::new(m.convergence_lag.clone()))?;
-        m.registry.register(Box::new(m.watch_errors.clone()))?;
-        m.registry.register(Box::new(m.status_writes.clone()))?;
-        m.registry.register(Box::new(m.bgp_sessions.clone()))?;
-        m.registry
-            .register(Box::new(m.bgp_routes_learned.clone()))?;
+        m.create_series();
+        Ok(m)
+    }
+
+    /// Creates every series of the bounded label sets up front: a series
+    /// that does not exist yet is missing from the exposition, not 0, and
+    /// alerts and `rate()` over it see nothing.
+    fn create_series(&self) {
         for state in ["programmed", "pending", "problem"] {
-            m.peers.with_label_values(&[state]);
+            self.peers.with_label_values(&[state]);
         }
         for result in ["ok", "error"] {
-            m.applies.with_label_values(&[result]);
-            m.status_writes.with_label_values(&[result]);
+            self.applies.with_label_values(&[result]);
+            self.status_writes.with_label_values(&[result]);
         }
         for resource in ["nodes", "nodesubnets", "overlaynetworks"] {
-            m.watch_errors.with_label_values(&[resource]);
+            self.watch_errors.with_label_values(&[resource]);
         }
-        m.apply_errors.with_label_values(&["netlink"]);
-        m.record_bgp(&crate::plan::BgpObserved::default());
+        self.apply_errors.with_label_values(&["netlink"]);
+        self.record_bgp(&crate::plan::BgpObserved::default());
         for kind in ["link", "address", "route", "neighbour", "fdb", "offload"] {
-            m.netlink_changes.with_label_values(&[kind]);
-            m.drift_repairs.with_label_values(&[kind]);
+            self.netlink_changes.with_label_values(&[kind]);
+            self.drift_repairs.with_label_values(&[kind]);
         }
-        Ok(m)
     }
 
     /// The BGP gauges from what BIRD reports.

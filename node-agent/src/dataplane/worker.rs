@@ -13,9 +13,9 @@ use crate::bgp::Bird;
 use crate::masquerade;
 use crate::metrics::Metrics;
 use crate::netlink::monitor::Change;
+use crate::netlink::repair::repairs;
 use crate::netlink::{Applier, ApplyReport};
 use crate::plan::{MasqueradeSpec, UdpSpec};
-use crate::repair::repairs;
 use crate::sysctl;
 use crate::udp::Engine;
 

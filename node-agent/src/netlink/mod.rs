@@ -1,9 +1,12 @@
-//! The kernel edge: observe (dump and parse), diff (pure), apply (batched).
+//! The kernel edge: observe (dump and parse), diff (pure), apply (batched),
+//! and targeted drift repair (pure).
 //!
 //! ```text
 //!   RouteSocket ──dump──▶ observe::parse_* ──▶ Observed ┐
 //!                                                      ├─ diff() ─▶ [Op] ─▶ messages ─▶ batch send
 //!   plan::DesiredState ────────────────────────────────┘
+//!
+//!   monitor ──notification──▶ repair::repairs() ─▶ [Op] (or: diff everything)
 //! ```
 
 pub mod apply;
@@ -12,6 +15,7 @@ pub mod messages;
 pub mod monitor;
 pub mod observe;
 pub mod offload;
+pub mod repair;
 pub mod socket;
 
 #[cfg(test)]

@@ -94,89 +94,117 @@ impl Queue {
         let mut batch = SendBatch::default();
         let mut gso = self.socket.gso;
         while !self.stop.load(Ordering::Relaxed) {
-            batch.clear();
-            let (mut no_peer, mut malformed) = (0, 0);
-            let table = self.peers.load();
-            let reads = if self.batched { READS_PER_BATCH } else { 1 };
-            for _ in 0..reads {
-                let n = match read(&self.tun, &mut frame) {
-                    Ok(n) => n,
-                    Err(e) if would_block(&e) => break,
-                    Err(_) if self.stop.load(Ordering::Relaxed) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the TUN");
-                        std::thread::sleep(std::time::Duration::from_millis(IDLE_POLL_MS as u64));
-                        break;
-                    }
-                };
-                let (header, packet) = if self.vnet {
-                    match VnetHeader::parse(&frame[..n]) {
-                        Some(h) => (h, &frame[vnet::LEN..n]),
-                        None => {
-                            malformed += 1;
-                            continue;
-                        }
-                    }
-                } else {
-                    (VnetHeader::default(), &frame[..n])
-                };
-                let Ok(layout) = Layout::parse(packet) else {
-                    malformed += 1;
-                    continue;
-                };
-                let Some(node) = table.lookup(layout.destination(packet)) else {
-                    no_peer += 1;
-                    continue;
-                };
-                let offset = batch.buffer.len();
-                match segment_into(&header, packet, &mut batch.buffer, self.key.as_ref()) {
-                    Ok(segments) => {
-                        batch.add(SocketAddrV4::new(node, self.port), offset, segments, gso)
-                    }
-                    Err(_) => malformed += 1,
-                }
-                if batch.buffer.len() >= BATCH_BYTES {
-                    break;
-                }
-            }
-            drop(table);
-            self.metrics.drop(DropReason::NoPeer, no_peer);
-            self.metrics.drop(DropReason::Malformed, malformed);
+            let drops = self.fill_batch(&mut frame, &mut batch, gso);
+            self.metrics.drop(DropReason::NoPeer, drops.no_peer);
+            self.metrics.drop(DropReason::Malformed, drops.malformed);
             if batch.is_empty() {
-                if no_peer == 0 && malformed == 0 {
+                // Only an empty TUN is a reason to sleep; dropped frames mean more may wait.
+                if drops.no_peer == 0 && drops.malformed == 0 {
                     wait_readable(&self.tun);
                 }
                 continue;
             }
-            let mut sent = 0;
-            while sent < batch.messages.len() {
-                match self.socket.send(&batch.buffer, &batch.messages[sent..]) {
-                    Ok(n) => sent += n.max(1),
-                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                        wait_writable(self.socket.fd());
-                    }
-                    Err(e) if gso && e.raw_os_error() == Some(libc::EIO) => {
-                        // The path cannot take GSO trains: send them one by one from now on.
-                        tracing::warn!(error = %e, "UDP GSO send failed; falling back to one datagram per packet");
-                        self.metrics.offload.with_label_values(&["udp_gso"]).set(0);
-                        gso = false;
-                        let rest = split(&batch.messages[sent..]);
-                        batch.messages.truncate(sent);
-                        batch.messages.extend(rest);
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "sending a UDP batch");
-                        self.metrics.drop(
-                            DropReason::SendError,
-                            batch.messages[sent].datagrams() as u64,
-                        );
-                        sent += 1;
-                    }
-                }
-            }
+            self.send_batch(&mut batch, &mut gso);
             tx.packets.inc_by(batch.packets as u64);
             tx.bytes.inc_by(batch.buffer.len() as u64);
             tx.batch.observe(batch.packets as f64);
+        }
+    }
+
+    /// Refills `batch` from the TUN until it is empty, the read budget is
+    /// spent or [`BATCH_BYTES`] wait; returns the frames dropped on the way.
+    fn fill_batch(&self, frame: &mut [u8], batch: &mut SendBatch, gso: bool) -> SendDrops {
+        batch.clear();
+        let mut drops = SendDrops::default();
+        // One table load per round, not per frame; released before the send.
+        let table = self.peers.load();
+        let reads = if self.batched { READS_PER_BATCH } else { 1 };
+        for _ in 0..reads {
+            let Some(n) = self.read_frame(frame) else {
+                break;
+            };
+            match self.add_frame(&table, &frame[..n], batch, gso) {
+                Ok(()) => {}
+                Err(DropReason::NoPeer) => drops.no_peer += 1,
+                Err(_) => drops.malformed += 1,
+            }
+            if batch.buffer.len() >= BATCH_BYTES {
+                break;
+            }
+        }
+        drops
+    }
+
+    /// The length of the next frame read from the TUN, or `None` when this
+    /// round should end (nothing to read, stopping, or a read error).
+    fn read_frame(&self, frame: &mut [u8]) -> Option<usize> {
+        match read(&self.tun, frame) {
+            Ok(n) => Some(n),
+            Err(e) if would_block(&e) => None,
+            Err(_) if self.stop.load(Ordering::Relaxed) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the TUN");
+                // A persistent error must not spin the thread.
+                std::thread::sleep(std::time::Duration::from_millis(IDLE_POLL_MS as u64));
+                None
+            }
+        }
+    }
+
+    /// Cuts one TUN frame into datagrams for the peer owning its
+    /// destination, straight into `batch`; on error nothing is added.
+    fn add_frame(
+        &self,
+        table: &PeerTable,
+        frame: &[u8],
+        batch: &mut SendBatch,
+        gso: bool,
+    ) -> Result<(), DropReason> {
+        let (header, packet) = if self.vnet {
+            let header = VnetHeader::parse(frame).ok_or(DropReason::Malformed)?;
+            (header, &frame[vnet::LEN..])
+        } else {
+            (VnetHeader::default(), frame)
+        };
+        let layout = Layout::parse(packet).map_err(|_| DropReason::Malformed)?;
+        let node = table
+            .lookup(layout.destination(packet))
+            .ok_or(DropReason::NoPeer)?;
+        let offset = batch.buffer.len();
+        let segments = segment_into(&header, packet, &mut batch.buffer, self.key.as_ref())
+            .map_err(|_| DropReason::Malformed)?;
+        batch.add(SocketAddrV4::new(node, self.port), offset, segments, gso);
+        Ok(())
+    }
+
+    /// Sends every message of `batch`, waiting while the socket is full; a
+    /// message the kernel refuses is counted and skipped.
+    fn send_batch(&self, batch: &mut SendBatch, gso: &mut bool) {
+        let mut sent = 0;
+        while sent < batch.messages.len() {
+            match self.socket.send(&batch.buffer, &batch.messages[sent..]) {
+                Ok(n) => sent += n.max(1),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    wait_writable(self.socket.fd());
+                }
+                Err(e) if *gso && e.raw_os_error() == Some(libc::EIO) => {
+                    // The path cannot take GSO trains: send them one by one from now on.
+                    tracing::warn!(error = %e, "UDP GSO send failed; falling back to one datagram per packet");
+                    self.metrics.offload.with_label_values(&["udp_gso"]).set(0);
+                    *gso = false;
+                    let rest = split(&batch.messages[sent..]);
+                    batch.messages.truncate(sent);
+                    batch.messages.extend(rest);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "sending a UDP batch");
+                    self.metrics.drop(
+                        DropReason::SendError,
+                        batch.messages[sent].datagrams() as u64,
+                    );
+                    sent += 1;
+                }
+            }
         }
     }
 
@@ -273,6 +301,13 @@ pub(crate) fn receive_train(
         counts.bytes += packet.len() as u64;
         coalescer.push(layout, packet, write_tun);
     }
+}
+
+/// Frames of one send round dropped before they became datagrams.
+#[derive(Debug, Default)]
+struct SendDrops {
+    no_peer: u64,
+    malformed: u64,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -95,36 +95,23 @@ impl Default for EngineOptions {
     }
 }
 
-impl Engine {
-    /// Opens the TUN and the sockets in `netns` and starts the loops.
-    pub fn start(
-        netns: &NetNs,
-        spec: &UdpSpec,
-        options: EngineOptions,
-        metrics: &UdpMetrics,
-    ) -> io::Result<Engine> {
-        let device = spec.device.clone();
-        let port = spec.port;
-        let batched = options.batched;
-        let queues = if batched { options.queues } else { 1 };
-        let (tun, sockets) = netns.run(move || -> io::Result<_> {
-            let tun = tun::open(&device, queues, batched)?;
-            let sockets = (0..tun.queues.len())
-                .map(|_| UdpSocket::bind(port, batched))
-                .collect::<io::Result<Vec<_>>>()?;
-            Ok((tun, sockets))
-        })??;
-        let features = Features {
+impl Features {
+    fn of(tun: &tun::Tun, sockets: &[UdpSocket]) -> Features {
+        Features {
             tun: tun.features,
             gso: sockets.iter().all(|s| s.gso),
             gro: sockets.iter().all(|s| s.gro),
-        };
+        }
+    }
+
+    /// Sets `tartan_agent_udp_offload`, so a missing offload shows on a dashboard.
+    fn record(&self, metrics: &UdpMetrics) {
         for (feature, on) in [
-            ("vnet_hdr", features.tun.vnet_hdr),
-            ("tso", features.tun.tso),
-            ("uso", features.tun.uso),
-            ("udp_gso", features.gso),
-            ("udp_gro", features.gro),
+            ("vnet_hdr", self.tun.vnet_hdr),
+            ("tso", self.tun.tso),
+            ("uso", self.tun.uso),
+            ("udp_gso", self.gso),
+            ("udp_gro", self.gro),
         ] {
             metrics
                 .offload
@@ -134,18 +121,67 @@ impl Engine {
         metrics
             .offload
             .with_label_values(&["queues"])
-            .set(features.tun.queues as i64);
+            .set(self.tun.queues as i64);
+    }
+
+    fn log_started(&self, spec: &UdpSpec) {
         tracing::info!(
             device = %spec.device,
-            port,
-            queues = features.tun.queues,
-            vnet_hdr = features.tun.vnet_hdr,
-            tso = features.tun.tso,
-            uso = features.tun.uso,
-            udp_gso = features.gso,
-            udp_gro = features.gro,
+            port = spec.port,
+            queues = self.tun.queues,
+            vnet_hdr = self.tun.vnet_hdr,
+            tso = self.tun.tso,
+            uso = self.tun.uso,
+            udp_gso = self.gso,
+            udp_gro = self.gro,
             "udp backend datapath started"
         );
+    }
+}
+
+/// Opens `spec`'s TUN with up to `queues` queues in `netns`, and one socket
+/// on `spec`'s port for each queue the kernel granted.
+fn open_queues(
+    netns: &NetNs,
+    spec: &UdpSpec,
+    queues: usize,
+    batched: bool,
+) -> io::Result<(tun::Tun, Vec<UdpSocket>)> {
+    netns.run(|| -> io::Result<_> {
+        let tun = tun::open(&spec.device, queues, batched)?;
+        let sockets = (0..tun.queues.len())
+            .map(|_| UdpSocket::bind(spec.port, batched))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok((tun, sockets))
+    })?
+}
+
+/// Starts queue `i`'s send and receive threads.
+fn spawn_queue(i: usize, queue: Queue) -> io::Result<[JoinHandle<()>; 2]> {
+    let sender = queue.clone();
+    let tx = std::thread::Builder::new()
+        .name(format!("tartan-udp-tx{i}"))
+        .spawn(move || sender.send_loop())?;
+    let rx = std::thread::Builder::new()
+        .name(format!("tartan-udp-rx{i}"))
+        .spawn(move || queue.receive_loop())?;
+    Ok([tx, rx])
+}
+
+impl Engine {
+    /// Opens the TUN and the sockets in `netns` and starts the loops.
+    pub fn start(
+        netns: &NetNs,
+        spec: &UdpSpec,
+        options: EngineOptions,
+        metrics: &UdpMetrics,
+    ) -> io::Result<Engine> {
+        let batched = options.batched;
+        let queues = if batched { options.queues } else { 1 };
+        let (tun, sockets) = open_queues(netns, spec, queues, batched)?;
+        let features = Features::of(&tun, &sockets);
+        features.record(metrics);
+        features.log_started(spec);
         let peers = Peers::default();
         peers.store(PeerTable::new(&spec.peers, &spec.senders, &spec.local));
         let stop = Arc::new(AtomicBool::new(false));
@@ -156,27 +192,17 @@ impl Engine {
                 socket: Arc::new(socket),
                 vnet: features.tun.vnet_hdr,
                 batched,
-                port,
+                port: spec.port,
                 peers: peers.clone(),
                 key: options.key,
                 metrics: metrics.clone(),
                 stop: stop.clone(),
             };
-            let sender = queue.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("tartan-udp-tx{i}"))
-                    .spawn(move || sender.send_loop())?,
-            );
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("tartan-udp-rx{i}"))
-                    .spawn(move || queue.receive_loop())?,
-            );
+            threads.extend(spawn_queue(i, queue)?);
         }
         Ok(Engine {
             device: spec.device.clone(),
-            port,
+            port: spec.port,
             peers,
             current: spec.clone(),
             stop,

@@ -31,21 +31,9 @@ pub fn segment_into(
 ) -> Result<Segments, Malformed> {
     let layout = Layout::parse(packet)?;
     let packet = &packet[..layout.total];
-    let gso = header.gso_type & !vnet::GSO_ECN;
-    let protocol = match gso {
-        vnet::GSO_NONE => return single(header, packet, out, key),
-        vnet::GSO_TCPV4 | vnet::GSO_TCPV6 => TCP,
-        vnet::GSO_UDP_L4 => UDP,
-        _ => return Err(Malformed::Transport),
+    let Some(protocol) = gso_protocol(header, &layout)? else {
+        return single(header, packet, out, key);
     };
-    let family_matches = match gso {
-        vnet::GSO_TCPV4 => !layout.v6,
-        vnet::GSO_TCPV6 => layout.v6,
-        _ => true,
-    };
-    if layout.protocol != protocol || !family_matches {
-        return Err(Malformed::Transport);
-    }
     let transport_len = layout.transport_len(packet)?;
     let headers = layout.ip_len + transport_len;
     let mss = usize::from(header.gso_size);
@@ -55,30 +43,104 @@ pub fn segment_into(
     }
     let count = payload.len().div_ceil(mss);
     out.reserve(payload.len() + count * headers);
-    let (src, dst) = layout.addresses(packet);
-    let pseudo = checksum::pseudo_header(src, dst, protocol, 0);
-    let v4_id = (!layout.v6).then(|| u16::from_be_bytes([packet[4], packet[5]]));
-    let seq = u32::from_be_bytes([
-        packet[layout.ip_len + 4],
-        packet[layout.ip_len + 5],
-        packet[layout.ip_len + 6],
-        packet[layout.ip_len + 7],
-    ]);
+    let cut = Cut::new(layout, protocol, packet, transport_len, mss, count);
     for (i, chunk) in payload.chunks(mss).enumerate() {
+        cut.append(i, chunk, out, key);
+    }
+    let tag = if key.is_some() { TAG_LEN } else { 0 };
+    Ok(Segments {
+        size: headers + mss + tag,
+        count,
+        total: packet.len() + (count - 1) * headers + count * tag,
+    })
+}
+
+/// The transport protocol `header` asks to segment, or `None` when the
+/// packet leaves whole; an error when the packet is not what `header` says.
+fn gso_protocol(header: &VnetHeader, layout: &Layout) -> Result<Option<u8>, Malformed> {
+    let (protocol, family_matches) = match header.gso_type & !vnet::GSO_ECN {
+        vnet::GSO_NONE => return Ok(None),
+        vnet::GSO_TCPV4 => (TCP, !layout.v6),
+        vnet::GSO_TCPV6 => (TCP, layout.v6),
+        vnet::GSO_UDP_L4 => (UDP, true),
+        _ => return Err(Malformed::Transport),
+    };
+    if layout.protocol != protocol || !family_matches {
+        return Err(Malformed::Transport);
+    }
+    Ok(Some(protocol))
+}
+
+/// How one super-packet is cut: what every segment starts from, read once.
+struct Cut<'a> {
+    layout: Layout,
+    protocol: u8,
+    /// The super-packet's IP and transport headers, copied before each chunk.
+    headers: &'a [u8],
+    transport_len: usize,
+    mss: usize,
+    count: usize,
+    /// The pseudo-header sum without the length, which differs per segment.
+    pseudo: u64,
+    /// IPv4 only: each segment takes the next identification.
+    v4_id: Option<u16>,
+    /// TCP: the first segment's sequence number (UDP: unused).
+    seq: u32,
+}
+
+impl<'a> Cut<'a> {
+    fn new(
+        layout: Layout,
+        protocol: u8,
+        packet: &'a [u8],
+        transport_len: usize,
+        mss: usize,
+        count: usize,
+    ) -> Self {
+        let (src, dst) = layout.addresses(packet);
+        let t = layout.ip_len;
+        Cut {
+            layout,
+            protocol,
+            headers: &packet[..t + transport_len],
+            transport_len,
+            mss,
+            count,
+            pseudo: checksum::pseudo_header(src, dst, protocol, 0),
+            v4_id: (!layout.v6).then(|| u16::from_be_bytes([packet[4], packet[5]])),
+            seq: u32::from_be_bytes([packet[t + 4], packet[t + 5], packet[t + 6], packet[t + 7]]),
+        }
+    }
+
+    /// Appends segment `i` of the train, the headers then `chunk`, with its
+    /// headers and checksum rewritten for its place, then its tag.
+    fn append(&self, i: usize, chunk: &[u8], out: &mut Vec<u8>, key: Option<&DatagramKey>) {
         let start = out.len();
-        out.extend_from_slice(&packet[..headers]);
+        out.extend_from_slice(self.headers);
         out.extend_from_slice(chunk);
         let seg = &mut out[start..];
-        if let Some(id) = v4_id {
+        if let Some(id) = self.v4_id {
             seg[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
         }
-        layout.set_total(seg, headers + chunk.len());
-        let t = layout.ip_len;
-        let transport_total = transport_len + chunk.len();
-        let check_at = if protocol == TCP {
-            let s = seq.wrapping_add((i * mss) as u32);
+        self.layout.set_total(seg, self.headers.len() + chunk.len());
+        let transport_total = self.transport_len + chunk.len();
+        let check_at = self.set_transport(seg, i, transport_total);
+        self.set_checksum(seg, check_at, transport_total);
+        if let Some(key) = key {
+            let tag = key.tag(&out[start..]);
+            out.extend_from_slice(&tag);
+        }
+    }
+
+    /// Rewrites the transport fields that differ per segment; returns where
+    /// the transport checksum goes.
+    fn set_transport(&self, seg: &mut [u8], i: usize, transport_total: usize) -> usize {
+        let t = self.layout.ip_len;
+        if self.protocol == TCP {
+            let s = self.seq.wrapping_add((i * self.mss) as u32);
             seg[t + 4..t + 8].copy_from_slice(&s.to_be_bytes());
-            if i + 1 < count {
+            // As the kernel's TSO does: FIN and PSH stay on the last segment, CWR on the first.
+            if i + 1 < self.count {
                 seg[t + 13] &= !(TCP_FIN | TCP_PSH);
             }
             if i > 0 {
@@ -88,24 +150,19 @@ pub fn segment_into(
         } else {
             seg[t + 4..t + 6].copy_from_slice(&(transport_total as u16).to_be_bytes());
             t + 6
-        };
+        }
+    }
+
+    fn set_checksum(&self, seg: &mut [u8], check_at: usize, transport_total: usize) {
         seg[check_at..check_at + 2].copy_from_slice(&[0, 0]);
-        let mut check = checksum::checksum(&seg[t..], pseudo + transport_total as u64);
-        if protocol == UDP && check == 0 {
+        let t = self.layout.ip_len;
+        let mut check = checksum::checksum(&seg[t..], self.pseudo + transport_total as u64);
+        if self.protocol == UDP && check == 0 {
+            // A UDP checksum of 0 means "none"; the same sum is sent as all ones.
             check = 0xffff;
         }
         seg[check_at..check_at + 2].copy_from_slice(&check.to_be_bytes());
-        if let Some(key) = key {
-            let tag = key.tag(&out[start..]);
-            out.extend_from_slice(&tag);
-        }
     }
-    let tag = if key.is_some() { TAG_LEN } else { 0 };
-    Ok(Segments {
-        size: headers + mss + tag,
-        count,
-        total: packet.len() + (count - 1) * headers + count * tag,
-    })
 }
 
 /// One packet, its checksum completed if the kernel left that to us.

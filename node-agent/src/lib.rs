@@ -29,5 +29,3 @@ pub mod udp;
 pub mod underlay;
 pub mod watch;
 
-#[cfg(test)]
-mod agent_tests;

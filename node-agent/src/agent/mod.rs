@@ -28,6 +28,9 @@ use crate::status::node_status;
 use crate::underlay::{self, Choice};
 use crate::watch::{Inputs, ReadyInputs};
 
+#[cfg(test)]
+mod tests;
+
 /// The field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "tartan-agent";
 

@@ -67,6 +67,9 @@ pub enum LabCommand {
         out: PathBuf,
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// Only the peer-programming comparison (Tartan against `ip -batch`), printed.
+        #[arg(long)]
+        programming_only: bool,
     },
     /// (internal) The agents daemon `up` starts.
     #[command(hide = true)]
@@ -163,7 +166,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("lab {name:?} removed ({removed} namespaces)");
             Ok(())
         }
-        LabCommand::Bench { out, seconds } => {
+        LabCommand::Bench {
+            programming_only: true,
+            ..
+        } => {
+            println!("{}", crate::bench::run_programming()?);
+            Ok(())
+        }
+        LabCommand::Bench { out, seconds, .. } => {
             let md = crate::bench::run(&out, seconds)?;
             println!("{md}\nwritten to {}", out.display());
             Ok(())

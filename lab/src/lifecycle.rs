@@ -83,7 +83,7 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
             .exists()
     {
         bail!(
-            "--control-plane: the Kubernetes binaries are not built; run `bash tests/control-plane/build.sh` ({})",
+            "--control-plane: the Kubernetes binaries are not built; run `make control-plane` ({})",
             tartan_harness::cluster::binaries_dir().display()
         );
     }

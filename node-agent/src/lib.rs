@@ -28,4 +28,3 @@ pub mod sysctl;
 pub mod udp;
 pub mod underlay;
 pub mod watch;
-

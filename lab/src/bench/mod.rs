@@ -177,25 +177,7 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
             row.gbps / kernel_vxlan
         ));
     }
-    md.push_str("\n## Programming peers from empty (same objects both ways, best of 3)\n\n| peers | objects | tartan | iproute2 `ip -batch` + `bridge -batch` | ratio |\n|---:|---:|---:|---:|---:|\n");
-    for f in [&p1000, &p5000] {
-        md.push_str(&format!(
-            "| {} | {} | {:.1} ms | {:.1} ms | {:.2} |\n",
-            f.peers,
-            f.objects,
-            f.tartan.as_secs_f64() * 1e3,
-            f.iproute2.as_secs_f64() * 1e3,
-            f.tartan.as_secs_f64() / f.iproute2.as_secs_f64()
-        ));
-    }
-    md.push_str(&format!(
-        "\n- one peer joining with 5,000 present: {:.1} ms ({} kernel changes)\n- a no-op full resync at 5,000 peers: {:.1} ms\n- process RSS holding the 5,000-peer state: {} KiB ({} KiB before programming)\n",
-        p5000.one_join.as_secs_f64() * 1e3,
-        p5000.join_changes,
-        p5000.noop_resync.as_secs_f64() * 1e3,
-        rss_after,
-        rss_before
-    ));
+    md.push_str(&programming_section(&p1000, &p5000, rss_before, rss_after));
     std::fs::create_dir_all(out_dir)?;
     std::fs::write(out_dir.join("bench.md"), &md)?;
     chart(&out_dir.join("throughput.svg"), &rows)?;
@@ -260,4 +242,52 @@ fn chart(path: &Path, rows: &[Throughput]) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+/// `bench --programming-only`: just the peer-programming comparison (root, iproute2).
+pub fn run_programming() -> anyhow::Result<String> {
+    crate::lifecycle::require_root()?;
+    let missing = tartan_testbed::missing(&["ip", "bridge"]);
+    if !missing.is_empty() {
+        bail!(
+            "bench needs {} (make bench installs them)",
+            missing.join(", ")
+        );
+    }
+    let prefix = format!("tbench{}", std::process::id() % 10_000);
+    let rss_before = rss_kib();
+    let p1000 = best_of(3, &prefix, 1_000)?;
+    let p5000 = best_of(3, &prefix, 5_000)?;
+    let rss_after = rss_kib();
+    Ok(programming_section(&p1000, &p5000, rss_before, rss_after))
+}
+
+fn programming_section(
+    p1000: &program::ProgramFigures,
+    p5000: &program::ProgramFigures,
+    rss_before: u64,
+    rss_after: u64,
+) -> String {
+    let mut md = String::from(
+        "\n## Programming peers from empty (same objects both ways, best of 3)\n\n| peers | objects | tartan | iproute2 `ip -batch` + `bridge -batch` | ratio |\n|---:|---:|---:|---:|---:|\n",
+    );
+    for f in [p1000, p5000] {
+        md.push_str(&format!(
+            "| {} | {} | {:.1} ms | {:.1} ms | {:.2} |\n",
+            f.peers,
+            f.objects,
+            f.tartan.as_secs_f64() * 1e3,
+            f.iproute2.as_secs_f64() * 1e3,
+            f.tartan.as_secs_f64() / f.iproute2.as_secs_f64()
+        ));
+    }
+    md.push_str(&format!(
+        "\n- one peer joining with 5,000 present: {:.1} ms ({} kernel changes)\n- a no-op full resync at 5,000 peers: {:.1} ms\n- process RSS holding the 5,000-peer state: {} KiB ({} KiB before programming)\n",
+        p5000.one_join.as_secs_f64() * 1e3,
+        p5000.join_changes,
+        p5000.noop_resync.as_secs_f64() * 1e3,
+        rss_after,
+        rss_before
+    ));
+    md
 }

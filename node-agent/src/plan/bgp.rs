@@ -45,10 +45,7 @@ pub fn spec(
             .node_selector
             .as_ref()
             .is_none_or(|s| tartan_crds::selector::matches(s, &facts.node_labels));
-        // Validated with the network; an address that does not parse is skipped.
-        let Some(address) = tartan_crds::cidr::parse_ip(&peer.address) else {
-            continue;
-        };
+        let address = peer.address;
         if !selected || neighbors.iter().any(|n| n.address == address) {
             continue;
         }

@@ -340,7 +340,7 @@ pub fn plan(
     let vxlan = needs_vxlan.then(|| VxlanSpec {
         name: vxlan_name.clone(),
         vni: network.backend.vxlan.vni,
-        port: u16::try_from(network.backend.vxlan.port).unwrap_or(8472),
+        port: network.backend.vxlan.port,
         underlay: facts.underlay.clone(),
         local: IpAddr::V4(facts.node_ip),
         mac,

@@ -51,7 +51,7 @@ pub fn spec(
 ) -> UdpSpec {
     UdpSpec {
         device: TUN.into(),
-        port: u16::try_from(network.backend.udp.port).unwrap_or(8285),
+        port: network.backend.udp.port,
         mtu: facts.underlay_mtu.saturating_sub(overhead(facts)),
         addresses: own.iter().map(|n| host_net(*n)).collect(),
         local: own.to_vec(),

@@ -39,10 +39,10 @@ fn bird_mode(lab: &str, node: &str) -> BirdMode {
     }
 }
 
-fn facts(node: &LabNode, bgp: BgpObserved, udp_auth: bool) -> LocalFacts {
+fn facts(node: &LabNode, bgp: BgpObserved, udp_tag_len: u32) -> LocalFacts {
     LocalFacts {
         bgp,
-        udp_auth,
+        udp_tag_len,
         ..tartan_agent::testbed::Node::from(node).facts()
     }
 }
@@ -159,7 +159,11 @@ fn converge(
             let facts = facts(
                 node,
                 bgp[i].clone(),
-                state.udp == UdpDatapath::Authenticated,
+                if state.udp == UdpDatapath::Authenticated {
+                    tartan_agent::udp::auth::TAG_LEN as u32
+                } else {
+                    0
+                },
             );
             let desired = plan(&network, &local, &peers, &facts);
             bgp_on[i] = desired.bgp.is_some();

@@ -59,8 +59,9 @@ pub struct LocalFacts {
     pub node_labels: BTreeMap<String, String>,
     /// What BIRD and the kernel say about BGP.
     pub bgp: BgpObserved,
-    /// udp datagrams carry an authentication tag (16 more bytes of overhead).
-    pub udp_auth: bool,
+    /// Bytes of authentication tag on every udp datagram (0: not authenticated).
+    /// An input, like the underlay MTU: the planner does not know the datapath.
+    pub udp_tag_len: u32,
 }
 
 impl Default for LocalFacts {
@@ -74,7 +75,7 @@ impl Default for LocalFacts {
             kernel: (0, 0),
             node_labels: BTreeMap::new(),
             bgp: BgpObserved::default(),
-            udp_auth: false,
+            udp_tag_len: 0,
         }
     }
 }

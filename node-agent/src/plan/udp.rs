@@ -34,12 +34,7 @@ pub fn cluster_routes(
 
 /// Outer IPv4 and UDP headers, and the tag when datagrams are authenticated.
 pub fn overhead(facts: &LocalFacts) -> u32 {
-    UDP_OVERHEAD_V4
-        + if facts.udp_auth {
-            crate::udp::auth::TAG_LEN as u32
-        } else {
-            0
-        }
+    UDP_OVERHEAD_V4 + facts.udp_tag_len
 }
 
 pub fn spec(

@@ -5,8 +5,8 @@
 //! every backend some peer still sends with. It sends to a peer over the target
 //! once the peer lists it in `receiveBackends`; until then over the first
 //! backend of [`SUPPORTED`] that the peer still receives on and that reaches
-//! it now. Each backend passed over leaves a [`PeerProblem`]; reaching the peer
-//! over the target settles them, a fallback keeps them reported.
+//! it now. Each backend passed over leaves a [`PeerProblem`], so a peer
+//! reached over a fallback stays reported until the target reaches it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -221,24 +221,17 @@ impl Rules<'_> {
     /// Why `backend` cannot reach `peer` now, if it cannot.
     fn blocked(&self, backend: BackendType, peer: &Peer, reach: Reach) -> Option<PeerProblem> {
         let peer_name = || peer.name.clone();
+        let learned = || (self.facts.bgp.learned).contains(&IpNet::V4(peer.subnet.cidr));
         match backend {
             BackendType::HostGw if !reach.on_link => Some(PeerProblem::NotOnLink {
                 peer: peer_name(),
                 node_ip: IpAddr::V4(reach.node_ip),
             }),
             // Make-before-break: the old path stays until BGP delivers the new one.
-            BackendType::Bgp
-                if !self
-                    .facts
-                    .bgp
-                    .learned
-                    .contains(&IpNet::V4(peer.subnet.cidr)) =>
-            {
-                Some(PeerProblem::Pending {
-                    peer: peer_name(),
-                    missing: "BGP route",
-                })
-            }
+            BackendType::Bgp if !learned() => Some(PeerProblem::Pending {
+                peer: peer_name(),
+                missing: "BGP route",
+            }),
             // A direct-routed on-link peer is reached without its VTEP.
             BackendType::Vxlan
                 if reach.endpoint.vtep_mac.is_none() && !(self.direct && reach.on_link) =>

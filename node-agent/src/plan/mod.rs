@@ -263,6 +263,8 @@ struct ReceivePaths {
 }
 
 impl ReceivePaths {
+    /// While the TUN stays, the cluster's routes into it join `objects.routes`
+    /// and the udp peer table moves into its spec.
     fn new(
         node: &Node,
         mut receive: BTreeSet<BackendType>,

@@ -28,7 +28,7 @@ pub use overlay_network::{
     Backend, BackendType, BgpConfig, BgpPeer, OverlayNetwork, OverlayNetworkSpec,
     OverlayNetworkStatus, UdpConfig, VxlanConfig,
 };
-pub use validate::{ValidNetwork, ValidNodeSubnet};
+pub use validate::{ValidBackend, ValidNetwork, ValidNodeSubnet};
 
 /// The API group of every Tartan kind.
 pub const GROUP: &str = "tartan.dev";

@@ -41,7 +41,7 @@ fn bird_mode(lab: &str, node: &str) -> BirdMode {
 }
 
 /// What an agent on this node finds out about it (a 1500-byte underlay).
-fn facts(node: &LabNode, bgp: BgpObserved, udp_auth: bool) -> LocalFacts {
+fn facts(node: &LabNode, bgp: BgpObserved, udp_tag_len: u32) -> LocalFacts {
     let underlay = Underlay {
         name: node.iface.clone(),
         node_ip: node.ip,
@@ -52,7 +52,7 @@ fn facts(node: &LabNode, bgp: BgpObserved, udp_auth: bool) -> LocalFacts {
     LocalFacts {
         node_labels: node.labels.clone(),
         bgp,
-        udp_auth,
+        udp_tag_len,
         ..underlay.facts(tartan_agent::host::kernel_version())
     }
 }
@@ -169,7 +169,11 @@ fn converge(
             let facts = facts(
                 node,
                 bgp[i].clone(),
-                state.udp == UdpDatapath::Authenticated,
+                if state.udp == UdpDatapath::Authenticated {
+                    tartan_agent::udp::auth::TAG_LEN as u32
+                } else {
+                    0
+                },
             );
             let desired = plan(&network, &local, &peers, &facts);
             bgp_on[i] = desired.bgp.is_some();

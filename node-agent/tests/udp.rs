@@ -181,7 +181,7 @@ fn with_a_shared_key_only_tagged_datagrams_get_through() {
         f.planes.remove(i).stop();
         let plane = f.start_plane_with(i, options);
         let facts = LocalFacts {
-            udp_auth: true,
+            udp_tag_len: tartan_agent::udp::auth::TAG_LEN as u32,
             ..facts(&f.topo, i)
         };
         plane

@@ -154,7 +154,11 @@ impl<P: Programmer> Agent<P> {
         };
         let mut facts = self.facts(ready)?;
         facts.node_labels = ready.node_labels.clone();
-        facts.udp_auth = self.udp_auth;
+        facts.udp_tag_len = if self.udp_auth {
+            crate::udp::auth::TAG_LEN as u32
+        } else {
+            0
+        };
         if self.bgp_on || ready.network.backend.type_ == BackendType::Bgp {
             self.bgp = self.observe_bgp().await;
         }

@@ -18,8 +18,6 @@ pub mod offload;
 pub mod repair;
 pub mod socket;
 
-#[cfg(test)]
-mod diff_tests;
 
 pub use apply::{Applier, ApplyError, ApplyReport};
 pub use diff::{Op, diff};

@@ -15,7 +15,9 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
 
-use crate::plan::{Device, FdbSpec, NeighbourSpec, ROUTE_PROTOCOL, RouteSpec, is_tartan_device};
+use crate::plan::{
+    Device, FdbSpec, NeighbourSpec, ROUTE_PROTOCOL, RouteSpec, is_tartan_device, is_vxlan_device,
+};
 
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
@@ -221,7 +223,7 @@ pub fn neighbour_parts(message: &NeighbourMessage) -> (Option<IpAddr>, Option<[u
 /// A permanent IP neighbour on a Tartan VXLAN device.
 pub fn parse_neighbour(message: &NeighbourMessage, names: &Names) -> Option<NeighbourSpec> {
     let device = names.get(&message.header.ifindex)?;
-    if !device.starts_with("tartan.") || message.header.state != NeighbourState::Permanent {
+    if !is_vxlan_device(device) || message.header.state != NeighbourState::Permanent {
         return None;
     }
     let (address, mac) = neighbour_parts(message);
@@ -235,7 +237,7 @@ pub fn parse_neighbour(message: &NeighbourMessage, names: &Names) -> Option<Neig
 /// An FDB entry with a remote on a Tartan VXLAN device (AF_BRIDGE neighbour).
 pub fn parse_fdb(message: &NeighbourMessage, names: &Names) -> Option<FdbSpec> {
     let device = names.get(&message.header.ifindex)?;
-    if !device.starts_with("tartan.") {
+    if !is_vxlan_device(device) {
         return None;
     }
     let (destination, mac) = neighbour_parts(message);

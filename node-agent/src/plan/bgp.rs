@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use tartan_crds::{ValidNetwork, ValidNodeSubnet};
 
-use super::{BgpNeighbor, BgpObserved, BgpSpec, LocalFacts};
+use super::{BgpNeighbor, BgpObserved, BgpSpec, LocalFacts, LocalProblem};
 
 /// A BIRD protocol name from an address: letters, digits and `_` only.
 fn protocol_name(prefix: &str, address: IpAddr) -> String {
@@ -45,10 +45,7 @@ pub fn spec(
             .node_selector
             .as_ref()
             .is_none_or(|s| tartan_crds::selector::matches(s, &facts.node_labels));
-        // Validated with the network; an address that does not parse is skipped.
-        let Some(address) = tartan_crds::cidr::parse_ip(&peer.address) else {
-            continue;
-        };
+        let address = peer.address;
         if !selected || neighbors.iter().any(|n| n.address == address) {
             continue;
         }
@@ -74,9 +71,11 @@ pub fn spec(
     }
 }
 
-/// "label address (state: last error)" of each expected session not Established.
-pub fn sessions_down(spec: &BgpSpec, observed: &BgpObserved) -> Vec<String> {
-    spec.neighbors
+/// The expected sessions that are not Established, each as
+/// "label address (state: last error)"; `None` when all are.
+pub fn sessions_down(spec: &BgpSpec, observed: &BgpObserved) -> Option<LocalProblem> {
+    let sessions: Vec<String> = spec
+        .neighbors
         .iter()
         .filter_map(|n| {
             let why = match (observed.sessions.get(&n.name), &observed.error) {
@@ -90,5 +89,6 @@ pub fn sessions_down(spec: &BgpSpec, observed: &BgpObserved) -> Vec<String> {
             };
             Some(format!("{} {} ({why})", n.label, n.address))
         })
-        .collect()
+        .collect();
+    (!sessions.is_empty()).then_some(LocalProblem::BgpSessionsDown { sessions })
 }

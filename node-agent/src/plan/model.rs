@@ -13,9 +13,17 @@ pub const BRIDGE: &str = "cni0";
 /// so pruning never touches a route that is not ours.
 pub const ROUTE_PROTOCOL: u8 = 84;
 
+/// What every VXLAN device name of Tartan's starts with (`tartan.<vni>`).
+const VXLAN_PREFIX: &str = "tartan.";
+
 /// The VXLAN device name for a VNI.
 pub fn vxlan_name(vni: u32) -> String {
-    format!("tartan.{vni}")
+    format!("{VXLAN_PREFIX}{vni}")
+}
+
+/// Whether a device name is one of Tartan's VXLAN devices (of any VNI).
+pub fn is_vxlan_device(name: &str) -> bool {
+    name.starts_with(VXLAN_PREFIX)
 }
 
 /// The udp backend's TUN device.
@@ -23,7 +31,7 @@ pub const TUN: &str = "tartan0";
 
 /// Whether a device name is one Tartan owns (and may delete).
 pub fn is_tartan_device(name: &str) -> bool {
-    name == BRIDGE || name.starts_with("tartan.") || name == TUN
+    name == BRIDGE || is_vxlan_device(name) || name == TUN
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +75,7 @@ impl Device {
 
     /// The device kind a name stands for.
     pub fn from_name(name: &str) -> Device {
-        if name.starts_with("tartan.") {
+        if is_vxlan_device(name) {
             Device::Vxlan(name.into())
         } else if name == TUN {
             Device::Tun(name.into())
@@ -86,6 +94,19 @@ pub struct RouteSpec {
     pub onlink: bool,
     /// See [`route_metric`].
     pub metric: u32,
+}
+
+impl RouteSpec {
+    /// A route Tartan installs: its metric follows from the destination.
+    pub fn new(destination: IpNet, gateway: Option<IpAddr>, device: Device, onlink: bool) -> Self {
+        Self {
+            destination,
+            gateway,
+            device,
+            onlink,
+            metric: route_metric(destination),
+        }
+    }
 }
 
 /// The metric of Tartan's route to `destination`: 1 + the subnet's index modulo 1024.

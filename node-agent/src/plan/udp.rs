@@ -4,42 +4,29 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::IpNet;
-use tartan_crds::{ValidNetwork, ValidNodeSubnet};
+use tartan_crds::{BackendType, ValidNetwork, ValidNodeSubnet};
 
-use super::{Device, LocalFacts, RouteSpec, TUN, UDP_OVERHEAD_V4, UdpSpec, host_net, route_metric};
+use super::{Device, LocalFacts, RouteSpec, TUN, UdpSpec, host_net, mtu};
+
+/// `destination dev tartan0`: every route into the TUN, for a peer or the cluster.
+pub fn tun_route(destination: IpNet) -> RouteSpec {
+    RouteSpec::new(destination, None, Device::Tun(TUN.into()), false)
+}
 
 /// Destinations in the cluster no peer route covers go to the TUN too, where
 /// they are dropped and counted instead of leaking to the underlay.
 pub fn cluster_routes(
     network: &ValidNetwork,
     local: &ValidNodeSubnet,
-    routes: &mut BTreeSet<RouteSpec>,
-) {
-    let cluster = std::iter::once(IpNet::V4(network.cidr)).chain(
-        network
-            .ipv6
-            .map(|p| IpNet::V6(p.cidr))
-            .filter(|_| local.ipv6_cidr.is_some()),
-    );
-    for destination in cluster {
-        routes.insert(RouteSpec {
-            destination,
-            gateway: None,
-            device: Device::Tun(TUN.into()),
-            onlink: false,
-            metric: route_metric(destination),
-        });
-    }
-}
-
-/// Outer IPv4 and UDP headers, and the tag when datagrams are authenticated.
-pub fn overhead(facts: &LocalFacts) -> u32 {
-    UDP_OVERHEAD_V4
-        + if facts.udp_auth {
-            crate::udp::auth::TAG_LEN as u32
-        } else {
-            0
-        }
+) -> impl Iterator<Item = RouteSpec> {
+    std::iter::once(IpNet::V4(network.cidr))
+        .chain(
+            network
+                .ipv6
+                .map(|p| IpNet::V6(p.cidr))
+                .filter(|_| local.ipv6_cidr.is_some()),
+        )
+        .map(tun_route)
 }
 
 pub fn spec(
@@ -51,8 +38,8 @@ pub fn spec(
 ) -> UdpSpec {
     UdpSpec {
         device: TUN.into(),
-        port: u16::try_from(network.backend.udp.port).unwrap_or(8285),
-        mtu: facts.underlay_mtu.saturating_sub(overhead(facts)),
+        port: network.backend.udp.port,
+        mtu: mtu::device_mtu(BackendType::Udp, facts),
         addresses: own.iter().map(|n| host_net(*n)).collect(),
         local: own.to_vec(),
         peers,

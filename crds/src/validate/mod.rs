@@ -5,7 +5,6 @@
 //! exist because an object can predate a schema change or be written with
 //! validation off, and a bad object must be reported, never half-applied.
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -13,20 +12,24 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use crate::cidr::{self, check_node_prefix};
 use crate::error::{Result, ValidationError};
 use crate::node_subnet::{NodeSubnetSpec, NodeSubnetStatus};
-use crate::overlay_network::{Backend, BackendType, OverlayNetworkSpec};
+use crate::overlay_network::OverlayNetworkSpec;
+
+mod backend;
+
+pub use backend::{ValidBackend, ValidBgp, ValidBgpPeer, ValidUdp, ValidVxlan};
 
 /// Longest IPv4 node prefix: a /30 still holds the gateway and one pod.
 pub const MAX_IPV4_NODE_PREFIX: u8 = 30;
 /// Longest IPv6 node prefix accepted.
 pub const MAX_IPV6_NODE_PREFIX: u8 = 120;
 
-/// An `OverlayNetworkSpec` that passed validation, with its CIDRs parsed.
+/// An `OverlayNetworkSpec` that passed validation, with its CIDRs and backend parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidNetwork {
     pub cidr: Ipv4Net,
     pub node_prefix_length: u8,
     pub ipv6: Option<Ipv6Pool>,
-    pub backend: Backend,
+    pub backend: ValidBackend,
     pub mtu: Option<u32>,
     pub masquerade: bool,
 }
@@ -63,7 +66,7 @@ impl OverlayNetworkSpec {
                 })
             }
         };
-        validate_backend(&self.backend)?;
+        let backend = self.backend.validate()?;
         if let Some(mtu) = self.mtu {
             in_range("spec.mtu", mtu, 576, 9216)?;
         }
@@ -71,62 +74,11 @@ impl OverlayNetworkSpec {
             cidr,
             node_prefix_length: self.node_prefix_length,
             ipv6,
-            backend: self.backend.clone(),
+            backend,
             mtu: self.mtu,
             masquerade: self.masquerade,
         })
     }
-}
-
-fn validate_backend(backend: &Backend) -> Result<()> {
-    in_range("spec.backend.vxlan.vni", backend.vxlan.vni, 1, 16_777_215)?;
-    in_range("spec.backend.vxlan.port", backend.vxlan.port, 1, 65_535)?;
-    in_range("spec.backend.udp.port", backend.udp.port, 1, 65_535)?;
-    in_range(
-        "spec.backend.bgp.asNumber",
-        backend.bgp.as_number,
-        1,
-        u32::MAX,
-    )?;
-    let mut seen = BTreeSet::new();
-    for (i, peer) in backend.bgp.peers.iter().enumerate() {
-        let field = format!("spec.backend.bgp.peers[{i}].address");
-        let address = cidr::parse_ip(&peer.address)
-            .ok_or_else(|| ValidationError::new(&field, &peer.address, "not an IP address"))?;
-        if !seen.insert(address) {
-            return Err(ValidationError::new(field, &peer.address, "duplicate peer"));
-        }
-        in_range(
-            &format!("spec.backend.bgp.peers[{i}].asNumber"),
-            peer.as_number,
-            1,
-            u32::MAX,
-        )?;
-        if let Some(password) = &peer.password
-            && !valid_bgp_password(password)
-        {
-            // The value is a secret: named by length, never echoed.
-            return Err(ValidationError::new(
-                format!("spec.backend.bgp.peers[{i}].password"),
-                format!("<{} characters>", password.len()),
-                "must be 1 to 80 printable ASCII characters without spaces, quotes or backslashes",
-            ));
-        }
-        if let Some(selector) = &peer.node_selector {
-            crate::selector::validate(
-                &format!("spec.backend.bgp.peers[{i}].nodeSelector"),
-                selector,
-            )?;
-        }
-    }
-    if backend.type_ == BackendType::Udp && backend.udp.port == backend.vxlan.port {
-        return Err(ValidationError::new(
-            "spec.backend.udp.port",
-            backend.udp.port,
-            "must differ from spec.backend.vxlan.port so both can run during a switch",
-        ));
-    }
-    Ok(())
 }
 
 /// What a BGP password may hold: it is written into BIRD's configuration

@@ -1,7 +1,7 @@
 //! The planner for the udp and bgp backends.
 
-use super::tests::{V, facts, network, peer, subnet};
-use super::*;
+use super::{V, facts, network, peer, subnet};
+use crate::plan::*;
 use tartan_crds::OverlayNetworkSpec;
 
 const U: BackendType = BackendType::Udp;

@@ -1,4 +1,7 @@
+mod backends;
+
 use super::*;
+
 use tartan_crds::OverlayNetworkSpec;
 
 pub(super) fn network(backend: BackendType, direct: bool, ipv6: bool) -> ValidNetwork {

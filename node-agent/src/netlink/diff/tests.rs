@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use tartan_crds::validate::ValidEndpoint;
 use tartan_crds::{BackendType, OverlayNetworkSpec, ValidNodeSubnet};
 
-use super::diff::{Op, diff};
-use super::observe::{Observed, ObservedLink, VxlanAttrs};
+use super::{Op, diff};
+use crate::netlink::observe::{Observed, ObservedLink, VxlanAttrs};
 use crate::plan::{DesiredState, LocalFacts, Peer, plan, vtep_mac};
 
 fn link(index: u32, name: &str, kind: InfoKind) -> ObservedLink {

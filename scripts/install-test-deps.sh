@@ -14,8 +14,13 @@ have nsenter || need_apt+=(util-linux)      # nft inside a node namespace
 have bridge  || need_apt+=(iproute2)
 have promtool || need_apt+=(prometheus)     # promtool check metrics
 have bird     || need_apt+=(bird2)          # the bgp backend's BGP daemon
+have buildah  || need_apt+=(buildah)        # node and pod images
+have mmdebstrap || need_apt+=(mmdebstrap)   # Debian root filesystems for images
+have newuidmap || need_apt+=(uidmap)        # buildah's user namespaces
+have pkg-config || need_apt+=(pkg-config)   # runc's cgo build finds libseccomp
 
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need_apt+=(containernetworking-plugins)
+[ -e /usr/include/seccomp.h ] || need_apt+=(libseccomp-dev)  # runc built with seccomp
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-test-deps: apt-get install ${need_apt[*]}"

@@ -18,7 +18,6 @@ pub mod offload;
 pub mod repair;
 pub mod socket;
 
-
 pub use apply::{Applier, ApplyError, ApplyReport};
 pub use diff::{Op, diff};
 pub use observe::Observed;

@@ -16,6 +16,7 @@
 //! ```
 
 mod addresses;
+mod entries;
 mod fdb;
 mod links;
 mod neighbours;

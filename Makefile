@@ -31,7 +31,7 @@ clippy:
 # plain `cargo test` reports them as ignored; here their needs are installed
 # and they run.
 cargo-test:
-	$(CARGO) test --workspace --locked -- --include-ignored
+	$(CARGO) test --workspace --locked --no-fail-fast -- --include-ignored
 
 # Regenerate crds/*.yaml from the API types.
 crds:

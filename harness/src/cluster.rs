@@ -47,11 +47,35 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// How much of a control plane to run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve the API on this host address (reachable from node namespaces,
+    /// and the `kubernetes` Service's endpoint) instead of loopback only.
+    pub address: Option<std::net::Ipv4Addr>,
+    /// What real workloads need: the workload controllers, the root CA
+    /// publisher (`kube-root-ca.crt`), endpoint slices, node lifecycle, and
+    /// kube-scheduler. Without it only what the operator and agents use runs.
+    pub workloads: bool,
+}
+
+/// The ClusterIP range of Services; the `kubernetes` Service takes the first address.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
+
+const MINIMAL_CONTROLLERS: &str = "garbagecollector,namespace,serviceaccount,serviceaccount-token";
+const WORKLOAD_CONTROLLERS: &str = "garbagecollector,namespace,serviceaccount,serviceaccount-token,\
+root-ca-cert-publisher,daemonset,deployment,replicaset,job,endpointslice,endpointslicemirroring,\
+nodelifecycle,ttl-after-finished,disruption,podgc";
+
 pub struct ControlPlane {
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub server: String,
-    // Order matters for drop: the controller manager, then the API server, then etcd.
+    /// The CA every component and client trusts.
+    pub ca: PathBuf,
+    // Order matters for drop: the scheduler and controller manager, then the API server, then etcd.
+    scheduler: Process,
     controller_manager: Process,
     apiserver: Process,
     etcd: Process,
@@ -70,10 +94,21 @@ impl ControlPlane {
 
     /// Like [`start`](Self::start), with its files in `dir`.
     pub async fn start_in(dir: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with(dir, Options::default()).await
+    }
+
+    /// A control plane with `options`, its files in `dir`.
+    pub async fn start_with(dir: PathBuf, options: Options) -> anyhow::Result<Self> {
         let bin = binaries_dir();
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("etcd"))?;
-        let pki = pki::generate().context("generating certificates")?;
+        let sans: Vec<String> = options
+            .address
+            .iter()
+            .map(|a| a.to_string())
+            .chain(std::iter::once(KUBERNETES_SERVICE_IP.to_string()))
+            .collect();
+        let pki = pki::generate(&sans).context("generating certificates")?;
         let write = |file: &str, text: &str| -> anyhow::Result<PathBuf> {
             let path = dir.join(file);
             std::fs::write(&path, text)?;
@@ -104,12 +139,24 @@ impl ControlPlane {
             &dir.join("etcd.log"),
             &[],
         )?;
-        let server = format!("https://127.0.0.1:{secure_port}");
+        let host = options
+            .address
+            .map_or_else(|| "127.0.0.1".to_string(), |a| a.to_string());
+        let server = format!("https://{host}:{secure_port}");
         let apiserver_args: Vec<String> = vec![
             format!("--etcd-servers=http://127.0.0.1:{client_port}"),
-            s("--bind-address=127.0.0.1"),
-            s("--advertise-address=127.0.0.1"),
-            s("--endpoint-reconciler-type=none"),
+            format!("--bind-address={host}"),
+            format!("--advertise-address={host}"),
+            // The `kubernetes` Service points at the API server only when
+            // something can reach it there.
+            format!(
+                "--endpoint-reconciler-type={}",
+                if options.address.is_some() {
+                    "lease"
+                } else {
+                    "none"
+                }
+            ),
             format!("--secure-port={secure_port}"),
             format!("--tls-cert-file={}", server_crt.display()),
             format!("--tls-private-key-file={}", server_key.display()),
@@ -118,7 +165,7 @@ impl ControlPlane {
             format!("--service-account-signing-key-file={}", sa_key.display()),
             s("--service-account-issuer=https://kubernetes.default.svc"),
             s("--authorization-mode=RBAC"),
-            s("--service-cluster-ip-range=10.96.0.0/16"),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             s("--allow-privileged=true"),
             s("--enable-priority-and-fairness=false"),
             s("--v=1"),
@@ -136,6 +183,8 @@ impl ControlPlane {
             dir,
             kubeconfig,
             server,
+            ca: ca.clone(),
+            scheduler: Process::placeholder(),
             controller_manager: Process::placeholder(),
             apiserver,
             etcd,
@@ -148,7 +197,15 @@ impl ControlPlane {
             &bin.join("kube-controller-manager"),
             &[
                 format!("--kubeconfig={}", cp.kubeconfig.display()),
-                s("--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token"),
+                format!(
+                    "--controllers={}",
+                    if options.workloads {
+                        WORKLOAD_CONTROLLERS
+                    } else {
+                        MINIMAL_CONTROLLERS
+                    }
+                ),
+                format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 s("--leader-elect=false"),
                 format!("--service-account-private-key-file={}", sa_key.display()),
                 format!("--root-ca-file={}", ca.display()),
@@ -159,6 +216,21 @@ impl ControlPlane {
             &cp.dir.join("kube-controller-manager.log"),
             &[],
         )?;
+        if options.workloads {
+            cp.scheduler = Process::spawn(
+                "kube-scheduler",
+                &bin.join("kube-scheduler"),
+                &[
+                    format!("--kubeconfig={}", cp.kubeconfig.display()),
+                    s("--leader-elect=false"),
+                    s("--bind-address=127.0.0.1"),
+                    format!("--secure-port={}", free_port()?),
+                    s("--v=1"),
+                ],
+                &cp.dir.join("kube-scheduler.log"),
+                &[],
+            )?;
+        }
         Ok(cp)
     }
 
@@ -275,6 +347,7 @@ fn admin_kubeconfig(server: &str, pki: &pki::Pki) -> String {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        self.scheduler.stop(Duration::from_secs(2));
         self.controller_manager.stop(Duration::from_secs(2));
         self.apiserver.stop(Duration::from_secs(5));
         self.etcd.stop(Duration::from_secs(2));

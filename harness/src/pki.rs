@@ -17,7 +17,9 @@ pub struct Pki {
     pub sa_public_pem: String,
 }
 
-pub fn generate() -> Result<Pki, rcgen::Error> {
+/// Certificates whose API server certificate also names `extra_sans` (a
+/// node-reachable address, the `kubernetes` Service's ClusterIP).
+pub fn generate(extra_sans: &[String]) -> Result<Pki, rcgen::Error> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -32,13 +34,15 @@ pub fn generate() -> Result<Pki, rcgen::Error> {
     let issuer = Issuer::new(ca, &ca_key);
 
     let server_key = KeyPair::generate()?;
-    let mut server = CertificateParams::new(vec![
+    let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "kubernetes".to_string(),
         "kubernetes.default".to_string(),
         "kubernetes.default.svc".to_string(),
-    ])?;
+    ];
+    names.extend(extra_sans.iter().cloned());
+    let mut server = CertificateParams::new(names)?;
     server
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");

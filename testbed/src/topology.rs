@@ -221,6 +221,27 @@ impl Topology {
         Ok(())
     }
 
+    /// A port on the L2 switch for the host itself, with `address`/24: how
+    /// processes in the host's namespace (a control plane) and the nodes
+    /// reach each other. The host side is named `<prefix>-h` (at most 15
+    /// characters) and goes with the switch namespace.
+    pub fn attach_host(&self, address: Ipv4Addr) -> io::Result<String> {
+        let host_side = format!("{}-h", self.prefix);
+        if host_side.len() > 15 {
+            return Err(io::Error::other(format!(
+                "{host_side}: interface names hold at most 15 characters"
+            )));
+        }
+        let sw = self.switch.as_str();
+        ip(&[
+            "link", "add", &host_side, "type", "veth", "peer", "name", "host", "netns", sw,
+        ])?;
+        ip(&["-n", sw, "link", "set", "host", "master", "br0", "up"])?;
+        ip(&["addr", "add", &format!("{address}/24"), "dev", &host_side])?;
+        ip(&["link", "set", &host_side, "up"])?;
+        Ok(host_side)
+    }
+
     /// Leaves the namespaces in place after drop (the lab's `up`).
     pub fn keep(mut self) -> Self {
         self.keep = true;

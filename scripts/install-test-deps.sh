@@ -14,6 +14,7 @@ have nsenter || need_apt+=(util-linux)      # nft inside a node namespace
 have bridge  || need_apt+=(iproute2)
 have promtool || need_apt+=(prometheus)     # promtool check metrics
 have bird     || need_apt+=(bird2)          # the bgp backend's BGP daemon
+have curl     || need_apt+=(curl)           # queries to Prometheus's HTTP API
 have buildah  || need_apt+=(buildah)        # node and pod images
 have mmdebstrap || need_apt+=(mmdebstrap)   # Debian root filesystems for images
 have newuidmap || need_apt+=(uidmap)        # buildah's user namespaces

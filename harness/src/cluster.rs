@@ -115,6 +115,9 @@ impl ControlPlane {
             Ok(path)
         };
         let ca = write("ca.crt", &pki.ca_pem)?;
+        // For clients configured by file rather than kubeconfig (Prometheus).
+        write("admin.crt", &pki.admin_cert_pem)?;
+        write("admin.key", &pki.admin_key_pem)?;
         let server_crt = write("apiserver.crt", &pki.server_cert_pem)?;
         let server_key = write("apiserver.key", &pki.server_key_pem)?;
         let sa_key = write("sa.key", &pki.sa_private_pem)?;

@@ -11,10 +11,12 @@
 //! `target/control-plane/<version>/`.
 
 pub mod cluster;
+pub mod kubelet_cluster;
 pub mod node;
 pub mod node_config;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod setup;
 
 pub use cluster::{ControlPlane, binaries_dir, require_binaries};

@@ -1,0 +1,149 @@
+//! A small real cluster on one machine: the lab's switch with the control
+//! plane on a host port, and N nodes each running containerd, kubelet and
+//! kube-proxy (see [`crate::node`]). Driven with the real kubectl and helm.
+//!
+//! ```text
+//!   host: etcd, kube-apiserver (192.168.100.1), controller-manager, scheduler
+//!     │ <prefix>-h
+//!   [switch br0] ── n1 192.168.100.11 ── n2 192.168.100.12 ── outside .254
+//! ```
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tartan_testbed::Topology;
+
+use crate::cluster::{ControlPlane, Options, binaries_dir};
+use crate::node::{KubeletNode, NodeSpec};
+
+/// The host's address on the lab switch: where the nodes find the API server.
+pub const HOST_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+
+pub struct KubeletCluster {
+    // Dropped in this order: nodes, then the control plane, then the namespaces.
+    pub nodes: Vec<KubeletNode>,
+    pub cp: ControlPlane,
+    pub topo: Topology,
+    pub dir: PathBuf,
+}
+
+impl KubeletCluster {
+    /// `nodes` nodes named n1.., with `images` (docker archives) imported into each.
+    pub async fn start(
+        prefix: &str,
+        nodes: usize,
+        cluster_cidr: &str,
+        images: &[PathBuf],
+    ) -> anyhow::Result<Self> {
+        let topo = Topology::l2(prefix, nodes).context("the nodes' namespaces")?;
+        topo.attach_host(HOST_ADDRESS).context("the host's port")?;
+        let dir = std::env::temp_dir().join(format!("tartan-{prefix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cp = ControlPlane::start_with(
+            dir.join("control-plane"),
+            Options {
+                address: Some(HOST_ADDRESS),
+                workloads: true,
+            },
+        )
+        .await?;
+        let mut started = Vec::new();
+        for n in &topo.nodes {
+            let spec = NodeSpec {
+                name: n.name.clone(),
+                netns: n.netns.clone(),
+                ip: n.ip,
+                dir: dir.join(&n.name),
+                cluster_cidr: cluster_cidr.to_string(),
+            };
+            started.push(KubeletNode::start(&cp, spec, images)?);
+        }
+        Ok(Self {
+            nodes: started,
+            cp,
+            topo,
+            dir,
+        })
+    }
+
+    /// kubectl with the admin kubeconfig; fails with its stderr.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(&binaries_dir().join("kubectl"), &self.cp.kubeconfig, args)
+    }
+
+    /// helm with the admin kubeconfig; fails with its stderr.
+    pub fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(&binaries_dir().join("helm"), &self.cp.kubeconfig, args)
+    }
+
+    /// Polls `check` every 500 ms until it returns `Some`, or fails after
+    /// `timeout` with what it last said and `diagnose`'s output.
+    pub fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<T> {
+        let started = Instant::now();
+        let mut last = String::new();
+        loop {
+            match check() {
+                Ok(Some(value)) => return Ok(value),
+                Ok(None) => {}
+                Err(e) => last = format!("{e:#}"),
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "{what}: not within {timeout:?} ({last})\n{}",
+                    self.diagnose()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Nodes, pods and NodeSubnets, and each kubelet's last lines: what a
+    /// person wants to see when something did not come up.
+    pub fn diagnose(&self) -> String {
+        let mut out = String::new();
+        for args in [
+            &["get", "nodes,pods,nodesubnets", "-A", "-o", "wide"][..],
+            &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
+        ] {
+            out.push_str(&self.kubectl(args).unwrap_or_else(|e| format!("{e:#}\n")));
+        }
+        for node in &self.nodes {
+            out.push_str(&format!(
+                "--- {} kubelet ---\n{}\n",
+                node.spec.name,
+                node.log_tail("kubelet.log")
+            ));
+        }
+        out
+    }
+
+    pub fn node(&self, name: &str) -> anyhow::Result<&KubeletNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.spec.name == name)
+            .with_context(|| format!("no node {name}"))
+    }
+}
+
+fn run(program: &Path, kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = std::process::Command::new(program)
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} {args:?}: {}",
+            program.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

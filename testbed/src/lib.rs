@@ -9,6 +9,10 @@
 //!   require    what a kernel test needs, or a loud failure
 //! ```
 //!
+//! The `tartan-echo` binary (`src/bin/tartan-echo.rs`) is the workload of the
+//! test images (`tests/images/build.sh`): a TCP/UDP echo server, a probe and
+//! a UDP flow that counts its losses.
+//!
 //! Tests that need root or a tool are `#[ignore]`d with the reason and run by
 //! `make test` (`--include-ignored`) once it has installed their tools; inside
 //! such a test [`require`] fails with what is missing instead of passing.

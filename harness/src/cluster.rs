@@ -170,6 +170,8 @@ impl ControlPlane {
             s("--authorization-mode=RBAC"),
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             s("--allow-privileged=true"),
+            // Nodes are found by address: their names do not resolve.
+            s("--kubelet-preferred-address-types=InternalIP,Hostname"),
             s("--enable-priority-and-fairness=false"),
             s("--v=1"),
         ];

@@ -22,11 +22,26 @@ use crate::node::{KubeletNode, NodeSpec};
 pub const HOST_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 
 pub struct KubeletCluster {
-    // Dropped in this order: nodes, then the control plane, then the namespaces.
+    // Dropped in this order: nodes, the control plane, the namespaces, the files.
     pub nodes: Vec<KubeletNode>,
     pub cp: ControlPlane,
     pub topo: Topology,
     pub dir: PathBuf,
+    _files: RemoveOnDrop,
+}
+
+/// Removes the cluster's directory last, unless a test failed (its logs are
+/// for a person to read then) or `TARTAN_E2E_KEEP` is set.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("TARTAN_E2E_KEEP").is_some() {
+            eprintln!("cluster files kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 impl KubeletCluster {
@@ -39,6 +54,20 @@ impl KubeletCluster {
     ) -> anyhow::Result<Self> {
         let topo = Topology::l2(prefix, nodes).context("the nodes' namespaces")?;
         topo.attach_host(HOST_ADDRESS).context("the host's port")?;
+        // A node has a default route: Service addresses (kube-proxy's DNAT
+        // happens after the routing decision) need one to be sent at all.
+        for n in &topo.nodes {
+            tartan_testbed::ip(&[
+                "-n",
+                &n.netns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &HOST_ADDRESS.to_string(),
+            ])
+            .context("the nodes' default route")?;
+        }
         let dir = std::env::temp_dir().join(format!("tartan-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
         let cp = ControlPlane::start_with(
@@ -64,6 +93,7 @@ impl KubeletCluster {
             nodes: started,
             cp,
             topo,
+            _files: RemoveOnDrop(dir.clone()),
             dir,
         })
     }
@@ -87,11 +117,11 @@ impl KubeletCluster {
         mut check: impl FnMut() -> anyhow::Result<Option<T>>,
     ) -> anyhow::Result<T> {
         let started = Instant::now();
-        let mut last = String::new();
+        let mut last;
         loop {
             match check() {
                 Ok(Some(value)) => return Ok(value),
-                Ok(None) => {}
+                Ok(None) => last = "not yet".to_string(),
                 Err(e) => last = format!("{e:#}"),
             }
             if started.elapsed() > timeout {
@@ -109,8 +139,24 @@ impl KubeletCluster {
     pub fn diagnose(&self) -> String {
         let mut out = String::new();
         for args in [
-            &["get", "nodes,pods,nodesubnets", "-A", "-o", "wide"][..],
+            &[
+                "get",
+                "nodes,pods,nodesubnets,overlaynetworks",
+                "-A",
+                "-o",
+                "wide",
+            ][..],
             &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
+            &[
+                "logs",
+                "-n",
+                "tartan-system",
+                "-l",
+                "app.kubernetes.io/name=tartan",
+                "--all-containers",
+                "--prefix",
+                "--tail=15",
+            ][..],
         ] {
             out.push_str(&self.kubectl(args).unwrap_or_else(|e| format!("{e:#}\n")));
         }
@@ -120,6 +166,7 @@ impl KubeletCluster {
                 node.spec.name,
                 node.log_tail("kubelet.log")
             ));
+            out.push_str(&node.pod_logs("tartan-system"));
         }
         out
     }

@@ -31,7 +31,9 @@ use crate::process::Process;
 pub const SANDBOX_IMAGE: &str = "localhost/tartan/pause:3.10.2";
 
 /// Where a node's standard paths really live, under its own directory.
-const BIND_MOUNTS: [(&str, &str); 5] = [
+const BIND_MOUNTS: [(&str, &str); 6] = [
+    // The pods' network namespaces (containerd's cni-* files) stay the node's own.
+    ("netns", "/run/netns"),
     ("cni/net.d", "/etc/cni/net.d"),
     ("cni/bin", "/opt/cni/bin"),
     ("cni/state", "/var/lib/cni"),
@@ -74,6 +76,10 @@ impl KubeletNode {
             std::fs::create_dir_all(dir.join(source))?;
         }
         let cgroup_root = format!("tartan-{}", spec.netns);
+        // What a crashed run of the same node left: its pods, shims, cgroups.
+        kill_cgroup(&cgroup_root);
+        kill_matching(&node_config::socket(&spec.dir).display().to_string());
+        remove_cgroup(&cgroup_root);
         create_cgroup_root(&cgroup_root)?;
         let mut node = Self {
             namespace: hold_namespaces(&spec)?,
@@ -215,6 +221,39 @@ impl KubeletNode {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// The last lines of every container log of `namespace`'s pods on this
+    /// node, read from the kubelet's log directory (no API server needed).
+    pub fn pod_logs(&self, namespace: &str) -> String {
+        let mut out = String::new();
+        let pods = self.spec.dir.join("pod-logs");
+        for pod in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+            let name = pod.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&format!("{namespace}_")) {
+                continue;
+            }
+            for container in std::fs::read_dir(pod.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let text = std::fs::read_dir(container.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+                    .collect::<String>();
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!(
+                    "--- {} {name}/{} ---\n{}\n",
+                    self.spec.name,
+                    container.file_name().to_string_lossy(),
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                ));
+            }
+        }
+        out
+    }
+
     /// Runs a command inside the node's namespaces (as a hostNetwork pod sees them).
     pub fn exec(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         std::process::Command::new("nsenter")
@@ -235,6 +274,10 @@ impl Drop for KubeletNode {
         kill_matching(&node_config::socket(&self.spec.dir).display().to_string());
         self.namespace.stop(Duration::from_secs(1));
         remove_cgroup(&self.cgroup_root);
+        // Container snapshots are full copies of their images (gigabytes):
+        // they go even when the logs are kept for a failed test.
+        let _ = std::fs::remove_dir_all(self.spec.dir.join("containerd"));
+        let _ = std::fs::remove_dir_all(self.spec.dir.join("kubelet"));
     }
 }
 

@@ -23,6 +23,11 @@ state = "{state}"
 [grpc]
   address = "{socket}"
 
+# containerd 2 unpacks imports only for the snapshotters listed here.
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = "linux/amd64"
+  snapshotter = "native"
+
 [plugins."io.containerd.cri.v1.images"]
   # The host's filesystem may itself be an overlay: copy-based snapshots work everywhere.
   snapshotter = "native"

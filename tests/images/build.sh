@@ -25,7 +25,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 tag=${1:-${TARTAN_IMAGE_TAG:-dev}}
-release=${CARGO_TARGET_DIR:-$root/target}/release
+# TARTAN_PREBUILT_DIR: take the binaries from there instead (the tests use
+# the debug build they already made; debug info is stripped on the way in).
+release=${TARTAN_PREBUILT_DIR:-${CARGO_TARGET_DIR:-$root/target}/release}
 kube_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$root/tests/control-plane/kube/go.mod")
 pause_bin="$root/target/control-plane/$kube_version/pause"
 out="$root/target/images"
@@ -170,7 +172,9 @@ if ! up_to_date "$tartan_tar" "$sum"; then
   rm -rf "$context"
   mkdir -p "$context/prebuilt"
   cp "$root/Dockerfile" "$context/"
-  cp "$release/tartan-operator" "$release/tartan-agent" "$context/prebuilt/"
+  for bin in tartan-operator tartan-agent; do
+    objcopy --strip-debug "$release/$bin" "$context/prebuilt/$bin"
+  done
   old=$(image_id "$tartan")
   # --layers keeps the apt-get layer across rebuilds; --pull=never: no registry.
   quiet buildah bud --isolation chroot --network host --layers --force-rm --pull=never \
@@ -210,7 +214,9 @@ sum=$(inputs "$release/tartan-echo" "base $base_id")
 if ! up_to_date "$echo_tar" "$sum"; then
   old=$(image_id "$echo_image")
   ctr=$(buildah from --pull=never "$base")
-  buildah copy --chmod 0755 "$ctr" "$release/tartan-echo" /usr/local/bin/tartan-echo >/dev/null
+  objcopy --strip-debug "$release/tartan-echo" "$out/tartan-echo.stripped"
+  buildah copy --chmod 0755 "$ctr" "$out/tartan-echo.stripped" /usr/local/bin/tartan-echo >/dev/null
+  rm -f "$out/tartan-echo.stripped"
   # The base's CMD (bash) goes, or it would be the entrypoint's argument.
   buildah config --cmd '[]' "$ctr"
   buildah config --entrypoint '["/usr/local/bin/tartan-echo", "serve"]' "$ctr"

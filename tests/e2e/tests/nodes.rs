@@ -1,59 +1,323 @@
-//! Real nodes: kubelet, containerd and kube-proxy in node namespaces, Tartan
-//! installed with helm, pods that kubelet and containerd created.
+//! Tartan as users run it: two real nodes (kubelet, containerd, kube-proxy
+//! in node namespaces), the image built from the project's Dockerfile,
+//! `helm install` from charts/tartan, and pods that kubelet and containerd
+//! created with the conflist the agent wrote.
 
-use std::net::Ipv4Addr;
+mod workload;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tartan_harness::cluster::Options;
-use tartan_harness::node::{KubeletNode, NodeSpec};
-use tartan_harness::{ControlPlane, require_binaries};
-use tartan_testbed::Topology;
+use tartan_harness::kubelet_cluster::KubeletCluster;
+use tartan_harness::prometheus::Prometheus;
+use tartan_harness::require_binaries;
+use workload::{Echo, Flow};
+
+const CIDR: &str = "10.244.0.0/16";
+const NAMESPACE: &str = "tartan-system";
+
+/// The images the nodes run, built by tests/images/build.sh from the
+/// binaries this test run built.
+fn images() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let status = std::process::Command::new("bash")
+        .arg(root.join("tests/images/build.sh"))
+        .env("TARTAN_PREBUILT_DIR", root.join("target/debug"))
+        .status()
+        .expect("running tests/images/build.sh");
+    assert!(status.success(), "tests/images/build.sh failed");
+    ["tartan-dev.tar", "pause.tar", "echo.tar"]
+        .iter()
+        .map(|f| root.join("target/images").join(f))
+        .collect()
+}
+
+fn chart() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../charts/tartan")
+        .display()
+        .to_string()
+}
+
+fn nodes_ready(cluster: &KubeletCluster) -> anyhow::Result<Option<String>> {
+    let text = cluster.kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+    ])?;
+    let all =
+        text.lines().count() == cluster.nodes.len() && text.lines().all(|l| l.ends_with(" True"));
+    Ok(all.then_some(text))
+}
+
+fn backend_everywhere(cluster: &KubeletCluster, backend: &str) -> anyhow::Result<Option<()>> {
+    let text = cluster.kubectl(&["get", "nodesubnets", "--no-headers"])?;
+    let done = text.lines().count() == cluster.nodes.len()
+        && text
+            .lines()
+            .all(|l| l.split_whitespace().nth(4) == Some(backend) && l.contains("True"));
+    Ok(done.then_some(()))
+}
+
+fn switch(cluster: &KubeletCluster, backend: &str) {
+    cluster
+        .kubectl(&[
+            "patch",
+            "overlaynetwork",
+            "default",
+            "--type",
+            "merge",
+            "-p",
+            &format!(r#"{{"spec":{{"backend":{{"type":"{backend}"}}}}}}"#),
+        ])
+        .expect("patch the OverlayNetwork");
+    cluster
+        .wait(
+            &format!("every node on {backend}"),
+            Duration::from_secs(90),
+            || backend_everywhere(cluster, backend),
+        )
+        .expect("rollout");
+}
+
+/// Every PromQL expression of the chart's Grafana dashboard.
+fn dashboard_queries() -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../charts/tartan/dashboards/tartan.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Prometheus finds every agent and the operator through the API server,
+/// scrapes them (`up == 1`), and every dashboard query returns data.
+fn check_prometheus(cluster: &KubeletCluster) {
+    let mut prometheus = Prometheus::start(&cluster.cp, NAMESPACE, &cluster.dir.join("prometheus"))
+        .expect("prometheus");
+    let targets = cluster
+        .wait(
+            "every agent and operator scraped",
+            Duration::from_secs(60),
+            || {
+                let targets = prometheus.targets_up()?;
+                let up = |component: &str| {
+                    targets
+                        .iter()
+                        .filter(|(c, _, v)| c == component && *v == 1.0)
+                        .count()
+                };
+                // The Service lists Ready pods: every agent, and the leading
+                // operator at least (a standby may not be listed).
+                if up("agent") == cluster.nodes.len() && up("operator") >= 1 {
+                    Ok(Some(targets))
+                } else {
+                    anyhow::bail!("targets so far (component, node, up): {targets:?}")
+                }
+            },
+        )
+        .expect("targets up");
+    eprintln!("Prometheus targets (component, node, up): {targets:?}");
+    for expr in dashboard_queries() {
+        let series = cluster
+            .wait(&format!("data for {expr}"), Duration::from_secs(60), || {
+                let result = prometheus.query(&expr)?;
+                Ok((!result.is_empty()).then_some(result.len()))
+            })
+            .expect("every dashboard query returns data");
+        eprintln!("{series} series: {expr}");
+    }
+}
 
 #[tokio::test]
-#[ignore = "e2e: needs root, network namespaces and the node components make deps builds (make test runs it)"]
-async fn kubelets_register_their_nodes() {
+#[ignore = "e2e: needs root, network namespaces, buildah and the node components make deps builds (make test runs it)"]
+async fn helm_installs_tartan_on_real_nodes_and_pods_talk_across_them() {
     require_binaries();
-    tartan_testbed::require(&["ip", "nft", "nsenter", "unshare"]);
+    tartan_testbed::require(&[
+        "ip",
+        "nft",
+        "nsenter",
+        "unshare",
+        "buildah",
+        "mmdebstrap",
+        "prometheus",
+        "curl",
+    ]);
+    let started = std::time::Instant::now();
+    let images = images();
+    eprintln!("images built in {:?}", started.elapsed());
     let prefix = format!("tk{}", std::process::id() % 10_000);
-    let topo = Topology::l2(&prefix, 2).expect("topology");
-    topo.attach_host(Ipv4Addr::new(192, 168, 100, 1))
-        .expect("host port");
-    let dir = std::env::temp_dir().join(&prefix);
-    let cp = ControlPlane::start_with(
-        dir.join("cp"),
-        Options {
-            address: Some(Ipv4Addr::new(192, 168, 100, 1)),
-            workloads: true,
-        },
-    )
-    .await
-    .expect("control plane");
-    let mut nodes = Vec::new();
-    for n in &topo.nodes {
-        let spec = NodeSpec {
-            name: n.name.clone(),
-            netns: n.netns.clone(),
-            ip: n.ip,
-            dir: dir.join(&n.name),
-            cluster_cidr: "10.244.0.0/16".into(),
-        };
-        nodes.push(KubeletNode::start(&cp, spec, &[]).expect("node"));
-    }
-    for _ in 0..60 {
-        let out = cp
-            .kubectl(&["get", "nodes", "-o", "wide"])
-            .expect("kubectl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!("{text}");
-        if text.lines().count() >= 3 {
-            let out = cp.kubectl(&["describe", "nodes"]).expect("kubectl");
-            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-            return;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    panic!(
-        "nodes did not register:\n{}",
-        nodes[0].log_tail("kubelet.log")
+    let cluster = KubeletCluster::start(&prefix, 2, CIDR, &images)
+        .await
+        .expect("cluster");
+    eprintln!(
+        "control plane and 2 kubelet nodes up in {:?}",
+        started.elapsed()
     );
+
+    // Before Tartan: the kubelets wait for a network plugin.
+    let waiting = cluster.wait(
+        "kubelets report the missing network",
+        Duration::from_secs(60),
+        || {
+            let text = cluster.kubectl(&["get", "nodes", "-o", "yaml"])?;
+            Ok((text.matches("NetworkPluginNotReady").count() >= 2).then_some(()))
+        },
+    );
+    waiting.expect("NetworkPluginNotReady on both nodes");
+
+    cluster
+        .helm(&[
+            "install",
+            "tartan",
+            &chart(),
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "image.repository=localhost/tartan/tartan",
+            "--set",
+            "image.tag=dev",
+            "--set",
+            &format!("network.cidr={CIDR}"),
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.diagnose()));
+    let ready = cluster
+        .wait("nodes Ready", Duration::from_secs(90), || {
+            nodes_ready(&cluster)
+        })
+        .expect("Ready once the conflist is written");
+    eprintln!(
+        "Tartan installed and nodes Ready {:?} after the start:\n{ready}",
+        started.elapsed()
+    );
+    eprintln!(
+        "{}",
+        cluster
+            .kubectl(&["get", "nodes,nodesubnets,pods", "-A", "-o", "wide"])
+            .unwrap_or_default()
+    );
+    for node in &cluster.nodes {
+        for plugin in ["bridge", "host-local", "portmap", "loopback"] {
+            assert!(
+                node.spec.dir.join("cni/bin").join(plugin).exists(),
+                "the init container installed {plugin} on {}",
+                node.spec.name
+            );
+        }
+        assert!(node.spec.dir.join("cni/net.d/10-tartan.conflist").exists());
+    }
+
+    let echo = Echo::deploy(&cluster).expect("echo workload");
+    for backend in ["vxlan", "host-gw", "udp"] {
+        if backend != "vxlan" {
+            switch(&cluster, backend);
+        }
+        echo.check_paths(&cluster)
+            .unwrap_or_else(|e| panic!("{backend}: {e:#}\n{}", cluster.diagnose()));
+    }
+
+    check_prometheus(&cluster);
+
+    // A switch with traffic running: the loss is measured and named.
+    let flow = Flow::start(&cluster, &echo, 20);
+    switch(&cluster, "vxlan");
+    let report = flow.finish();
+    eprintln!("udp -> vxlan under a 100/s flow: {report}");
+    assert!(report.lost <= 5, "switch loss: {report}");
+
+    // helm upgrade to a new tag (the same image re-tagged) rolls the agents.
+    for node in &cluster.nodes {
+        node.ctr(&[
+            "images",
+            "tag",
+            "--force",
+            "localhost/tartan/tartan:dev",
+            "localhost/tartan/tartan:dev2",
+        ])
+        .expect("re-tag");
+    }
+    let flow = Flow::start(&cluster, &echo, 30);
+    cluster
+        .helm(&[
+            "upgrade",
+            "tartan",
+            &chart(),
+            "--namespace",
+            NAMESPACE,
+            "--reuse-values",
+            "--set",
+            "image.tag=dev2",
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .expect("helm upgrade");
+    cluster
+        .kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            NAMESPACE,
+            "daemonset/tartan-agent",
+            "--timeout=120s",
+        ])
+        .expect("agents rolled");
+    let report = flow.finish();
+    eprintln!("helm upgrade under a 100/s flow: {report}");
+    assert!(report.lost <= 5, "upgrade loss: {report}");
+
+    // An agent pod deleted: the DaemonSet brings it back, pods keep talking.
+    let flow = Flow::start(&cluster, &echo, 15);
+    cluster
+        .kubectl(&[
+            "delete",
+            "pod",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "app.kubernetes.io/component=agent",
+            "--field-selector",
+            "spec.nodeName=n1",
+            "--wait=false",
+        ])
+        .expect("delete the agent pod");
+    cluster
+        .kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            NAMESPACE,
+            "daemonset/tartan-agent",
+            "--timeout=120s",
+        ])
+        .expect("agent back");
+    let report = flow.finish();
+    eprintln!("agent pod deleted under a 100/s flow: {report}");
+    assert!(report.lost <= 5, "agent restart loss: {report}");
+
+    drop(echo);
+    cluster
+        .helm(&[
+            "uninstall",
+            "tartan",
+            "--namespace",
+            NAMESPACE,
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .expect("helm uninstall");
+    for node in &cluster.nodes {
+        workload::assert_clean(node);
+    }
 }

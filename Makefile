@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test root deps control-plane fmt-check clippy cargo-test crds lab lab-down bench
+.PHONY: test root deps control-plane fmt-check clippy cargo-test crds lab lab-cluster lab-down bench
 
 test: root deps control-plane fmt-check clippy cargo-test
 
@@ -41,6 +41,12 @@ crds:
 lab: root deps
 	$(CARGO) build -q --release -p tartan-lab -p tartan-operator -p tartan-agent
 	./target/release/tartan-lab up --nodes 3 --backend vxlan
+
+# A real cluster: kubelet + containerd nodes, Tartan by helm (`tartan-lab cluster up`).
+lab-cluster: root deps control-plane
+	$(CARGO) build -q --release -p tartan-lab -p tartan-operator -p tartan-agent
+	$(CARGO) build -q --release -p tartan-testbed --bin tartan-echo
+	./target/release/tartan-lab cluster up --nodes 2
 
 lab-down: root
 	./target/release/tartan-lab down

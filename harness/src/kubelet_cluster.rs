@@ -171,6 +171,31 @@ impl KubeletCluster {
         out
     }
 
+    /// `helm install tartan` from `chart` with the locally built image
+    /// `localhost/tartan/tartan:<tag>`, waiting until it is ready.
+    pub fn install_tartan(&self, chart: &Path, tag: &str, cidr: &str) -> anyhow::Result<()> {
+        let chart = chart.display().to_string();
+        self.helm(&[
+            "install",
+            "tartan",
+            &chart,
+            "--namespace",
+            "tartan-system",
+            "--create-namespace",
+            "--set",
+            "image.repository=localhost/tartan/tartan",
+            "--set",
+            &format!("image.tag={tag}"),
+            "--set",
+            &format!("network.cidr={cidr}"),
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .with_context(|| self.diagnose())?;
+        Ok(())
+    }
+
     pub fn node(&self, name: &str) -> anyhow::Result<&KubeletNode> {
         self.nodes
             .iter()
@@ -193,4 +218,22 @@ fn run(program: &Path, kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Strin
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The node images (`tests/images/build.sh` under `repo`) from the binaries
+/// in `prebuilt` (tartan-agent, tartan-operator, tartan-echo): the Tartan
+/// image, the pause image, the echo image, as docker archives.
+pub fn build_images(repo: &Path, prebuilt: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let status = std::process::Command::new("bash")
+        .arg(repo.join("tests/images/build.sh"))
+        .env("TARTAN_PREBUILT_DIR", prebuilt)
+        .status()
+        .context("running tests/images/build.sh")?;
+    if !status.success() {
+        bail!("tests/images/build.sh failed ({status})");
+    }
+    Ok(["tartan-dev.tar", "pause.tar", "echo.tar"]
+        .iter()
+        .map(|f| repo.join("target/images").join(f))
+        .collect())
 }

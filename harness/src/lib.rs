@@ -11,6 +11,7 @@
 //! `target/control-plane/<version>/`.
 
 pub mod cluster;
+pub mod echo;
 pub mod kubelet_cluster;
 pub mod node;
 pub mod node_config;

@@ -16,8 +16,43 @@ pub struct Args {
     pub command: LabCommand,
 }
 
+/// What `tartan-lab cluster` does.
+#[derive(Subcommand, Debug)]
+pub enum ClusterAction {
+    /// Real nodes (kubelet, containerd, kube-proxy), Tartan by helm, an echo Deployment and Service.
+    Up {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
+        nodes: u8,
+    },
+    /// kubectl get nodes,nodesubnets,pods -o wide.
+    Status {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// Remove every process, mount, cgroup and namespace the cluster made.
+    Down {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// (internal) The daemon `up` starts, holding the cluster until SIGTERM.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        nodes: u8,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
+    /// A real Kubernetes cluster on this machine, with Tartan installed by helm.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Build the lab: node namespaces, subnets from IPAM, agents, pods via CNI; print the matrix.
     Up {
         #[arg(long, default_value = "lab")]
@@ -176,6 +211,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         LabCommand::Bench { out, seconds, .. } => {
             let md = crate::bench::run(&out, seconds)?;
             println!("{md}\nwritten to {}", out.display());
+            Ok(())
+        }
+        LabCommand::Cluster { action } => {
+            use crate::cluster;
+            let out = match action {
+                ClusterAction::Up { name, nodes } => cluster::up(&name, usize::from(nodes))?,
+                ClusterAction::Status { name } => cluster::status(&name)?,
+                ClusterAction::Down { name } => cluster::down(&name)?,
+                ClusterAction::Serve { name, nodes } => {
+                    cluster::serve(&name, usize::from(nodes))?;
+                    String::new()
+                }
+            };
+            print!("{out}");
             Ok(())
         }
         LabCommand::Agents { name } => {

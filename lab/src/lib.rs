@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod control_plane;
 pub mod lifecycle;
 pub mod matrix;

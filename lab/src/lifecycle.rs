@@ -33,7 +33,7 @@ pub fn prefix(name: &str) -> String {
 pub fn require_root() -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!(
-            "tartan-lab needs root: it creates network namespaces, devices and routes (try sudo)"
+            "tartan-lab needs root: it creates network namespaces, devices and routes (run it as root)"
         );
     }
     Ok(())

@@ -427,3 +427,54 @@ fn a_control_plane_lab_comes_up_again_after_down_and_leaves_nothing_outside_its_
         "pod addresses are allocated under the lab's own directory"
     );
 }
+
+#[test]
+#[ignore = "lab test: needs root, network namespaces, buildah and the node components make deps builds (make test runs it)"]
+fn a_real_cluster_comes_up_with_tartan_by_helm_and_goes_without_a_trace() {
+    tartan_testbed::require(&["ip", "nft", "nsenter", "unshare", "buildah", "mmdebstrap"]);
+    tartan_harness::require_binaries();
+    let _serial = serial();
+    let name = format!("c{}", std::process::id() % 1000);
+    struct ClusterDown(String);
+    impl Drop for ClusterDown {
+        fn drop(&mut self) {
+            let _ = lab(&["cluster", "down", "--name", &self.0]);
+        }
+    }
+    let _guard = ClusterDown(name.clone());
+    let up = ok(&["cluster", "up", "--name", &name, "--nodes", "2"]);
+    assert!(up.contains("export KUBECONFIG="), "{up}");
+    let status = ok(&["cluster", "status", "--name", &name]);
+    for wanted in [
+        "node/n1",
+        "node/n2",
+        "nodesubnet.tartan.dev/n1",
+        "pod/echo-",
+        "pod/tartan-agent-",
+    ] {
+        assert!(status.contains(wanted), "{wanted} missing from:\n{status}");
+    }
+    assert_eq!(
+        status
+            .lines()
+            .filter(|l| l.starts_with("node/") && l.contains(" Ready "))
+            .count(),
+        2,
+        "{status}"
+    );
+    let down = ok(&["cluster", "down", "--name", &name]);
+    assert!(down.contains("down"), "{down}");
+    assert!(
+        namespaces(&format!("tlc-{name}-")).is_empty(),
+        "namespaces left"
+    );
+    let leftovers = Command::new("pgrep")
+        .args(["-f", &format!("tartan-tlc-{name}")])
+        .output()
+        .expect("pgrep");
+    assert!(
+        leftovers.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
+}

@@ -8,7 +8,7 @@ mod workload;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tartan_harness::kubelet_cluster::KubeletCluster;
+use tartan_harness::kubelet_cluster::{KubeletCluster, build_images};
 use tartan_harness::prometheus::Prometheus;
 use tartan_harness::require_binaries;
 use workload::{Echo, Flow};
@@ -16,20 +16,10 @@ use workload::{Echo, Flow};
 const CIDR: &str = "10.244.0.0/16";
 const NAMESPACE: &str = "tartan-system";
 
-/// The images the nodes run, built by tests/images/build.sh from the
-/// binaries this test run built.
+/// The images the nodes run, built from the binaries this test run built.
 fn images() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let status = std::process::Command::new("bash")
-        .arg(root.join("tests/images/build.sh"))
-        .env("TARTAN_PREBUILT_DIR", root.join("target/debug"))
-        .status()
-        .expect("running tests/images/build.sh");
-    assert!(status.success(), "tests/images/build.sh failed");
-    ["tartan-dev.tar", "pause.tar", "echo.tar"]
-        .iter()
-        .map(|f| root.join("target/images").join(f))
-        .collect()
+    build_images(&root, &root.join("target/debug")).expect("the node images")
 }
 
 fn chart() -> String {
@@ -173,24 +163,8 @@ async fn helm_installs_tartan_on_real_nodes_and_pods_talk_across_them() {
     waiting.expect("NetworkPluginNotReady on both nodes");
 
     cluster
-        .helm(&[
-            "install",
-            "tartan",
-            &chart(),
-            "--namespace",
-            NAMESPACE,
-            "--create-namespace",
-            "--set",
-            "image.repository=localhost/tartan/tartan",
-            "--set",
-            "image.tag=dev",
-            "--set",
-            &format!("network.cidr={CIDR}"),
-            "--wait",
-            "--timeout",
-            "180s",
-        ])
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.diagnose()));
+        .install_tartan(std::path::Path::new(&chart()), "dev", CIDR)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let ready = cluster
         .wait("nodes Ready", Duration::from_secs(90), || {
             nodes_ready(&cluster)

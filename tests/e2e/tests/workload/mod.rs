@@ -9,39 +9,6 @@ use anyhow::{Context as _, bail};
 use tartan_harness::kubelet_cluster::KubeletCluster;
 use tartan_harness::node::KubeletNode;
 
-const MANIFEST: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo, namespace: default}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: echo}}
-  template:
-    metadata: {labels: {app: echo}}
-    spec:
-      affinity:
-        podAntiAffinity:
-          requiredDuringSchedulingIgnoredDuringExecution:
-            - labelSelector: {matchLabels: {app: echo}}
-              topologyKey: kubernetes.io/hostname
-      terminationGracePeriodSeconds: 1
-      containers:
-        - name: echo
-          image: localhost/tartan/echo:dev
-          imagePullPolicy: Never
-          ports:
-            - {containerPort: 8080}
-            - {containerPort: 8081, protocol: UDP}
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: default}
-spec:
-  selector: {app: echo}
-  ports:
-    - {name: tcp, port: 80, targetPort: 8080}
-    - {name: udp, port: 81, targetPort: 8081, protocol: UDP}
-"#;
-
 /// One echo pod.
 #[derive(Debug, Clone)]
 pub struct Pod {
@@ -59,12 +26,7 @@ pub struct Echo {
 impl Echo {
     /// The Deployment and Service, Running, plus the outside host's server.
     pub fn deploy(cluster: &KubeletCluster) -> anyhow::Result<Self> {
-        let file = cluster.dir.join("echo.yaml");
-        std::fs::write(&file, MANIFEST)?;
-        cluster.kubectl(&["apply", "-f", &file.display().to_string()])?;
-        cluster
-            .kubectl(&["rollout", "status", "deployment/echo", "--timeout=120s"])
-            .with_context(|| cluster.diagnose())?;
+        tartan_harness::echo::deploy(cluster)?;
         let pods = cluster.wait("echo pods with addresses", Duration::from_secs(60), || {
             let pods = pods(cluster)?;
             Ok((pods.len() == 2 && pods.iter().all(|p| !p.ip.is_empty())).then_some(pods))

@@ -162,7 +162,8 @@ fn dataplane_config(
 }
 
 /// Reconciles on every published change (a burst debounced into one apply),
-/// on BGP changes while BGP runs, and again soon after a failure; until `stop`.
+/// on BGP changes while BGP runs, and again after a failure (an API error or
+/// a data plane that could not be programmed) with backoff; until `stop`.
 async fn reconcile_loop<P: Programmer>(
     agent: &mut Agent<P>,
     mut inputs: tokio::sync::watch::Receiver<watch::Published>,
@@ -172,21 +173,51 @@ async fn reconcile_loop<P: Programmer>(
     // While BGP runs, its sessions and routes are inputs too: polled each second.
     let mut bgp_poll = tokio::time::interval(Duration::from_secs(1));
     bgp_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures: u32 = 0;
+    let retry = tokio::time::sleep(Duration::ZERO);
+    let mut retry = std::pin::pin!(retry);
     loop {
         tokio::select! {
             _ = &mut stop => break,
             changed = inputs.changed() => if changed.is_err() { break },
             _ = bgp_poll.tick() => if !agent.bgp_changed().await { continue },
+            _ = &mut retry, if failures > 0 => {}
         }
         debounce(&mut inputs).await;
         let (current, own) = inputs.borrow_and_update().clone();
-        if let Err(e) = agent.reconcile(&current, own.as_deref()).await {
+        let result = agent.reconcile(&current, own.as_deref()).await;
+        if let Err(e) = &result {
             tracing::warn!(error = %e, "reconcile failed; retrying");
-            // Try again soon even if nothing changes (API back, interface up).
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            inputs.mark_changed();
+        }
+        let unprogrammed = matches!(current, watch::Inputs::Ready(_))
+            && !agent
+                .health
+                .programmed
+                .load(std::sync::atomic::Ordering::Relaxed);
+        if result.is_err() || unprogrammed {
+            failures = failures.saturating_add(1);
+            let delay = retry_delay(failures, jitter());
+            retry.as_mut().reset(tokio::time::Instant::now() + delay);
+        } else {
+            failures = 0;
         }
     }
+}
+
+/// 2 s, doubling per consecutive failure up to 60 s, stretched by `jitter`
+/// (0..1, up to +25%) so agents that failed together do not retry together.
+fn retry_delay(failures: u32, jitter: f64) -> Duration {
+    let base = 2.0 * 2f64.powi(failures.saturating_sub(1).min(5) as i32);
+    Duration::from_secs_f64(base.min(60.0) * (1.0 + 0.25 * jitter.clamp(0.0, 1.0)))
+}
+
+/// A number in 0..1 from the clock: enough to spread retries.
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    f64::from(nanos % 1000) / 1000.0
 }
 
 /// Waits out a burst of changes: until none came for [`DEBOUNCE`], at most [`DEBOUNCE_MAX`].
@@ -244,4 +275,21 @@ async fn hold_clean(
         .context("probes server task")?
         .context("probes server")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_delay;
+    use std::time::Duration;
+
+    #[test]
+    fn retries_back_off_to_a_minute_with_bounded_jitter() {
+        assert_eq!(retry_delay(1, 0.0), Duration::from_secs(2));
+        assert_eq!(retry_delay(2, 0.0), Duration::from_secs(4));
+        assert_eq!(retry_delay(5, 0.0), Duration::from_secs(32));
+        assert_eq!(retry_delay(6, 0.0), Duration::from_secs(60));
+        assert_eq!(retry_delay(60, 0.0), Duration::from_secs(60));
+        assert_eq!(retry_delay(1, 1.0), Duration::from_millis(2500));
+        assert_eq!(retry_delay(60, 7.0), Duration::from_secs(75));
+    }
 }

@@ -19,6 +19,16 @@ pub fn node_status(
     apply_error: Option<&str>,
 ) -> NodeSubnetStatus {
     let mut conditions = previous.map(|p| p.conditions.clone()).unwrap_or_default();
+    // A failed apply may have set up nothing new: peers keep being told what
+    // was true before, or a receive path that could not be made (a TUN that
+    // would not open) would draw their traffic into nothing.
+    let (backend, receive_backends) = match (apply_error, previous) {
+        (Some(_), Some(before)) => (before.backend, before.receive_backends.clone()),
+        _ => (
+            Some(desired.backend),
+            desired.receive_backends.iter().copied().collect(),
+        ),
+    };
     condition::set(
         &mut conditions,
         ready(desired, apply_error).generation(generation),
@@ -27,8 +37,8 @@ pub fn node_status(
         node_ip: Some(facts.node_ip.to_string()),
         node_ipv6: facts.node_ipv6.map(|(ip, _)| ip.to_string()),
         vtep_mac: Some(format_mac(&vtep_mac(facts.node_ip))),
-        backend: Some(desired.backend),
-        receive_backends: desired.receive_backends.iter().copied().collect(),
+        backend,
+        receive_backends,
         mtu: Some(desired.mtu),
         peers: desired.peer_backends.len() as u32,
         bgp: desired.bgp.as_ref().map(|spec| BgpStatus {
@@ -179,6 +189,34 @@ mod tests {
             (true, "Programmed")
         );
         assert_eq!(ready.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_failed_apply_advertises_nothing_new() {
+        let before = node_status(None, &state(), &facts(), Some(1), None);
+        let mut wider = state();
+        wider.receive_backends.insert(tartan_crds::BackendType::Udp);
+        wider.backend = tartan_crds::BackendType::Udp;
+        let failed = node_status(
+            Some(&before),
+            &wider,
+            &facts(),
+            Some(2),
+            Some("udp datapath: no TUN"),
+        );
+        assert_eq!(failed.receive_backends, before.receive_backends);
+        assert_eq!(failed.backend, before.backend);
+        let ready = condition::find(&failed.conditions, "Ready").expect("Ready");
+        assert_eq!(
+            (ready.is_true(), ready.reason.as_str()),
+            (false, "ApplyFailed")
+        );
+        let recovered = node_status(Some(&failed), &wider, &facts(), Some(2), None);
+        assert!(
+            recovered
+                .receive_backends
+                .contains(&tartan_crds::BackendType::Udp)
+        );
     }
 
     #[test]

@@ -71,6 +71,103 @@ fn switch(cluster: &KubeletCluster, backend: &str) {
         .expect("rollout");
 }
 
+fn ready_condition(cluster: &KubeletCluster, node: &str) -> anyhow::Result<(String, String)> {
+    let path = "{.status.conditions[?(@.type==\"Ready\")].reason}|{.status.conditions[?(@.type==\"Ready\")].message}";
+    let text = cluster.kubectl(&["get", "nodesubnet", node, "-o", &format!("jsonpath={path}")])?;
+    let (reason, message) = text.split_once('|').unwrap_or((&text, ""));
+    Ok((reason.to_string(), message.to_string()))
+}
+
+fn restart_agent(cluster: &KubeletCluster, node: &str) {
+    cluster
+        .kubectl(&[
+            "delete",
+            "pod",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "app.kubernetes.io/component=agent",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+        ])
+        .expect("delete the agent pod");
+    cluster
+        .kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            NAMESPACE,
+            "daemonset/tartan-agent",
+            "--timeout=120s",
+        ])
+        .expect("agent back");
+}
+
+/// A node whose agent cannot open the TUN device (/dev/null bound over
+/// /dev/net/tun in n2's mount namespace) when the network moves to udp: n2
+/// says why in its log and its NodeSubnet, never advertises udp, and pods on
+/// both nodes keep talking (over vxlan to n2). Then the device comes back.
+fn tun_missing_on_one_node(cluster: &KubeletCluster, echo: &Echo) {
+    let n2 = cluster.node("n2").expect("n2");
+    let out = n2
+        .exec(&["mount", "--bind", "/dev/null", "/dev/net/tun"])
+        .expect("nsenter");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    restart_agent(cluster, "n2");
+    cluster
+        .kubectl(&[
+            "patch",
+            "overlaynetwork",
+            "default",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"backend":{"type":"udp"}}}"#,
+        ])
+        .expect("patch");
+    let (reason, message) = cluster
+        .wait("n2 reports its TUN", Duration::from_secs(60), || {
+            let (reason, message) = ready_condition(cluster, "n2")?;
+            Ok((reason == "ApplyFailed").then_some((reason, message)))
+        })
+        .expect("n2's NodeSubnet says why");
+    eprintln!("n2 Ready=False {reason}: {message}");
+    assert!(message.contains("udp"), "{message}");
+    let receive = cluster
+        .kubectl(&[
+            "get",
+            "nodesubnet",
+            "n2",
+            "-o",
+            "jsonpath={.status.receiveBackends}",
+        ])
+        .expect("n2");
+    assert!(
+        !receive.contains("udp"),
+        "n2 advertises a path it could not make: {receive}"
+    );
+    assert!(
+        n2.pod_logs(NAMESPACE).contains("udp datapath"),
+        "n2's agent log names the failure:\n{}",
+        n2.pod_logs(NAMESPACE)
+    );
+    echo.check_paths(cluster)
+        .expect("pods keep talking with n2 on its old backend");
+    let out = n2.exec(&["umount", "/dev/net/tun"]).expect("nsenter");
+    assert!(out.status.success());
+    restart_agent(cluster, "n2");
+    cluster
+        .wait("every node on udp again", Duration::from_secs(90), || {
+            backend_everywhere(cluster, "udp")
+        })
+        .expect("n2 recovers");
+    echo.check_paths(cluster).expect("udp everywhere");
+}
+
 /// Every PromQL expression of the chart's Grafana dashboard.
 fn dashboard_queries() -> Vec<String> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -279,6 +376,7 @@ async fn helm_installs_tartan_on_real_nodes_and_pods_talk_across_them() {
     eprintln!("agent pod deleted under a 100/s flow: {report}");
     assert!(report.lost <= 5, "agent restart loss: {report}");
 
+    tun_missing_on_one_node(&cluster, &echo);
     drop(echo);
     cluster
         .helm(&[

@@ -90,7 +90,9 @@ async fn run_agent(args: &Args, netns: NetNs, cni: CniConfig) -> anyhow::Result<
         health.clone(),
     );
     agent.bird_socket = Some(bird_socket);
-    agent.udp_auth = udp_key.is_some();
+    if udp_key.is_some() {
+        agent.udp_tag_len = crate::udp::auth::TAG_LEN as u32;
+    }
 
     let (sink, inputs) = watch::Sink::new(&node_name, &args.network, metrics, health);
     watch::spawn(&client, &node_name, &args.network, &sink);

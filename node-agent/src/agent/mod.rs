@@ -75,8 +75,9 @@ pub struct Agent<P: Programmer> {
     started: Timestamp,
     /// BIRD's control socket (the bgp backend).
     pub bird_socket: Option<std::path::PathBuf>,
-    /// udp datagrams are authenticated (their tag shrinks the MTU).
-    pub udp_auth: bool,
+    /// Bytes of authentication tag per udp datagram (0: not authenticated);
+    /// the planner shrinks the MTU by it.
+    pub udp_tag_len: u32,
     /// BGP as last observed, and whether the last plan ran BGP.
     bgp: BgpObserved,
     bgp_on: bool,
@@ -114,7 +115,7 @@ impl<P: Programmer> Agent<P> {
             programmed: BTreeSet::new(),
             started: Timestamp::now(),
             bird_socket: None,
-            udp_auth: false,
+            udp_tag_len: 0,
             bgp: BgpObserved::default(),
             bgp_on: false,
         }
@@ -154,11 +155,7 @@ impl<P: Programmer> Agent<P> {
         };
         let mut facts = self.facts(ready)?;
         facts.node_labels = ready.node_labels.clone();
-        facts.udp_tag_len = if self.udp_auth {
-            crate::udp::auth::TAG_LEN as u32
-        } else {
-            0
-        };
+        facts.udp_tag_len = self.udp_tag_len;
         if self.bgp_on || ready.network.backend.type_ == BackendType::Bgp {
             self.bgp = self.observe_bgp().await;
         }

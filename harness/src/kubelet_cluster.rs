@@ -232,8 +232,13 @@ pub fn build_images(repo: &Path, prebuilt: &Path) -> anyhow::Result<Vec<PathBuf>
     if !status.success() {
         bail!("tests/images/build.sh failed ({status})");
     }
-    Ok(["tartan-dev.tar", "pause.tar", "echo.tar"]
+    Ok(image_archives(repo))
+}
+
+/// The archives `build_images` makes, in import order.
+pub fn image_archives(repo: &Path) -> Vec<PathBuf> {
+    ["tartan-dev.tar", "pause.tar", "echo.tar"]
         .iter()
         .map(|f| repo.join("target/images").join(f))
-        .collect())
+        .collect()
 }

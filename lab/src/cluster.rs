@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use tartan_harness::kubelet_cluster::{KubeletCluster, build_images};
+use tartan_harness::kubelet_cluster::{KubeletCluster, build_images, image_archives};
 
 const CIDR: &str = "10.244.0.0/16";
 
@@ -88,10 +88,7 @@ pub fn serve(name: &str, nodes: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let dir = state_dir(name);
-        let images: Vec<PathBuf> = ["tartan-dev.tar", "pause.tar", "echo.tar"]
-            .iter()
-            .map(|f| repo().join("target/images").join(f))
-            .collect();
+        let images = image_archives(&repo());
         let built = async {
             let cluster = KubeletCluster::start(&prefix(name), nodes, CIDR, &images).await?;
             cluster.install_tartan(&repo().join("charts/tartan"), "dev", CIDR)?;

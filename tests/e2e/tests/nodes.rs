@@ -91,6 +91,11 @@ fn restart_agent(cluster: &KubeletCluster, node: &str) {
             &format!("spec.nodeName={node}"),
         ])
         .expect("delete the agent pod");
+    agents_rolled(cluster);
+}
+
+/// Waits until every node runs a Ready agent of the current DaemonSet.
+fn agents_rolled(cluster: &KubeletCluster) {
     cluster
         .kubectl(&[
             "rollout",
@@ -100,7 +105,7 @@ fn restart_agent(cluster: &KubeletCluster, node: &str) {
             "daemonset/tartan-agent",
             "--timeout=120s",
         ])
-        .expect("agent back");
+        .expect("agents rolled");
 }
 
 /// A node whose agent cannot open the TUN device (/dev/null bound over
@@ -333,45 +338,14 @@ async fn helm_installs_tartan_on_real_nodes_and_pods_talk_across_them() {
             "180s",
         ])
         .expect("helm upgrade");
-    cluster
-        .kubectl(&[
-            "rollout",
-            "status",
-            "-n",
-            NAMESPACE,
-            "daemonset/tartan-agent",
-            "--timeout=120s",
-        ])
-        .expect("agents rolled");
+    agents_rolled(&cluster);
     let report = flow.finish();
     eprintln!("helm upgrade under a 100/s flow: {report}");
     assert!(report.lost <= 5, "upgrade loss: {report}");
 
     // An agent pod deleted: the DaemonSet brings it back, pods keep talking.
     let flow = Flow::start(&cluster, &echo, 15);
-    cluster
-        .kubectl(&[
-            "delete",
-            "pod",
-            "-n",
-            NAMESPACE,
-            "-l",
-            "app.kubernetes.io/component=agent",
-            "--field-selector",
-            "spec.nodeName=n1",
-            "--wait=false",
-        ])
-        .expect("delete the agent pod");
-    cluster
-        .kubectl(&[
-            "rollout",
-            "status",
-            "-n",
-            NAMESPACE,
-            "daemonset/tartan-agent",
-            "--timeout=120s",
-        ])
-        .expect("agent back");
+    restart_agent(&cluster, "n1");
     let report = flow.finish();
     eprintln!("agent pod deleted under a 100/s flow: {report}");
     assert!(report.lost <= 5, "agent restart loss: {report}");

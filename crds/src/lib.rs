@@ -23,7 +23,7 @@ pub mod validate;
 
 pub use condition::{Condition, ConditionStatus};
 pub use error::ValidationError;
-pub use node_subnet::{BgpStatus, NodeSubnet, NodeSubnetSpec, NodeSubnetStatus};
+pub use node_subnet::{NodeSubnet, NodeSubnetSpec, NodeSubnetStatus};
 pub use overlay_network::{
     Backend, BackendType, BgpConfig, BgpPeer, OverlayNetwork, OverlayNetworkSpec,
     OverlayNetworkStatus, UdpConfig, VxlanConfig,
@@ -36,3 +36,6 @@ pub const GROUP: &str = "tartan.dev";
 pub const VERSION: &str = "v1alpha1";
 /// The condition type every Tartan object reports.
 pub const CONDITION_READY: &str = "Ready";
+/// The label on every NodeSubnet naming its OverlayNetwork, so an agent
+/// watches only its own network's NodeSubnets.
+pub const NETWORK_LABEL: &str = "tartan.dev/network";

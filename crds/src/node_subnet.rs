@@ -48,7 +48,12 @@ pub struct NodeSubnetSpec {
     pub ipv6_cidr: Option<String>,
 }
 
-/// What the node's agent has programmed, written by that agent only.
+/// What peers need to reach this node, and whether its data plane is
+/// programmed; written by that node's agent only.
+///
+/// Every agent watches every NodeSubnet, so nothing here may change when a
+/// peer joins or leaves: no peer counts, no BGP session or route counts (those
+/// are the agent's metrics). A join then costs O(1) writes cluster-wide.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSubnetStatus {
@@ -79,27 +84,9 @@ pub struct NodeSubnetStatus {
     /// MTU of the node's pod interfaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
-    /// How many peers are programmed.
-    #[serde(default)]
-    pub peers: u32,
-    /// The bgp backend's sessions and routes, while this node runs BGP.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bgp: Option<BgpStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-}
-
-/// The bgp backend on one node, as read from its BIRD.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct BgpStatus {
-    /// BGP sessions in state Established.
-    pub sessions_established: u32,
-    /// BGP sessions this node should have (mesh peers and external peers).
-    pub sessions_expected: u32,
-    /// Routes learned from BGP peers (after the import filter).
-    pub routes_learned: u32,
 }

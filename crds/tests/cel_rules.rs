@@ -503,7 +503,7 @@ fn node_subnet_rules_accept_good_and_refuse_bad_objects() {
         ),
         (
             "status update",
-            status(&|s| s.peers = 7),
+            status(&|s| s.mtu = Some(1400)),
             Some(subnet(node_subnet_spec(), Some(ready.clone()))),
             vec![],
         ),

@@ -328,12 +328,11 @@ status:
   backend: vxlan
   receiveBackends: [vxlan, host-gw]
   mtu: 1450
-  peers: 2
   conditions:
   - type: Ready
     status: "False"
-    reason: PeersPending
-    message: 1 peer has no node IP yet
+    reason: ApplyFailed
+    message: "netlink: 1 of 3 kernel changes failed; first: File exists"
     lastTransitionTime: "2026-11-25T08:00:00Z"
   observedGeneration: 1
 "#;

@@ -94,10 +94,10 @@ async fn run_agent(args: &Args, netns: NetNs, cni: CniConfig) -> anyhow::Result<
         agent.udp_tag_len = crate::udp::auth::TAG_LEN as u32;
     }
 
-    let (sink, inputs) = watch::Sink::new(&node_name, &args.network, metrics, health);
+    let (sink, changes) = watch::Sink::new(&node_name, &args.network, metrics, health);
     watch::spawn(&client, &node_name, &args.network, &sink);
     tracing::info!(node = %node_name, network = %args.network, "tartan-agent started");
-    reconcile_loop(&mut agent, inputs, shutdown.wait()).await;
+    reconcile_loop(&mut agent, &sink, changes, shutdown.wait()).await;
     tracing::info!("stopping; the kernel state stays as programmed");
     drop(agent);
     if let Ok(dataplane) = Arc::try_unwrap(dataplane) {
@@ -163,12 +163,14 @@ fn dataplane_config(
     }
 }
 
-/// Reconciles on every published change (a burst debounced into one apply),
-/// on BGP changes while BGP runs, and again after a failure (an API error or
+/// Reconciles on every change of the index (a burst debounced into one
+/// pass: peer changes as deltas, anything else as a full plan), on BGP
+/// changes while BGP runs, and again in full after a failure (an API error or
 /// a data plane that could not be programmed) with backoff; until `stop`.
 async fn reconcile_loop<P: Programmer>(
     agent: &mut Agent<P>,
-    mut inputs: tokio::sync::watch::Receiver<watch::Published>,
+    sink: &watch::Sink,
+    mut changes: tokio::sync::watch::Receiver<u64>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
@@ -179,19 +181,33 @@ async fn reconcile_loop<P: Programmer>(
     let retry = tokio::time::sleep(Duration::ZERO);
     let mut retry = std::pin::pin!(retry);
     loop {
-        tokio::select! {
+        let full = tokio::select! {
             _ = &mut stop => break,
-            changed = inputs.changed() => if changed.is_err() { break },
-            _ = bgp_poll.tick() => if !agent.bgp_changed().await { continue },
-            _ = &mut retry, if failures > 0 => {}
-        }
-        debounce(&mut inputs).await;
-        let (current, own) = inputs.borrow_and_update().clone();
-        let result = agent.reconcile(&current, own.as_deref()).await;
+            changed = changes.changed() => if changed.is_err() { break } else { false },
+            _ = bgp_poll.tick() => if agent.bgp_changed().await { true } else { continue },
+            _ = &mut retry, if failures > 0 => true,
+        };
+        debounce(&mut changes).await;
+        changes.borrow_and_update();
+        let (update, own) = sink.take();
+        let update = match update {
+            Some(update) if !full => update,
+            // A retry or BGP: everything again, from the index as it stands.
+            _ if full => watch::Update::Full(current_inputs(sink)),
+            _ => continue,
+        };
+        let ready = match &update {
+            watch::Update::Full(inputs) => matches!(inputs, watch::Inputs::Ready(_)),
+            watch::Update::Peers(_) => true,
+        };
+        let result = match update {
+            watch::Update::Full(inputs) => agent.reconcile(&inputs, own.as_ref()).await,
+            watch::Update::Peers(peers) => agent.reconcile_peers(peers, own.as_ref()).await,
+        };
         if let Err(e) = &result {
             tracing::warn!(error = %e, "reconcile failed; retrying");
         }
-        let unprogrammed = matches!(current, watch::Inputs::Ready(_))
+        let unprogrammed = ready
             && !agent
                 .health
                 .programmed
@@ -204,6 +220,14 @@ async fn reconcile_loop<P: Programmer>(
             failures = 0;
         }
     }
+}
+
+/// The index's whole inputs as they stand (a retry plans everything).
+fn current_inputs(sink: &watch::Sink) -> watch::Inputs {
+    sink.index
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .inputs()
 }
 
 /// 2 s, doubling per consecutive failure up to 60 s, stretched by `jitter`
@@ -223,7 +247,7 @@ fn jitter() -> f64 {
 }
 
 /// Waits out a burst of changes: until none came for [`DEBOUNCE`], at most [`DEBOUNCE_MAX`].
-async fn debounce(inputs: &mut tokio::sync::watch::Receiver<watch::Published>) {
+async fn debounce(inputs: &mut tokio::sync::watch::Receiver<u64>) {
     let first = tokio::time::Instant::now();
     while first.elapsed() < DEBOUNCE_MAX {
         match tokio::time::timeout(DEBOUNCE, inputs.changed()).await {

@@ -1,12 +1,19 @@
 //! This node's NodeSubnet status from what was programmed. Pure.
 //!
 //! `Ready` says, in words a person understands, why the node is or is not
-//! fully programmed: `Programmed`, `PeersPending`, `HostGwPeerNotOnLink`,
-//! `NoCommonBackend`, `MtuClamped`, `BackendUnavailable`, `BGPSessionsDown`, `ApplyFailed`.
+//! fully programmed: `Programmed`, `HostGwPeerNotOnLink`, `NoCommonBackend`,
+//! `MtuClamped`, `BackendUnavailable`, `BGPSessionsDown`, `ApplyFailed`.
+//!
+//! Every agent watches every NodeSubnet, so the status must not move when a
+//! peer joins: it holds no counts, and a peer that has not published its
+//! address yet (or whose BGP route has not arrived) is that peer's business,
+//! counted in `tartan_agent_peers{state="pending"}`, not a condition here.
+
+use std::collections::BTreeSet;
 
 use tartan_crds::condition::{self, Condition};
 use tartan_crds::validate::format_mac;
-use tartan_crds::{BgpStatus, CONDITION_READY, NodeSubnetStatus};
+use tartan_crds::{CONDITION_READY, NodeSubnetStatus};
 
 use crate::plan::{DesiredState, LocalFacts, LocalProblem, PeerProblem, vtep_mac};
 
@@ -31,7 +38,7 @@ pub fn node_status(
     };
     condition::set(
         &mut conditions,
-        ready(desired, apply_error).generation(generation),
+        ready(desired, apply_error, &facts.bgp.settling).generation(generation),
     );
     NodeSubnetStatus {
         node_ip: Some(facts.node_ip.to_string()),
@@ -40,22 +47,6 @@ pub fn node_status(
         backend,
         receive_backends,
         mtu: Some(desired.mtu),
-        peers: desired.peer_backends.len() as u32,
-        bgp: desired.bgp.as_ref().map(|spec| BgpStatus {
-            sessions_established: spec
-                .neighbors
-                .iter()
-                .filter(|n| {
-                    facts
-                        .bgp
-                        .sessions
-                        .get(&n.name)
-                        .is_some_and(|s| s.established())
-                })
-                .count() as u32,
-            sessions_expected: spec.neighbors.len() as u32,
-            routes_learned: facts.bgp.routes_learned,
-        }),
         conditions,
         observed_generation: generation,
     }
@@ -63,20 +54,27 @@ pub fn node_status(
 
 fn names(problems: &[&PeerProblem]) -> String {
     let mut names: Vec<&str> = problems.iter().map(|p| p.peer()).collect();
+    names.sort_unstable();
     names.dedup();
     let shown = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    // No count: the message must not change each time one more peer is affected.
     if names.len() > 5 {
-        format!("{shown} and {} more", names.len() - 5)
+        format!("{shown} and others")
     } else {
         shown
     }
 }
 
-fn ready(desired: &DesiredState, apply_error: Option<&str>) -> Condition {
+/// `settling`: BGP sessions still within their grace period, not called down.
+fn ready(
+    desired: &DesiredState,
+    apply_error: Option<&str>,
+    settling: &BTreeSet<String>,
+) -> Condition {
     if let Some(error) = apply_error {
         return Condition::falsy(CONDITION_READY, "ApplyFailed").message(error.to_string());
     }
-    if let Some(problem) = desired.local_problems.first() {
+    for problem in &desired.local_problems {
         match problem {
             LocalProblem::BackendUnavailable { backend, why } => {
                 return Condition::falsy(CONDITION_READY, "BackendUnavailable").message(format!(
@@ -85,20 +83,18 @@ fn ready(desired: &DesiredState, apply_error: Option<&str>) -> Condition {
                 ));
             }
             LocalProblem::BgpSessionsDown { sessions } => {
-                let shown = sessions
-                    .iter()
-                    .take(5)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let more = sessions.len().saturating_sub(5);
-                let more = if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                };
-                return Condition::falsy(CONDITION_READY, "BGPSessionsDown")
-                    .message(format!("BGP sessions down: {shown}{more}"));
+                let down: Vec<&str> = (sessions.iter())
+                    .filter(|(name, _)| !settling.contains(name))
+                    .map(|(_, why)| why.as_str())
+                    .collect();
+                if down.is_empty() {
+                    continue;
+                }
+                let more = if down.len() > 5 { " and others" } else { "" };
+                return Condition::falsy(CONDITION_READY, "BGPSessionsDown").message(format!(
+                    "BGP sessions down: {}{more}",
+                    down[..down.len().min(5)].join(", ")
+                ));
             }
             LocalProblem::MtuClamped { requested, clamped } => {
                 return Condition::falsy(CONDITION_READY, "MtuClamped").message(format!(
@@ -131,16 +127,8 @@ fn ready(desired: &DesiredState, apply_error: Option<&str>) -> Condition {
         return Condition::falsy(CONDITION_READY, "NoCommonBackend")
             .message(format!("no usable backend to {}", names(&no_common)));
     }
-    let pending = by(|p| matches!(p, PeerProblem::Pending { .. }));
-    if !pending.is_empty() {
-        return Condition::falsy(CONDITION_READY, "PeersPending").message(format!(
-            "waiting for {} to publish their addresses",
-            names(&pending)
-        ));
-    }
     Condition::truthy(CONDITION_READY, "Programmed").message(format!(
-        "{} peers programmed over {}",
-        desired.peer_backends.len(),
+        "data plane programmed; sending with {}",
         desired.backend
     ))
 }
@@ -226,7 +214,7 @@ mod tests {
             peer: "c".into(),
             node_ip: "10.0.0.3".parse().expect("ip"),
         });
-        let condition = ready(&s, None);
+        let condition = ready(&s, None, &BTreeSet::new());
         assert_eq!(condition.reason, "HostGwPeerNotOnLink");
         assert!(
             condition.message.contains("host-gw cannot reach c"),
@@ -238,8 +226,15 @@ mod tests {
             peer: "b".into(),
             missing: "nodeIP",
         });
-        assert_eq!(ready(&s, None).reason, "PeersPending");
-        assert_eq!(ready(&state(), Some("netlink: boom")).reason, "ApplyFailed");
+        assert_eq!(
+            ready(&s, None, &BTreeSet::new()).reason,
+            "Programmed",
+            "a peer that has not published its address is not this node's problem"
+        );
+        assert_eq!(
+            ready(&state(), Some("netlink: boom"), &BTreeSet::new()).reason,
+            "ApplyFailed"
+        );
     }
 
     #[test]

@@ -1,16 +1,24 @@
 //! The agent on a cluster: inputs from the index → plan → program → status.
 //!
 //! ```text
-//!   watches ─▶ AgentIndex ─(changed)─▶ debounce ─▶ reconcile:
-//!       underlay ▶ plan ▶ Programmer (the data plane) ▶ node_status ▶ SSA status (if changed)
+//!   watches ─▶ AgentIndex ─(changed)─▶ debounce ─▶ take:
+//!     Full   ▶ reconcile:       underlay ▶ plan ▶ Programmer::program (diff)
+//!     Peers  ▶ reconcile_peers: plan_peer each ▶ Programmer::program_peers (only their objects)
+//!            ─▶ node_status ▶ SSA status (only if it differs from what the API has)
 //! ```
+//!
+//! A peer change that reaches beyond the peer (a switch in progress, udp,
+//! bgp) falls back to a full plan. After a restart the agent starts from its
+//! own NodeSubnet's status as the watch shows it: it writes nothing when
+//! nothing changed, and never a status with less in it than that.
 //!
 //! The data plane is behind [`Programmer`] so the reconcile can be tested
 //! against kube's mocked API service without a kernel.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -23,11 +31,12 @@ use crate::dataplane::{Dataplane, DataplaneError, Target};
 use crate::metrics::Metrics;
 use crate::netlink::ApplyReport;
 use crate::netns::NetNs;
-use crate::plan::{BgpObserved, LocalFacts, PeerProblem, plan};
+use crate::plan::{BgpObserved, DesiredState, LocalFacts, NodeIps, PeerDelta, plan, plan_peer};
 use crate::status::node_status;
 use crate::underlay::{self, Choice};
-use crate::watch::{Inputs, ReadyInputs};
+use crate::watch::{Inputs, Own, PeerChange, ReadyInputs};
 
+mod record;
 #[cfg(test)]
 mod tests;
 
@@ -36,12 +45,19 @@ pub const FIELD_MANAGER: &str = "tartan-agent";
 
 /// Something that makes the kernel match a target.
 pub trait Programmer: Send + Sync + 'static {
+    /// Makes the kernel match `target` (a full diff).
     fn program(&self, target: Target) -> Result<ApplyReport, DataplaneError>;
+    /// Folds peer changes into the last target and sends only their objects.
+    fn program_peers(&self, deltas: Vec<PeerDelta>) -> Result<ApplyReport, DataplaneError>;
 }
 
 impl Programmer for Dataplane {
     fn program(&self, target: Target) -> Result<ApplyReport, DataplaneError> {
         self.set(target)
+    }
+
+    fn program_peers(&self, deltas: Vec<PeerDelta>) -> Result<ApplyReport, DataplaneError> {
+        self.set_peers(deltas)
     }
 }
 
@@ -69,8 +85,13 @@ pub struct Agent<P: Programmer> {
     pub programmer: Arc<P>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    /// The status last written, so an unchanged one is not written again.
+    /// The status last written, so an unchanged one is not written again,
+    /// and the uid of the NodeSubnet it was written to.
     last_status: Option<NodeSubnetStatus>,
+    last_uid: Option<String>,
+    /// The last full plan's inputs (its peers kept up to date by peer
+    /// changes), facts and desired state: what a peer change is planned against.
+    current: Option<Current>,
     programmed: BTreeSet<String>,
     started: Timestamp,
     /// BIRD's control socket (the bgp backend).
@@ -78,9 +99,24 @@ pub struct Agent<P: Programmer> {
     /// Bytes of authentication tag per udp datagram (0: not authenticated);
     /// the planner shrinks the MTU by it.
     pub udp_tag_len: u32,
+    /// How long a new BGP session may take to come up before Ready says so.
+    pub bgp_grace: Duration,
     /// BGP as last observed, and whether the last plan ran BGP.
     bgp: BgpObserved,
     bgp_on: bool,
+    /// When each expected BGP session was first expected.
+    bgp_expected_since: BTreeMap<String, Instant>,
+}
+
+/// What the last full plan was made from, and what it and the peer changes since made.
+struct Current {
+    inputs: ReadyInputs,
+    /// Peers per node IP (a shared one is planned in full).
+    node_ips: NodeIps,
+    facts: LocalFacts,
+    desired: DesiredState,
+    /// The kernel may not match `desired` (an apply failed): plan in full.
+    stale: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +128,10 @@ pub enum AgentError {
     #[error("the data plane task: {0}")]
     Task(String),
 }
+
+/// A BGP session that has just been expected (a peer joined) is not called
+/// down before this.
+pub const BGP_GRACE: Duration = Duration::from_secs(60);
 
 impl<P: Programmer> Agent<P> {
     pub fn new(
@@ -112,56 +152,79 @@ impl<P: Programmer> Agent<P> {
             metrics,
             health,
             last_status: None,
+            last_uid: None,
+            current: None,
             programmed: BTreeSet::new(),
             started: Timestamp::now(),
             bird_socket: None,
             udp_tag_len: 0,
+            bgp_grace: BGP_GRACE,
             bgp: BgpObserved::default(),
             bgp_on: false,
+            bgp_expected_since: BTreeMap::new(),
         }
     }
 
-    /// One pass: program what the inputs say and publish the status.
-    /// `own` is this node's NodeSubnet name, when it exists.
+    /// One full pass: program what the inputs say and publish the status.
+    /// `own` is this node's NodeSubnet as the watch shows it, when it exists.
     pub async fn reconcile(
         &mut self,
         inputs: &Inputs,
-        own: Option<&str>,
+        own: Option<&Own>,
     ) -> Result<(), AgentError> {
         let ready = match inputs {
-            Inputs::Ready(ready) => ready,
-            other => {
-                self.health.programmed.store(false, Ordering::Relaxed);
-                let (reason, message) = match other {
-                    Inputs::WaitingForNetwork => (
-                        "WaitingForNetwork",
-                        "no OverlayNetwork of this agent's --network yet".to_string(),
-                    ),
-                    Inputs::InvalidNetwork(m) => ("InvalidNetwork", m.clone()),
-                    Inputs::InvalidSubnet(m) => ("InvalidSubnet", m.clone()),
-                    _ => (
-                        "WaitingForSubnet",
-                        "the operator has not allocated this node's subnet yet".to_string(),
-                    ),
-                };
-                let Some(own) = own else { return Ok(()) };
-                let mut status = self.last_status.clone().unwrap_or_default();
-                condition::set(
-                    &mut status.conditions,
-                    Condition::falsy(CONDITION_READY, reason).message(message),
-                );
-                return self.write_status(own, status).await;
-            }
+            Inputs::Ready(ready) => ready.as_ref().clone(),
+            other => return self.not_ready(other, own).await,
         };
-        let mut facts = self.facts(ready)?;
+        self.full(ready, own).await
+    }
+
+    /// Inputs the planner cannot run on: reported, nothing programmed. A node
+    /// that was programmed before stays as it was and says nothing while it
+    /// merely waits (an OverlayNetwork watch that is late after a restart
+    /// must not withdraw this node from its peers).
+    async fn not_ready(&mut self, inputs: &Inputs, own: Option<&Own>) -> Result<(), AgentError> {
+        self.health.programmed.store(false, Ordering::Relaxed);
+        self.current = None;
+        let (reason, message) = match inputs {
+            Inputs::WaitingForNetwork => (
+                "WaitingForNetwork",
+                "no OverlayNetwork of this agent's --network yet".to_string(),
+            ),
+            Inputs::InvalidNetwork(m) => ("InvalidNetwork", m.clone()),
+            Inputs::InvalidSubnet(m) => ("InvalidSubnet", m.clone()),
+            _ => (
+                "WaitingForSubnet",
+                "the operator has not allocated this node's subnet yet".to_string(),
+            ),
+        };
+        let Some(own) = own else { return Ok(()) };
+        let mut status = self.known_status(own).cloned().unwrap_or_default();
+        let waiting = matches!(inputs, Inputs::WaitingForNetwork | Inputs::WaitingForSubnet);
+        if waiting && status.node_ip.is_some() {
+            return Ok(());
+        }
+        condition::set(
+            &mut status.conditions,
+            Condition::falsy(CONDITION_READY, reason).message(message),
+        );
+        self.write_status(own, status).await
+    }
+
+    /// Plans everything from `ready`, programs it, writes the status if it changed.
+    async fn full(&mut self, ready: ReadyInputs, own: Option<&Own>) -> Result<(), AgentError> {
+        let mut facts = self.facts(&ready)?;
         facts.node_labels = ready.node_labels.clone();
         facts.udp_tag_len = self.udp_tag_len;
         if self.bgp_on || ready.network.backend.type_ == BackendType::Bgp {
             self.bgp = self.observe_bgp().await;
         }
         facts.bgp = self.bgp.clone();
-        let desired = plan(&ready.network, &ready.local, &ready.peers, &facts);
+        let peers: Vec<_> = ready.peers.values().cloned().collect();
+        let desired = plan(&ready.network, &ready.local, &peers, &facts);
+        drop(peers);
         self.bgp_on = desired.bgp.is_some();
+        facts.bgp.settling = self.settling(&desired);
         let programmer = self.programmer.clone();
         let target = Target {
             state: desired.clone(),
@@ -171,25 +234,122 @@ impl<P: Programmer> Agent<P> {
             .await
             .map_err(|e| AgentError::Task(e.to_string()))?;
         let error = applied.as_ref().err().map(|e| e.to_string());
-        self.metrics
-            .applies
-            .with_label_values(&[if error.is_none() { "ok" } else { "error" }])
-            .inc();
-        self.health
-            .programmed
-            .store(error.is_none(), Ordering::Relaxed);
-        self.record(ready, &desired, error.is_none());
+        self.applied(error.is_none());
+        self.record_all(&ready, &desired, error.is_none());
         let status = node_status(
-            self.last_status.as_ref(),
+            own.and_then(|o| self.known_status(o)),
             &desired,
             &facts,
             ready.generation,
             error.as_deref(),
         );
+        self.current = Some(Current {
+            node_ips: NodeIps::new(ready.peers.values()),
+            inputs: ready,
+            facts,
+            desired,
+            stale: error.is_some(),
+        });
         match own {
             Some(own) => self.write_status(own, status).await,
             None => Ok(()),
         }
+    }
+
+    /// Peer changes only: each planned on its own and programmed as a delta
+    /// when it can be; otherwise (or after a failed apply) one full plan.
+    pub async fn reconcile_peers(
+        &mut self,
+        changes: Vec<PeerChange>,
+        own: Option<&Own>,
+    ) -> Result<(), AgentError> {
+        // Not ready: the next full plan brings every peer with it.
+        let Some(current) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let mut deltas = Vec::with_capacity(changes.len());
+        let mut full = current.stale;
+        for change in &changes {
+            let old = current.inputs.peers.get(&change.name);
+            full |= current.node_ips.update(old, change.peer.as_ref());
+            let (network, local) = (&current.inputs.network, &current.inputs.local);
+            let delta = (!full)
+                .then(|| {
+                    plan_peer(
+                        network,
+                        local,
+                        &current.facts,
+                        &current.desired,
+                        old,
+                        change.peer.as_ref(),
+                    )
+                })
+                .flatten();
+            match delta {
+                Some(delta) => {
+                    current.desired.apply_peer(&delta);
+                    deltas.push(delta);
+                }
+                None => full = true,
+            }
+            current.inputs.update_peer(change);
+        }
+        if full {
+            let ready = current.inputs.clone();
+            return self.full(ready, own).await;
+        }
+        let programmer = self.programmer.clone();
+        let applied = tokio::task::spawn_blocking(move || programmer.program_peers(deltas))
+            .await
+            .map_err(|e| AgentError::Task(e.to_string()))?;
+        if let Err(e) = applied {
+            tracing::warn!(error = %e, "programming peer changes; planning in full");
+            let ready = current.inputs.clone();
+            return self.full(ready, own).await;
+        }
+        self.applied(true);
+        self.record_peers(&changes);
+        let Some(current) = &self.current else {
+            return Ok(());
+        };
+        let status = node_status(
+            own.and_then(|o| self.known_status(o)),
+            &current.desired,
+            &current.facts,
+            current.inputs.generation,
+            None,
+        );
+        match own {
+            Some(own) => self.write_status(own, status).await,
+            None => Ok(()),
+        }
+    }
+
+    fn applied(&self, ok: bool) {
+        self.metrics
+            .applies
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+        self.health.programmed.store(ok, Ordering::Relaxed);
+    }
+
+    /// The expected BGP sessions still inside their grace period.
+    fn settling(&mut self, desired: &DesiredState) -> BTreeSet<String> {
+        let now = Instant::now();
+        let expected: BTreeSet<&str> = (desired.bgp.iter())
+            .flat_map(|spec| spec.neighbors.iter().map(|n| n.name.as_str()))
+            .collect();
+        self.bgp_expected_since
+            .retain(|name, _| expected.contains(name.as_str()));
+        for name in expected {
+            self.bgp_expected_since
+                .entry(name.to_string())
+                .or_insert(now);
+        }
+        (self.bgp_expected_since.iter())
+            .filter(|(_, since)| now.duration_since(**since) < self.bgp_grace)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// BIRD's sessions and the BGP routes in the kernel.
@@ -205,13 +365,22 @@ impl<P: Programmer> Agent<P> {
         observed
     }
 
-    /// Whether BGP changed since the last reconcile (polled while BGP runs).
+    /// Whether BGP changed since the last reconcile (polled while BGP runs),
+    /// or a session's grace period ran out.
     pub async fn bgp_changed(&mut self) -> bool {
         if !self.bgp_on {
             return false;
         }
         let observed = self.observe_bgp().await;
-        observed != self.bgp
+        let grace_over = self.current.as_ref().is_some_and(|c| {
+            let now = Instant::now();
+            (c.facts.bgp.settling.iter()).any(|name| {
+                self.bgp_expected_since
+                    .get(name)
+                    .is_some_and(|since| now.duration_since(*since) >= self.bgp_grace)
+            })
+        });
+        grace_over || observed != self.bgp
     }
 
     fn facts(&self, ready: &ReadyInputs) -> Result<LocalFacts, AgentError> {
@@ -220,58 +389,28 @@ impl<P: Programmer> Agent<P> {
         Ok(underlay.facts(self.kernel))
     }
 
-    fn record(&mut self, ready: &ReadyInputs, desired: &crate::plan::DesiredState, applied: bool) {
-        let m = &self.metrics;
-        let pending = desired
-            .peer_problems
-            .iter()
-            .filter(|p| matches!(p, PeerProblem::Pending { .. }))
-            .map(|p| p.peer())
-            .collect::<BTreeSet<_>>()
-            .len();
-        let problem = desired
-            .peer_problems
-            .iter()
-            .map(|p| p.peer())
-            .collect::<BTreeSet<_>>()
-            .len()
-            - pending;
-        m.peers
-            .with_label_values(&["programmed"])
-            .set(desired.peer_backends.len() as i64);
-        m.peers.with_label_values(&["pending"]).set(pending as i64);
-        m.peers.with_label_values(&["problem"]).set(problem as i64);
-        for backend in BackendType::ALL {
-            m.backend_info
-                .with_label_values(&[backend.as_str()])
-                .set(i64::from(backend == desired.backend));
-        }
-        if !applied {
-            return;
-        }
-        let now = Timestamp::now();
-        for peer in desired.peer_backends.keys() {
-            if self.programmed.insert(peer.clone())
-                && let Some(created) = ready.peer_created.get(peer)
-                && created.0 > self.started
-            {
-                m.convergence_lag
-                    .observe(now.duration_since(created.0).as_secs_f64().max(0.0));
-            }
-        }
-        self.programmed
-            .retain(|p| desired.peer_backends.contains_key(p));
+    /// The status as it stands: what this agent last wrote, else what the
+    /// watch shows (after a restart).
+    fn known_status<'a>(&'a self, own: &'a Own) -> Option<&'a NodeSubnetStatus> {
+        let same_object = self.last_uid.is_none() || self.last_uid == own.uid;
+        (self.last_status.as_ref())
+            .filter(|_| same_object)
+            .or(own.status.as_ref())
     }
 
-    /// Server-side apply of the status subresource, only when it changed.
+    /// Server-side apply of the status subresource, only when it differs
+    /// from the status as it stands.
     pub async fn write_status(
         &mut self,
-        name: &str,
+        own: &Own,
         status: NodeSubnetStatus,
     ) -> Result<(), AgentError> {
-        if self.last_status.as_ref() == Some(&status) {
+        if self.known_status(own) == Some(&status) {
+            self.last_status = Some(status);
+            self.last_uid = own.uid.clone();
             return Ok(());
         }
+        let name = own.name.as_str();
         let api: Api<NodeSubnet> = Api::all(self.client.clone());
         let patch = json!({
             "apiVersion": format!("{}/{}", tartan_crds::GROUP, tartan_crds::VERSION),
@@ -295,11 +434,7 @@ impl<P: Programmer> Agent<P> {
             source,
         })?;
         self.last_status = Some(status);
+        self.last_uid = own.uid.clone();
         Ok(())
-    }
-
-    /// Forgets the last written status (the object was recreated).
-    pub fn forget_status(&mut self) {
-        self.last_status = None;
     }
 }

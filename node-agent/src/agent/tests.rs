@@ -16,11 +16,13 @@ use crate::dataplane::{DataplaneError, Target};
 use crate::metrics::Metrics;
 use crate::netlink::{ApplyError, ApplyReport};
 use crate::netns::NetNs;
+use crate::plan::PeerDelta;
 use crate::underlay::Choice;
-use crate::watch::{AgentIndex, Inputs};
+use crate::watch::{AgentIndex, Inputs, Own, PeerChange};
 
+/// Records every full target and every batch of peer changes.
 #[derive(Default)]
-struct Recorder(Mutex<Vec<Target>>);
+struct Recorder(Mutex<Vec<Target>>, Mutex<Vec<Vec<PeerDelta>>>);
 
 impl Programmer for Recorder {
     fn program(&self, target: Target) -> Result<ApplyReport, DataplaneError> {
@@ -28,6 +30,14 @@ impl Programmer for Recorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(target);
+        Ok(ApplyReport::default())
+    }
+
+    fn program_peers(&self, deltas: Vec<PeerDelta>) -> Result<ApplyReport, DataplaneError> {
+        self.1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(deltas);
         Ok(ApplyReport::default())
     }
 }
@@ -79,6 +89,15 @@ fn subnet() -> NodeSubnet {
     s
 }
 
+/// Our NodeSubnet as the watch shows it, before any status.
+fn own() -> Own {
+    Own {
+        name: "a".into(),
+        uid: Some("uid-a".into()),
+        status: None,
+    }
+}
+
 fn index(backend: BackendType) -> AgentIndex {
     let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
     spec.backend.type_ = backend;
@@ -91,13 +110,21 @@ fn index(backend: BackendType) -> AgentIndex {
 /// A data plane whose kernel refuses a route, as netlink reports it.
 struct RefusingKernel;
 
+fn refusal() -> DataplaneError {
+    DataplaneError::Apply(ApplyError::Kernel {
+        failed: 1,
+        total: 3,
+        first: "add route 10.244.2.0/24: ENETUNREACH".into(),
+    })
+}
+
 impl Programmer for RefusingKernel {
     fn program(&self, _: Target) -> Result<ApplyReport, DataplaneError> {
-        Err(DataplaneError::Apply(ApplyError::Kernel {
-            failed: 1,
-            total: 3,
-            first: "add route 10.244.2.0/24: ENETUNREACH".into(),
-        }))
+        Err(refusal())
+    }
+
+    fn program_peers(&self, _: Vec<PeerDelta>) -> Result<ApplyReport, DataplaneError> {
+        Err(refusal())
     }
 }
 
@@ -125,11 +152,11 @@ async fn status_is_written_by_server_side_apply_on_the_status_subresource_only_o
     let server = tokio::spawn(answer(handle, 1));
     let inputs = index(BackendType::Vxlan).inputs();
     agent
-        .reconcile(&inputs, Some("a"))
+        .reconcile(&inputs, Some(&own()))
         .await
         .expect("first pass");
     agent
-        .reconcile(&inputs, Some("a"))
+        .reconcile(&inputs, Some(&own()))
         .await
         .expect("second pass, nothing new");
     let bodies = server.await.expect("exactly one write");
@@ -155,11 +182,11 @@ async fn a_backend_change_leads_to_a_new_plan_and_a_status_with_the_new_backend(
     let (mut agent, handle) = agent(recorder.clone());
     let server = tokio::spawn(answer(handle, 2));
     agent
-        .reconcile(&index(BackendType::Vxlan).inputs(), Some("a"))
+        .reconcile(&index(BackendType::Vxlan).inputs(), Some(&own()))
         .await
         .expect("vxlan");
     agent
-        .reconcile(&index(BackendType::HostGw).inputs(), Some("a"))
+        .reconcile(&index(BackendType::HostGw).inputs(), Some(&own()))
         .await
         .expect("host-gw");
     let bodies = server.await.expect("two writes");
@@ -181,7 +208,7 @@ async fn waiting_and_invalid_inputs_are_reported_not_programmed() {
     agent
         .reconcile(
             &Inputs::InvalidNetwork("spec.cidr: invalid value".into()),
-            Some("a"),
+            Some(&own()),
         )
         .await
         .expect("reported");
@@ -205,7 +232,7 @@ async fn a_netlink_failure_is_reported_as_one() {
     let (mut agent, handle) = agent(Arc::new(RefusingKernel));
     let server = tokio::spawn(answer(handle, 1));
     agent
-        .reconcile(&index(BackendType::Vxlan).inputs(), Some("a"))
+        .reconcile(&index(BackendType::Vxlan).inputs(), Some(&own()))
         .await
         .expect("the failure is reported, not returned");
     let bodies = server.await.expect("one write");
@@ -216,4 +243,94 @@ async fn a_netlink_failure_is_reported_as_one() {
         "netlink: 1 of 3 kernel changes failed; first: add route 10.244.2.0/24: ENETUNREACH"
     );
     assert_eq!(agent.metrics.applies.with_label_values(&["error"]).get(), 1);
+}
+
+/// A peer joined: `b` at 127.0.0.2 with a VTEP MAC, or without an address yet.
+fn joined(addressed: bool) -> PeerChange {
+    let mut b = NodeSubnet::new(
+        "b",
+        NodeSubnetSpec {
+            node_name: "b".into(),
+            network: "default".into(),
+            cidr: "10.244.2.0/24".into(),
+            ipv6_cidr: None,
+        },
+    );
+    if addressed {
+        b.status = Some(tartan_crds::NodeSubnetStatus {
+            node_ip: Some("127.0.0.2".into()),
+            vtep_mac: Some("0e:2a:7f:00:00:02".into()),
+            backend: Some(BackendType::Vxlan),
+            receive_backends: vec![BackendType::Vxlan],
+            ..Default::default()
+        });
+    }
+    PeerChange {
+        name: "b".into(),
+        peer: crate::plan::Peer::from_node_subnet(&b).ok(),
+        created: None,
+    }
+}
+
+#[tokio::test]
+async fn a_join_is_programmed_as_a_delta_and_writes_no_status_here() {
+    let recorder = Arc::new(Recorder::default());
+    let (mut agent, handle) = agent(recorder.clone());
+    let server = tokio::spawn(answer(handle, 1));
+    agent
+        .reconcile(&index(BackendType::Vxlan).inputs(), Some(&own()))
+        .await
+        .expect("first pass");
+    for addressed in [false, true] {
+        agent
+            .reconcile_peers(vec![joined(addressed)], Some(&own()))
+            .await
+            .expect("the join");
+    }
+    let bodies = server
+        .await
+        .expect("one write, the first pass's: none for the joins");
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(recorder.0.lock().expect("lock").len(), 1, "one full plan");
+    let deltas = recorder.1.lock().expect("lock");
+    let sizes: Vec<(usize, usize)> = deltas
+        .iter()
+        .flatten()
+        .map(|d| (d.add.len(), d.remove.len()))
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![(0, 0), (3, 0)],
+        "pending: nothing to program and no Ready flip; addressed: route, neighbour, FDB entry"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_agent_starts_from_the_watched_status_and_writes_nothing() {
+    let (mut before, handle) = agent(Arc::new(Recorder::default()));
+    let server = tokio::spawn(answer(handle, 1));
+    before
+        .reconcile(&index(BackendType::Vxlan).inputs(), Some(&own()))
+        .await
+        .expect("before the restart");
+    let written: tartan_crds::NodeSubnetStatus =
+        serde_json::from_value(server.await.expect("one write")[0]["status"].clone())
+            .expect("a status");
+    let watched = Own {
+        status: Some(written.clone()),
+        ..own()
+    };
+    let (mut after, handle) = agent(Arc::new(Recorder::default()));
+    let server = tokio::spawn(answer(handle, 0));
+    // The OverlayNetwork watch is late: the NodeSubnets came first.
+    after
+        .reconcile(&Inputs::WaitingForNetwork, Some(&watched))
+        .await
+        .expect("waiting writes nothing over a programmed status");
+    after
+        .reconcile(&index(BackendType::Vxlan).inputs(), Some(&watched))
+        .await
+        .expect("the same status: nothing to write");
+    assert!(server.await.expect("no request").is_empty());
+    assert!(written.node_ip.is_some() && written.vtep_mac.is_some());
 }

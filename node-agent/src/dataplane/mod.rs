@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::netlink::monitor::{Change, Monitor};
 use crate::netlink::{Applier, ApplyError, ApplyReport, Observed};
 use crate::netns::NetNs;
-use crate::plan::DesiredState;
+use crate::plan::{DesiredState, PeerDelta};
 use crate::sysctl::Sysctls;
 use crate::udp::EngineOptions;
 use worker::Worker;
@@ -81,6 +81,8 @@ pub enum DataplaneError {
     Bgp(#[from] BirdError),
     #[error("the data plane worker has stopped")]
     Stopped,
+    #[error("a peer change arrived before any full plan was applied")]
+    NoTarget,
 }
 
 impl DataplaneError {
@@ -94,6 +96,7 @@ impl DataplaneError {
             DataplaneError::Udp(_) => "udp",
             DataplaneError::Bgp(_) => "bgp",
             DataplaneError::Stopped => "stopped",
+            DataplaneError::NoTarget => "no_target",
         }
     }
 }
@@ -116,6 +119,8 @@ pub struct LastApply {
 
 pub(crate) enum Command {
     Set(Box<Target>, Sender<Result<ApplyReport, DataplaneError>>),
+    /// Peer changes folded into the current target: only their objects are sent.
+    Peers(Vec<PeerDelta>, Sender<Result<ApplyReport, DataplaneError>>),
     Drift(Vec<(Change, RouteNetlinkMessage)>),
     Stop,
 }
@@ -171,6 +176,16 @@ impl Dataplane {
         let (reply_tx, reply_rx) = mpsc::channel();
         self.tx
             .send(Command::Set(Box::new(target), reply_tx))
+            .map_err(|_| DataplaneError::Stopped)?;
+        reply_rx.recv().map_err(|_| DataplaneError::Stopped)?
+    }
+
+    /// Applies peer changes to the current target (no dump, no diff) and
+    /// waits for the outcome.
+    pub fn set_peers(&self, deltas: Vec<PeerDelta>) -> Result<ApplyReport, DataplaneError> {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.tx
+            .send(Command::Peers(deltas, reply_tx))
             .map_err(|_| DataplaneError::Stopped)?;
         reply_rx.recv().map_err(|_| DataplaneError::Stopped)?
     }

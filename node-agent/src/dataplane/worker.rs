@@ -12,10 +12,11 @@ use super::{Command, DataplaneConfig, DataplaneError, LastApply, Target};
 use crate::bgp::Bird;
 use crate::masquerade;
 use crate::metrics::Metrics;
+use crate::netlink::diff::peer_ops;
 use crate::netlink::monitor::Change;
 use crate::netlink::repair::repairs;
 use crate::netlink::{Applier, ApplyReport};
-use crate::plan::{MasqueradeSpec, UdpSpec};
+use crate::plan::{MasqueradeSpec, PeerDelta, UdpSpec};
 use crate::sysctl;
 use crate::udp::Engine;
 
@@ -49,6 +50,9 @@ impl Worker {
                     self.target = Some(*target);
                     let result = self.full(false);
                     let _ = reply.send(result);
+                }
+                Ok(Command::Peers(deltas, reply)) => {
+                    let _ = reply.send(self.peers(&deltas));
                 }
                 Ok(Command::Drift(mut events)) => {
                     // Coalesce a burst (e.g. a deleted device takes its routes with it).
@@ -161,6 +165,44 @@ impl Worker {
                 1 + usize::from(state.vxlan.is_some()) + usize::from(state.udp.is_some()),
             ),
         ] {
+            self.metrics
+                .kernel_objects
+                .with_label_values(&[kind])
+                .set(count as i64);
+        }
+        Ok(report)
+    }
+
+    /// Peer changes: folded into the target, and only their objects sent.
+    /// The drift monitor and the periodic full resync stay the safety net.
+    fn peers(&mut self, deltas: &[PeerDelta]) -> Result<ApplyReport, DataplaneError> {
+        let Some(target) = self.target.as_mut() else {
+            return Err(DataplaneError::NoTarget);
+        };
+        let started = Instant::now();
+        let mut ops = Vec::new();
+        for delta in deltas {
+            target.state.apply_peer(delta);
+            ops.extend(peer_ops(delta));
+        }
+        ops.sort_by_key(crate::netlink::Op::phase);
+        let state = &target.state;
+        let counts = [
+            ("route", state.routes.len()),
+            ("neighbour", state.neighbours.len()),
+            ("fdb", state.fdb.len()),
+        ];
+        let observed = self
+            .applier
+            .observe_links()
+            .map_err(|e| DataplaneError::Apply(e.into()))?;
+        let result = self.applier.execute(ops, observed);
+        self.metrics
+            .apply_duration
+            .observe(started.elapsed().as_secs_f64());
+        let report = result?;
+        self.count(&report, false);
+        for (kind, count) in counts {
             self.metrics
                 .kernel_objects
                 .with_label_values(&[kind])

@@ -74,7 +74,7 @@ pub fn spec(
 /// The expected sessions that are not Established, each as
 /// "label address (state: last error)"; `None` when all are.
 pub fn sessions_down(spec: &BgpSpec, observed: &BgpObserved) -> Option<LocalProblem> {
-    let sessions: Vec<String> = spec
+    let sessions: Vec<(String, String)> = spec
         .neighbors
         .iter()
         .filter_map(|n| {
@@ -87,7 +87,7 @@ pub fn sessions_down(spec: &BgpSpec, observed: &BgpObserved) -> Option<LocalProb
                 (None, Some(e)) => format!("BIRD: {e}"),
                 (None, None) => "not configured yet".into(),
             };
-            Some(format!("{} {} ({why})", n.label, n.address))
+            Some((n.name.clone(), format!("{} {} ({why})", n.label, n.address)))
         })
         .collect();
     (!sessions.is_empty()).then_some(LocalProblem::BgpSessionsDown { sessions })

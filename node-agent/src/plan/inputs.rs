@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use tartan_crds::{NodeSubnet, ValidNodeSubnet, ValidationError};
+use tartan_crds::{NodeSubnet, NodeSubnetSpec, NodeSubnetStatus, ValidNodeSubnet, ValidationError};
 
 use super::Peer;
 
@@ -10,18 +10,29 @@ impl Peer {
     /// A peer from its NodeSubnet. A malformed spec is an error (the peer is
     /// left out); a malformed status becomes `endpoint: Err` and a reported problem.
     pub fn from_node_subnet(subnet: &NodeSubnet) -> Result<Peer, ValidationError> {
-        let spec: ValidNodeSubnet = subnet.spec.validate()?;
-        let status = subnet.status.clone().unwrap_or_default();
+        Self::from_parts(&subnet.spec, subnet.status.as_ref())
+    }
+
+    /// A peer from a NodeSubnet's spec and status, as the index keeps them.
+    pub fn from_parts(
+        spec: &NodeSubnetSpec,
+        status: Option<&NodeSubnetStatus>,
+    ) -> Result<Peer, ValidationError> {
+        let spec: ValidNodeSubnet = spec.validate()?;
+        let (endpoint, backend, receive) = match status {
+            Some(status) => (
+                status.endpoint().map_err(|e| e.to_string()),
+                status.backend,
+                status.receive_backends.iter().copied().collect(),
+            ),
+            None => (Ok(Default::default()), None, BTreeSet::new()),
+        };
         Ok(Peer {
             name: spec.node_name.clone(),
             subnet: spec,
-            endpoint: status.endpoint().map_err(|e| e.to_string()),
-            backend: status.backend,
-            receive: status
-                .receive_backends
-                .iter()
-                .copied()
-                .collect::<BTreeSet<_>>(),
+            endpoint,
+            backend,
+            receive,
         })
     }
 }

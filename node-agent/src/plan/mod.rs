@@ -31,6 +31,7 @@
 
 mod bgp;
 mod choose;
+pub mod delta;
 mod host_gw;
 pub mod inputs;
 pub mod model;
@@ -49,6 +50,7 @@ use tartan_crds::validate::ValidEndpoint;
 use tartan_crds::{BackendType, ValidNetwork, ValidNodeSubnet};
 
 pub use choose::SUPPORTED;
+pub use delta::{NodeIps, PeerDelta, PeerKernelObjects, plan_peer};
 pub use model::*;
 pub use mtu::{UDP_OVERHEAD_V4, VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6};
 pub use vxlan::vtep_mac;

@@ -172,6 +172,10 @@ pub struct BgpObserved {
     pub routes_learned: u32,
     /// Why BIRD could not be asked, if it could not.
     pub error: Option<String>,
+    /// Sessions first expected within the grace period (a peer that just
+    /// joined): the status does not call them down yet, or one join would
+    /// flip every meshed node's Ready. Not a planner input.
+    pub settling: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,8 +263,9 @@ pub enum LocalProblem {
         backend: BackendType,
         why: &'static str,
     },
-    /// Expected BGP sessions that are not Established: "label address (state: error)".
-    BgpSessionsDown { sessions: Vec<String> },
+    /// Expected BGP sessions that are not Established: (BIRD protocol name,
+    /// "label address (state: error)").
+    BgpSessionsDown { sessions: Vec<(String, String)> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,17 +1,29 @@
-//! The agent's inputs as an index: this node's Node, every NodeSubnet, the
-//! OverlayNetwork. Fed by the watches (`apply`, `delete`, `reset`); computes
-//! what the planner needs and reports whether that changed, so a status write
-//! by another agent that changes nothing here costs nothing. Pure.
+//! The agent's inputs as an incremental index: this node's Node, its own
+//! NodeSubnet, one entry per peer, the OverlayNetwork. Fed by the watches;
+//! pure.
+//!
+//! A watch event touches one entry and records what it changed: a peer by
+//! name, or the "global" inputs (network, own subnet, node). The reconcile
+//! [`take`](AgentIndex::take)s the changes: global ones as the full inputs (a
+//! full plan), peer ones as deltas (one peer planned and programmed). A write
+//! that changes nothing the planner reads (another agent's condition, our
+//! own status) records nothing, so it costs nothing downstream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use tartan_crds::{NodeSubnet, OverlayNetwork, ValidNetwork, ValidNodeSubnet};
+use tartan_crds::{
+    NodeSubnet, NodeSubnetSpec, NodeSubnetStatus, OverlayNetwork, OverlayNetworkSpec, ValidNetwork,
+    ValidNodeSubnet,
+};
 
 use crate::plan::Peer;
+
+#[cfg(test)]
+mod tests;
 
 /// What the planner is given, or why it cannot run yet.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +45,8 @@ pub struct ReadyInputs {
     pub local: ValidNodeSubnet,
     /// `metadata.generation` of this node's NodeSubnet.
     pub generation: Option<i64>,
-    pub peers: Vec<Peer>,
+    /// Every valid peer, by NodeSubnet name.
+    pub peers: BTreeMap<String, Peer>,
     /// Creation time of each peer's NodeSubnet (convergence lag).
     pub peer_created: BTreeMap<String, Time>,
     /// The Node's InternalIP (default underlay choice).
@@ -42,13 +55,101 @@ pub struct ReadyInputs {
     pub node_labels: BTreeMap<String, String>,
 }
 
+impl ReadyInputs {
+    /// Keeps the peers as the index has them after `change`.
+    pub fn update_peer(&mut self, change: &PeerChange) {
+        match &change.peer {
+            Some(peer) => {
+                self.peers.insert(change.name.clone(), peer.clone());
+            }
+            None => {
+                self.peers.remove(&change.name);
+            }
+        }
+        match &change.created {
+            Some(created) if change.peer.is_some() => {
+                self.peer_created
+                    .insert(change.name.clone(), created.clone());
+            }
+            _ => {
+                self.peer_created.remove(&change.name);
+            }
+        }
+    }
+}
+
+/// A NodeSubnet as the index keeps it: what the planner and the status
+/// read, without the rest of the object (managedFields, annotations).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubnetEntry {
+    pub name: String,
+    pub uid: Option<String>,
+    pub spec: NodeSubnetSpec,
+    pub status: Option<NodeSubnetStatus>,
+    pub generation: Option<i64>,
+    pub created: Option<Time>,
+}
+
+impl From<NodeSubnet> for SubnetEntry {
+    fn from(subnet: NodeSubnet) -> Self {
+        Self {
+            name: subnet.name_any(),
+            uid: subnet.metadata.uid,
+            generation: subnet.metadata.generation,
+            created: subnet.metadata.creation_timestamp,
+            spec: subnet.spec,
+            status: subnet.status,
+        }
+    }
+}
+
+/// This node's NodeSubnet: its name, and its status as the watch last showed
+/// it (what a restarted agent starts from).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Own {
+    pub name: String,
+    /// A NodeSubnet deleted and created again has a new uid (and no status).
+    pub uid: Option<String>,
+    pub status: Option<NodeSubnetStatus>,
+}
+
+/// One peer whose inputs changed: its new form, or `None` when it is gone
+/// (deleted, or no longer valid).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerChange {
+    pub name: String,
+    pub peer: Option<Peer>,
+    /// When the peer's NodeSubnet was created (convergence lag).
+    pub created: Option<Time>,
+}
+
+/// What the reconcile takes from the index.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// Global inputs changed: plan everything.
+    Full(Inputs),
+    /// Only these peers changed.
+    Peers(Vec<PeerChange>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct PeerEntry {
+    peer: Peer,
+    created: Option<Time>,
+}
+
 #[derive(Debug, Default)]
 pub struct AgentIndex {
     node_name: String,
     network_name: String,
-    node: Option<Node>,
-    network: Option<OverlayNetwork>,
-    subnets: BTreeMap<String, NodeSubnet>,
+    node_ip: Option<Ipv4Addr>,
+    node_labels: BTreeMap<String, String>,
+    network: Option<OverlayNetworkSpec>,
+    own: Option<SubnetEntry>,
+    peers: BTreeMap<String, PeerEntry>,
+    /// Changed since the last `take`: the global inputs, and peers by name.
+    global_changed: bool,
+    changed_peers: BTreeSet<String>,
 }
 
 impl AgentIndex {
@@ -56,6 +157,8 @@ impl AgentIndex {
         Self {
             node_name: node_name.into(),
             network_name: network_name.into(),
+            // Nothing has been taken yet: the first take is a full plan.
+            global_changed: true,
             ..Default::default()
         }
     }
@@ -64,87 +167,183 @@ impl AgentIndex {
         &self.node_name
     }
 
-    pub fn apply_node(&mut self, node: Node) {
-        if node.name_any() == self.node_name {
-            self.node = Some(node);
+    /// Whether anything changed since the last [`take`](Self::take).
+    pub fn has_changes(&self) -> bool {
+        self.global_changed || !self.changed_peers.is_empty()
+    }
+
+    fn set_global<T: PartialEq>(&mut self, field: fn(&mut Self) -> &mut T, value: T) -> bool {
+        if *field(self) == value {
+            return false;
         }
+        *field(self) = value;
+        self.global_changed = true;
+        true
     }
 
-    pub fn apply_network(&mut self, network: OverlayNetwork) {
-        if network.name_any() == self.network_name {
-            self.network = Some(network);
+    /// This node's Node: only its InternalIP and labels are inputs.
+    pub fn apply_node(&mut self, node: Node) -> bool {
+        if node.name_any() != self.node_name {
+            return false;
         }
+        let ip = internal_ip(&node);
+        let labels = node.metadata.labels.unwrap_or_default();
+        let ip_changed = self.set_global(|i| &mut i.node_ip, ip);
+        self.set_global(|i| &mut i.node_labels, labels) || ip_changed
     }
 
-    pub fn delete_network(&mut self, name: &str) {
-        if name == self.network_name {
-            self.network = None;
+    /// The OverlayNetwork: only its spec is an input, so the operator's
+    /// status writes (counts) cost the agent nothing.
+    pub fn apply_network(&mut self, network: OverlayNetwork) -> bool {
+        if network.name_any() != self.network_name {
+            return false;
         }
+        self.set_global(|i| &mut i.network, Some(network.spec))
     }
 
-    pub fn apply_subnet(&mut self, subnet: NodeSubnet) {
-        self.subnets.insert(subnet.name_any(), subnet);
+    pub fn delete_network(&mut self, name: &str) -> bool {
+        name == self.network_name && self.set_global(|i| &mut i.network, None)
     }
 
-    pub fn delete_subnet(&mut self, name: &str) {
-        self.subnets.remove(name);
+    fn is_own(&self, spec: &NodeSubnetSpec) -> bool {
+        spec.node_name == self.node_name && spec.network == self.network_name
     }
 
-    pub fn reset_subnets(&mut self, subnets: Vec<NodeSubnet>) {
-        self.subnets = subnets.into_iter().map(|s| (s.name_any(), s)).collect();
+    /// One NodeSubnet added or changed. Returns whether an input changed.
+    pub fn apply_subnet(&mut self, subnet: impl Into<SubnetEntry>) -> bool {
+        let entry = subnet.into();
+        if entry.spec.network != self.network_name {
+            return false;
+        }
+        if self.is_own(&entry.spec) {
+            return self.apply_own(entry);
+        }
+        let name = entry.name.clone();
+        // A peer whose spec does not validate is left out; the operator reports it.
+        let next = Peer::from_parts(&entry.spec, entry.status.as_ref())
+            .ok()
+            .map(|peer| PeerEntry {
+                peer,
+                created: entry.created,
+            });
+        if self.peers.get(&name) == next.as_ref() {
+            return false;
+        }
+        match next {
+            Some(next) => self.peers.insert(name.clone(), next),
+            None => self.peers.remove(&name),
+        };
+        self.changed_peers.insert(name);
+        true
+    }
+
+    /// Our own NodeSubnet: its status is kept (a restart starts from it) but
+    /// is not an input, or each of our own writes would plan again.
+    fn apply_own(&mut self, entry: SubnetEntry) -> bool {
+        let unchanged = self.own.as_ref().is_some_and(|own| {
+            own.name == entry.name
+                && own.uid == entry.uid
+                && own.spec == entry.spec
+                && own.generation == entry.generation
+        });
+        self.own = Some(entry);
+        if !unchanged {
+            self.global_changed = true;
+        }
+        !unchanged
+    }
+
+    pub fn delete_subnet(&mut self, name: &str) -> bool {
+        if self.own.as_ref().is_some_and(|own| own.name == name) {
+            self.own = None;
+            self.global_changed = true;
+            return true;
+        }
+        if self.peers.remove(name).is_some() {
+            self.changed_peers.insert(name.to_string());
+            return true;
+        }
+        false
+    }
+
+    /// A relist: these are all the NodeSubnets. Rare (a watch that broke
+    /// for too long), so it is one full plan.
+    pub fn reset_subnets(
+        &mut self,
+        subnets: impl IntoIterator<Item = impl Into<SubnetEntry>>,
+    ) -> bool {
+        let pending = (self.global_changed, std::mem::take(&mut self.changed_peers));
+        let before_own = self.own.take();
+        let before_peers = std::mem::take(&mut self.peers);
+        for subnet in subnets {
+            self.apply_subnet(subnet);
+        }
+        let changed = before_own != self.own || before_peers != self.peers;
+        (self.global_changed, self.changed_peers) = (pending.0 || changed, pending.1);
+        changed
     }
 
     /// This node's own NodeSubnet, if allocated.
-    pub fn own(&self) -> Option<&NodeSubnet> {
-        self.subnets
-            .values()
-            .find(|s| s.spec.node_name == self.node_name && s.spec.network == self.network_name)
+    pub fn own(&self) -> Option<Own> {
+        self.own.as_ref().map(|own| Own {
+            name: own.name.clone(),
+            uid: own.uid.clone(),
+            status: own.status.clone(),
+        })
     }
 
+    /// The changes since the last take, and forgets them.
+    pub fn take(&mut self) -> Option<Update> {
+        if self.global_changed {
+            self.global_changed = false;
+            self.changed_peers.clear();
+            return Some(Update::Full(self.inputs()));
+        }
+        if self.changed_peers.is_empty() {
+            return None;
+        }
+        let changes = std::mem::take(&mut self.changed_peers)
+            .into_iter()
+            .map(|name| {
+                let entry = self.peers.get(&name);
+                PeerChange {
+                    peer: entry.map(|e| e.peer.clone()),
+                    created: entry.and_then(|e| e.created.clone()),
+                    name,
+                }
+            })
+            .collect();
+        Some(Update::Peers(changes))
+    }
+
+    /// Everything the planner needs, now.
     pub fn inputs(&self) -> Inputs {
         let Some(network) = &self.network else {
             return Inputs::WaitingForNetwork;
         };
-        let network = match network.spec.validate() {
+        let network = match network.validate() {
             Ok(n) => n,
             Err(e) => return Inputs::InvalidNetwork(e.to_string()),
         };
-        let Some(own) = self.own() else {
+        let Some(own) = &self.own else {
             return Inputs::WaitingForSubnet;
         };
         let local = match own.spec.validate() {
             Ok(l) => l,
             Err(e) => return Inputs::InvalidSubnet(e.to_string()),
         };
-        let mut peers = Vec::new();
-        let mut peer_created = BTreeMap::new();
-        for subnet in self.subnets.values() {
-            if subnet.spec.network != self.network_name || subnet.spec.node_name == self.node_name {
-                continue;
-            }
-            // A peer whose spec does not validate is left out; the operator reports it.
-            let Ok(peer) = Peer::from_node_subnet(subnet) else {
-                continue;
-            };
-            if let Some(created) = &subnet.metadata.creation_timestamp {
-                peer_created.insert(peer.name.clone(), created.clone());
-            }
-            peers.push(peer);
-        }
-        let node_ip = self.node.as_ref().and_then(internal_ip);
-        let node_labels = self
-            .node
-            .as_ref()
-            .and_then(|n| n.metadata.labels.clone())
-            .unwrap_or_default();
         Inputs::Ready(Box::new(ReadyInputs {
             network,
             local,
-            generation: own.metadata.generation,
-            peers,
-            peer_created,
-            node_ip,
-            node_labels,
+            generation: own.generation,
+            peers: (self.peers.iter())
+                .map(|(name, e)| (name.clone(), e.peer.clone()))
+                .collect(),
+            peer_created: (self.peers.iter())
+                .filter_map(|(name, e)| Some((name.clone(), e.created.clone()?)))
+                .collect(),
+            node_ip: self.node_ip,
+            node_labels: self.node_labels.clone(),
         }))
     }
 }
@@ -158,121 +357,4 @@ pub fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
         .iter()
         .filter(|a| a.type_ == "InternalIP")
         .find_map(|a| a.address.parse().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
-    use tartan_crds::{BackendType, NodeSubnetSpec, NodeSubnetStatus, OverlayNetworkSpec};
-
-    fn subnet(node: &str, cidr: &str) -> NodeSubnet {
-        NodeSubnet::new(
-            node,
-            NodeSubnetSpec {
-                node_name: node.into(),
-                network: "default".into(),
-                cidr: cidr.into(),
-                ipv6_cidr: None,
-            },
-        )
-    }
-
-    fn network(backend: BackendType) -> OverlayNetwork {
-        let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
-        spec.backend.type_ = backend;
-        OverlayNetwork::new("default", spec)
-    }
-
-    #[test]
-    fn waits_for_network_then_subnet() {
-        let mut index = AgentIndex::new("a", "default");
-        assert_eq!(index.inputs(), Inputs::WaitingForNetwork);
-        index.apply_network(network(BackendType::Vxlan));
-        assert_eq!(index.inputs(), Inputs::WaitingForSubnet);
-        index.apply_subnet(subnet("a", "10.244.1.0/24"));
-        assert!(matches!(index.inputs(), Inputs::Ready(_)));
-    }
-
-    #[test]
-    fn a_peers_status_is_an_input_but_our_own_status_is_not() {
-        let mut index = AgentIndex::new("a", "default");
-        index.apply_network(network(BackendType::Vxlan));
-        index.reset_subnets(vec![
-            subnet("a", "10.244.1.0/24"),
-            subnet("b", "10.244.2.0/24"),
-        ]);
-        let before = index.inputs();
-        let mut own = subnet("a", "10.244.1.0/24");
-        own.status = Some(NodeSubnetStatus {
-            peers: 1,
-            ..Default::default()
-        });
-        index.apply_subnet(own);
-        assert_eq!(
-            index.inputs(),
-            before,
-            "our own status write changes nothing"
-        );
-        let mut b = subnet("b", "10.244.2.0/24");
-        b.status = Some(NodeSubnetStatus {
-            node_ip: Some("192.168.0.2".into()),
-            ..Default::default()
-        });
-        index.apply_subnet(b);
-        assert_ne!(index.inputs(), before);
-    }
-
-    #[test]
-    fn a_backend_change_is_a_new_input() {
-        let mut index = AgentIndex::new("a", "default");
-        index.apply_network(network(BackendType::Vxlan));
-        index.apply_subnet(subnet("a", "10.244.1.0/24"));
-        let before = index.inputs();
-        index.apply_network(network(BackendType::HostGw));
-        let Inputs::Ready(after) = index.inputs() else {
-            panic!("ready")
-        };
-        assert_ne!(Inputs::Ready(after.clone()), before);
-        assert_eq!(after.network.backend.type_, BackendType::HostGw);
-    }
-
-    #[test]
-    fn invalid_objects_are_reported_not_applied() {
-        let mut index = AgentIndex::new("a", "default");
-        let mut bad = network(BackendType::Vxlan);
-        bad.spec.cidr = "10.244.0.1/16".into();
-        index.apply_network(bad);
-        assert!(matches!(index.inputs(), Inputs::InvalidNetwork(m) if m.starts_with("spec.cidr")));
-        index.apply_network(network(BackendType::Vxlan));
-        index.apply_subnet(subnet("a", "10.244.1.9/24"));
-        assert!(matches!(index.inputs(), Inputs::InvalidSubnet(_)));
-    }
-
-    #[test]
-    fn internal_ip_comes_from_the_node() {
-        let mut index = AgentIndex::new("a", "default");
-        index.apply_network(network(BackendType::Vxlan));
-        index.apply_subnet(subnet("a", "10.244.1.0/24"));
-        let mut node = Node::default();
-        node.metadata.name = Some("a".into());
-        node.status = Some(NodeStatus {
-            addresses: Some(vec![
-                NodeAddress {
-                    type_: "Hostname".into(),
-                    address: "a".into(),
-                },
-                NodeAddress {
-                    type_: "InternalIP".into(),
-                    address: "10.0.0.7".into(),
-                },
-            ]),
-            ..Default::default()
-        });
-        index.apply_node(node);
-        let Inputs::Ready(ready) = index.inputs() else {
-            panic!("ready")
-        };
-        assert_eq!(ready.node_ip, Some(Ipv4Addr::new(10, 0, 0, 7)));
-    }
 }

@@ -1,12 +1,16 @@
-//! The agent's inputs: three watches feed one index, which publishes the
-//! planner's inputs on a `tokio::sync::watch` only when they changed.
+//! The agent's inputs: three watches feed one incremental index, which
+//! tells the reconcile loop (a counter on a `tokio::sync::watch`) only when
+//! something the planner reads changed.
 //!
 //! ```text
-//!   Node (this one, by name) ──┐
-//!   NodeSubnet (all) ──────────┼─▶ AgentIndex (apply / delete / reset) ─▶ publish if changed
-//!   OverlayNetwork (by name) ──┘
+//!   Node (this one, by name) ───────────────┐
+//!   NodeSubnet (label tartan.dev/network) ──┼─▶ AgentIndex (apply / delete / reset) ─▶ bump if changed
+//!   OverlayNetwork (by name) ───────────────┘
 //! ```
 //!
+//! The watches carry only what is used: NodeSubnets of this agent's network
+//! (a label selector), and what is kept of each is a [`SubnetEntry`] (no
+//! managedFields, no metadata beyond name, uid, generation, creation time).
 //! A watch that fails keeps retrying with backoff; the data plane meanwhile
 //! stays as last programmed.
 
@@ -19,37 +23,34 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use tartan_crds::{NodeSubnet, OverlayNetwork};
+use tartan_crds::{NETWORK_LABEL, NodeSubnet, OverlayNetwork};
 use tartan_runtime::relist::{Delta, Relist};
 use tokio::sync::watch;
 
-pub use index::{AgentIndex, Inputs, ReadyInputs};
+pub use index::{AgentIndex, Inputs, Own, PeerChange, ReadyInputs, SubnetEntry, Update};
 
 use crate::agent::Health;
 use crate::metrics::Metrics;
 
-/// The inputs and this node's NodeSubnet name, as published.
-pub type Published = (Inputs, Option<String>);
-
-/// Where every watch delivers: the index, the channel it publishes on, and
-/// what the watches report to.
+/// Where every watch delivers: the index, the counter bumped on each change,
+/// and what the watches report to.
 #[derive(Clone)]
 pub struct Sink {
     pub index: Arc<Mutex<AgentIndex>>,
-    pub tx: Arc<watch::Sender<Published>>,
+    pub tx: Arc<watch::Sender<u64>>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
 }
 
 impl Sink {
-    /// An empty index for `node_name` on `network` and the receiver of what it publishes.
+    /// An empty index for `node_name` on `network` and the receiver of its changes.
     pub fn new(
         node_name: &str,
         network: &str,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
-    ) -> (Self, watch::Receiver<Published>) {
-        let (tx, rx) = watch::channel((Inputs::WaitingForNetwork, None));
+    ) -> (Self, watch::Receiver<u64>) {
+        let (tx, rx) = watch::channel(0);
         let sink = Sink {
             index: Arc::new(Mutex::new(AgentIndex::new(node_name, network))),
             tx: Arc::new(tx),
@@ -59,30 +60,26 @@ impl Sink {
         (sink, rx)
     }
 
-    /// Publishes the index's inputs, only when they changed.
-    fn publish(&self) {
-        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let next = (index.inputs(), index.own().map(|s| s.name_any()));
-        self.tx.send_if_modified(|current| {
-            if *current == next {
-                false
-            } else {
-                *current = next;
-                true
-            }
-        });
+    /// The changes since the last take, and this node's own NodeSubnet.
+    pub fn take(&self) -> (Option<Update>, Option<Own>) {
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        (index.take(), index.own())
+    }
+
+    fn notify(&self) {
+        self.tx.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
-/// How one watched kind updates the index.
+/// How one watched kind updates the index; each says whether an input changed.
 struct Handlers<K> {
-    apply: fn(&mut AgentIndex, K),
-    delete: fn(&mut AgentIndex, K),
-    reset: fn(&mut AgentIndex, Vec<K>),
+    apply: fn(&mut AgentIndex, K) -> bool,
+    delete: fn(&mut AgentIndex, K) -> bool,
+    reset: fn(&mut AgentIndex, Vec<K>) -> bool,
 }
 
 /// Starts the three watches: this Node and this OverlayNetwork by name
-/// (a field selector: nothing else is sent), every NodeSubnet.
+/// (a field selector: nothing else is sent), this network's NodeSubnets.
 pub fn spawn(client: &Client, node_name: &str, network: &str, sink: &Sink) {
     let by_name = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
     spawn_one(
@@ -90,20 +87,25 @@ pub fn spawn(client: &Client, node_name: &str, network: &str, sink: &Sink) {
         by_name(node_name),
         "nodes",
         sink.clone(),
+        |node| node,
         Handlers {
             apply: |i, o| i.apply_node(o),
-            delete: |_, _| {},
-            reset: |i, all| all.into_iter().for_each(|node| i.apply_node(node)),
+            delete: |_, _| false,
+            reset: |i, all| {
+                all.into_iter()
+                    .fold(false, |c, node| i.apply_node(node) | c)
+            },
         },
     );
     spawn_one(
         Api::<NodeSubnet>::all(client.clone()),
-        watcher::Config::default(),
+        watcher::Config::default().labels(&format!("{NETWORK_LABEL}={network}")),
         "nodesubnets",
         sink.clone(),
+        SubnetEntry::from,
         Handlers {
-            apply: |i, o| i.apply_subnet(o),
-            delete: |i, o| i.delete_subnet(&o.name_any()),
+            apply: |i, o: SubnetEntry| i.apply_subnet(o),
+            delete: |i, o: SubnetEntry| i.delete_subnet(&o.name),
             reset: |i, all| i.reset_subnets(all),
         },
     );
@@ -112,22 +114,37 @@ pub fn spawn(client: &Client, node_name: &str, network: &str, sink: &Sink) {
         by_name(network),
         "overlaynetworks",
         sink.clone(),
+        |network| network,
         Handlers {
             apply: |i, o| i.apply_network(o),
             delete: |i, o| i.delete_network(&o.name_any()),
-            reset: |i, all| all.into_iter().for_each(|n| i.apply_network(n)),
+            reset: |i, all| all.into_iter().fold(false, |c, n| i.apply_network(n) | c),
         },
     );
 }
 
-fn spawn_one<K>(
+/// What the index keeps of each watched object: converted as it arrives, so
+/// a relist of 5,000 NodeSubnets never holds 5,000 whole objects.
+fn convert<K, T>(event: watcher::Event<K>, into: fn(K) -> T) -> watcher::Event<T> {
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(into(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(into(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(into(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+fn spawn_one<K, T>(
     api: Api<K>,
     config: watcher::Config,
     resource: &'static str,
     sink: Sink,
-    handlers: Handlers<K>,
+    into: fn(K) -> T,
+    handlers: Handlers<T>,
 ) where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    T: Send + 'static,
 {
     tokio::spawn(async move {
         let mut relist = Relist::new();
@@ -136,7 +153,7 @@ fn spawn_one<K>(
             let event = match event {
                 Ok(event) => {
                     sink.health.api_ok.store(true, Ordering::Relaxed);
-                    event
+                    convert(event, into)
                 }
                 Err(e) => {
                     tracing::warn!(resource, error = %e, "watch failed; retrying with backoff");
@@ -151,15 +168,17 @@ fn spawn_one<K>(
             let Some(delta) = relist.feed(event) else {
                 continue;
             };
-            {
+            let changed = {
                 let mut index = sink.index.lock().unwrap_or_else(|e| e.into_inner());
                 match delta {
                     Delta::Apply(o) => (handlers.apply)(&mut index, o),
                     Delta::Delete(o) => (handlers.delete)(&mut index, o),
                     Delta::Reset(all) => (handlers.reset)(&mut index, all),
                 }
+            };
+            if changed {
+                sink.notify();
             }
-            sink.publish();
         }
     });
 }

@@ -29,7 +29,7 @@ use std::collections::BTreeSet;
 use ipnet::IpNet;
 
 use super::observe::Observed;
-use crate::plan::{DesiredState, FdbSpec, NeighbourSpec, RouteSpec, VxlanSpec};
+use crate::plan::{DesiredState, FdbSpec, NeighbourSpec, PeerDelta, RouteSpec, VxlanSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -139,4 +139,42 @@ impl Gone {
     fn recreated(&self, device: &str) -> bool {
         self.recreated.contains(device)
     }
+}
+
+/// The operations of one peer's change, in the same safe order as [`diff`]:
+/// FDB and neighbour first, then the route (replaced in place), and only then
+/// the removals, skipping whatever an add just replaced under the same key.
+pub fn peer_ops(delta: &PeerDelta) -> Vec<Op> {
+    let add = &delta.add;
+    let route_replaced = |r: &RouteSpec| add.routes.iter().any(|a| a.destination == r.destination);
+    let neighbour_replaced = |n: &NeighbourSpec| {
+        (add.neighbours.iter()).any(|a| a.device == n.device && a.address == n.address)
+    };
+    let fdb_replaced =
+        |f: &FdbSpec| (add.fdb.iter()).any(|a| a.device == f.device && a.mac == f.mac);
+    let mut ops: Vec<Op> = (add.fdb.iter().cloned().map(Op::AddFdb))
+        .chain(add.neighbours.iter().cloned().map(Op::AddNeighbour))
+        .chain(add.routes.iter().cloned().map(Op::AddRoute))
+        .collect();
+    let remove = &delta.remove;
+    ops.extend(
+        (remove.routes.iter())
+            .filter(|r| !route_replaced(r))
+            .cloned()
+            .map(Op::DelRoute),
+    );
+    ops.extend(
+        (remove.neighbours.iter())
+            .filter(|n| !neighbour_replaced(n))
+            .cloned()
+            .map(Op::DelNeighbour),
+    );
+    ops.extend(
+        (remove.fdb.iter())
+            .filter(|f| !fdb_replaced(f))
+            .cloned()
+            .map(Op::DelFdb),
+    );
+    ops.sort_by_key(Op::phase);
+    ops
 }

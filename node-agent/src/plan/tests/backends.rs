@@ -231,7 +231,10 @@ fn sessions_not_established_make_a_readable_problem() {
     assert_eq!(
         state.local_problems,
         vec![LocalProblem::BgpSessionsDown {
-            sessions: vec!["b 192.168.0.2 (Active: Socket: Connection refused)".into()]
+            sessions: vec![(
+                "mesh_192_168_0_2".into(),
+                "b 192.168.0.2 (Active: Socket: Connection refused)".into()
+            )]
         }]
     );
     f.bgp.sessions = established(&["mesh_192_168_0_2"]);

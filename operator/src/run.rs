@@ -51,7 +51,8 @@ async fn run_command(args: &Args, command: &Command) -> anyhow::Result<()> {
             timeout_seconds,
         } => {
             tartan_runtime::init_logging(args.log_format);
-            let client = tartan_runtime::client(args.kubeconfig.as_deref()).await?;
+            let client =
+                tartan_runtime::client_with(args.kubeconfig.as_deref(), args.kube_api).await?;
             let timeout = Duration::from_secs(*timeout_seconds);
             crate::uninstall::run(
                 client,
@@ -69,7 +70,7 @@ async fn run_command(args: &Args, command: &Command) -> anyhow::Result<()> {
 /// controllers until SIGTERM (or until the lease is lost).
 async fn run_operator(args: &Args) -> anyhow::Result<()> {
     tartan_runtime::init_logging(args.log_format);
-    let client = tartan_runtime::client(args.kubeconfig.as_deref()).await?;
+    let client = tartan_runtime::client_with(args.kubeconfig.as_deref(), args.kube_api).await?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let health = Arc::new(Health::default());
     let shutdown = tartan_runtime::Shutdown::on_signals();

@@ -28,8 +28,7 @@ pub async fn reconcile(network: Arc<OverlayNetwork>, ctx: Arc<Context>) -> Resul
         if let Some(err) = index.network_error() {
             tracing::warn!(error = %err, "OverlayNetwork is invalid; allocating nothing");
         }
-        let subnets = ctx.subnets.state();
-        let status = network_status(&network, &index, subnets.iter().map(|s| s.as_ref()));
+        let status = network_status(&network, &index);
         record_metrics(&ctx, &index);
         (status, !had_network && index.network().is_some())
     };

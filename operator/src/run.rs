@@ -1,6 +1,7 @@
 //! Wiring: client, metrics server, leader election, the three controllers, and
 //! shutdown on SIGTERM.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,17 +10,16 @@ use anyhow::Context as _;
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tartan_crds::{NodeSubnet, OverlayNetwork};
 use tokio::task::JoinHandle;
 
 use crate::cli::{Args, Command};
-use crate::controller::{self, Context, IndexFeeder, error_policy};
+use crate::controller::{self, Context, IndexFeeder, NodeMeta, error_policy};
 use crate::index::SubnetIndex;
 use crate::lease::{Leadership, LeaseConfig, LeaseError, LeaseManager};
 use crate::metrics::Metrics;
@@ -208,8 +208,7 @@ async fn run_controllers(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let node_controller = Controller::new(nodes_api, watcher::Config::default());
+    let (nodes_reader, nodes_writer) = reflector::store();
     let (subnets_reader, subnets_writer) = reflector::store();
     let (wake_nodes, wake_nodes_rx) = mpsc::unbounded();
     let (wake_network, wake_network_rx) = mpsc::unbounded();
@@ -217,7 +216,7 @@ async fn run_controllers(
         client: client.clone(),
         network: args.network.clone(),
         index: Arc::new(Mutex::new(SubnetIndex::new(args.network.clone()))),
-        nodes: node_controller.store(),
+        nodes: nodes_reader.clone(),
         subnets: subnets_reader.clone(),
         recorder: Recorder::new(client, Context::reporter(identity)),
         metrics,
@@ -233,7 +232,13 @@ async fn run_controllers(
             shutdown.clone()
         ),
         run_network_controller(ctx.clone(), wake_network_rx, shutdown.clone()),
-        run_node_controller(ctx.clone(), node_controller, wake_nodes_rx, shutdown),
+        run_node_controller(
+            ctx.clone(),
+            nodes_reader,
+            nodes_writer,
+            wake_nodes_rx,
+            shutdown
+        ),
         ready_once_listed(ctx, health),
     );
 }
@@ -250,6 +255,7 @@ async fn run_subnet_controller(
     let mut feeder = IndexFeeder::new(&ctx);
     let subnet_events = watcher(subnets_api, watcher::Config::default())
         .default_backoff()
+        .modify(|subnet| subnet.managed_fields_mut().clear())
         .inspect_ok(move |event| feeder.feed(event))
         .reflect(writer)
         .touched_objects();
@@ -287,14 +293,35 @@ async fn run_network_controller(
     .await;
 }
 
-/// Reconciles each Node on its changes, and every Node when woken.
+/// Reconciles each Node when it appears or starts going, and every Node when
+/// woken. The watch is metadata only, and what is stored of each Node is its
+/// name, uid, labels and timestamps: managedFields and annotations are dropped.
 async fn run_node_controller(
     ctx: Arc<Context>,
-    node_controller: Controller<Node>,
+    reader: Store<NodeMeta>,
+    writer: Writer<NodeMeta>,
     wake: mpsc::UnboundedReceiver<()>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    node_controller
+    let nodes: Api<NodeMeta> = Api::all(ctx.client.clone());
+    let gone = ctx.clone();
+    let node_events = watcher(nodes, watcher::Config::default())
+        .default_backoff()
+        .modify(|node| {
+            node.managed_fields_mut().clear();
+            node.metadata.annotations = None;
+        })
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(node) = event {
+                // A node that was waiting for room no longer is.
+                gone.index().node_gone(&node.name_any());
+                let _ = gone.wake_network.unbounded_send(());
+            }
+        })
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(node_identity, Default::default());
+    Controller::for_stream(node_events, reader)
         .reconcile_all_on(wake)
         .graceful_shutdown_on(shutdown)
         .run(
@@ -304,6 +331,15 @@ async fn run_node_controller(
         )
         .for_each(|_| async {})
         .await;
+}
+
+/// What a Node reconcile depends on: which Node (uid), and whether it is
+/// going. Kubelet's status updates change neither and reconcile nothing.
+fn node_identity(node: &NodeMeta) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    let meta = &node.metadata;
+    (meta.uid.as_deref(), meta.deletion_timestamp.is_some()).hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Flips `/readyz` once the NodeSubnets are listed: only then can allocation start.

@@ -1,7 +1,7 @@
 //! The operator's three controllers, sharing one [`Context`]:
 //!
 //! ```text
-//!   Node watch ──────────────▶ node::reconcile     allocate, write NodeSubnet spec (SSA)
+//!   Node watch (metadata) ───▶ node::reconcile     allocate, write NodeSubnet spec (SSA)
 //!   NodeSubnet watch ─┬─────▶ subnet::reconcile   remove orphans, Conflict condition
 //!                     └─feed─▶ SubnetIndex ◀──────── (allocations, conflicts, usage)
 //!   OverlayNetwork watch ───▶ network::reconcile  pool from spec, status (SSA)
@@ -22,6 +22,7 @@ use std::time::Duration;
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::Client;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -39,12 +40,15 @@ pub const FIELD_MANAGER: &str = "tartan-operator";
 /// Label on each NodeSubnet naming its OverlayNetwork.
 pub const NETWORK_LABEL: &str = "tartan.dev/network";
 
+/// A Node as the operator holds it: metadata only, managedFields dropped.
+pub type NodeMeta = PartialObjectMeta<Node>;
+
 pub struct Context {
     pub client: Client,
     /// Name of the OverlayNetwork this operator manages.
     pub network: String,
     pub index: Arc<Mutex<SubnetIndex>>,
-    pub nodes: Store<Node>,
+    pub nodes: Store<NodeMeta>,
     pub subnets: Store<NodeSubnet>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,

@@ -14,7 +14,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tartan_crds::{BackendType, NodeSubnet, OverlayNetwork};
 
-use super::{Context, network, node, subnet};
+use super::{Context, NodeMeta, network, node, subnet};
 use crate::fixtures::{
     Expect, NetworkFixture, NodeFixture, NodeSubnetFixture, event_reason, serve, status_error,
 };
@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 
 const SUBNETS: &str = "/apis/tartan.dev/v1alpha1/nodesubnets";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events?";
+/// What a metadata-only request asks for.
+const METADATA: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
 struct Harness {
     ctx: Arc<Context>,
@@ -34,7 +36,7 @@ struct Harness {
         >,
     >,
     /// Held, never read: the Node store stays live while its writer does.
-    _nodes: Writer<Node>,
+    _nodes: Writer<NodeMeta>,
     subnets: Writer<NodeSubnet>,
 }
 
@@ -46,7 +48,7 @@ impl Harness {
         let (node_store, mut node_writer) = reflector::store();
         let (subnet_store, mut subnet_writer) = reflector::store();
         for n in nodes {
-            node_writer.apply_watcher_event(&watcher::Event::Apply(n.clone()));
+            node_writer.apply_watcher_event(&watcher::Event::Apply(n.metadata()));
         }
         for s in existing {
             subnet_writer.apply_watcher_event(&watcher::Event::Apply(s.clone()));
@@ -93,6 +95,13 @@ impl Harness {
     }
 }
 
+/// The one read of a whole Node, when it is first allocated.
+fn get_node(node: &Node) -> Expect {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    Expect::new(Method::GET, format!("/api/v1/nodes/{name}"))
+        .reply(200, serde_json::to_value(node).expect("node JSON"))
+}
+
 fn event(reason: &'static str) -> Expect {
     Expect::new(Method::POST, EVENTS)
         .body(move |body| assert_eq!(event_reason(body), reason, "event: {body}"))
@@ -100,7 +109,7 @@ fn event(reason: &'static str) -> Expect {
 }
 
 #[tokio::test]
-async fn new_node_gets_a_nodesubnet_by_server_side_apply_with_owner_reference() {
+async fn a_new_node_is_read_once_and_gets_a_nodesubnet_by_server_side_apply_with_owner_reference() {
     let node = Node::test("n1");
     let mut h = Harness::new(&OverlayNetwork::test(), std::slice::from_ref(&node), &[]);
     let apply = Expect::new(Method::PATCH, format!("{SUBNETS}/n1?&fieldManager=tartan-operator"))
@@ -118,8 +127,8 @@ async fn new_node_gets_a_nodesubnet_by_server_side_apply_with_owner_reference() 
     let ctx = h.ctx.clone();
     let action = h
         .expect(
-            vec![apply, event("SubnetAllocated")],
-            node::reconcile(Arc::new(node), ctx),
+            vec![get_node(&node), apply, event("SubnetAllocated")],
+            node::reconcile(Arc::new(node.metadata()), ctx),
         )
         .await;
     assert_eq!(action.expect("reconciled"), Action::await_change());
@@ -141,8 +150,8 @@ async fn node_pod_cidr_is_kept_when_it_is_in_the_pool() {
     .echo();
     let ctx = h.ctx.clone();
     h.expect(
-        vec![apply, event("SubnetAllocated")],
-        node::reconcile(Arc::new(node), ctx),
+        vec![get_node(&node), apply, event("SubnetAllocated")],
+        node::reconcile(Arc::new(node.metadata()), ctx),
     )
     .await
     .expect("ok");
@@ -167,7 +176,9 @@ async fn restart_with_existing_nodesubnets_allocates_and_writes_nothing() {
         &[existing],
     );
     let ctx = h.ctx.clone();
-    let action = h.expect(vec![], node::reconcile(Arc::new(node), ctx)).await;
+    let action = h
+        .expect(vec![], node::reconcile(Arc::new(node.metadata()), ctx))
+        .await;
     assert_eq!(action.expect("ok"), Action::await_change());
     assert_eq!(
         h.ctx.index().allocation("n1").map(|a| a.ipv4.to_string()),
@@ -187,7 +198,10 @@ async fn a_failed_write_returns_the_subnet_to_the_pool() {
     .reply(500, status_error(500, "InternalError"));
     let ctx = h.ctx.clone();
     let result = h
-        .expect(vec![refused], node::reconcile(Arc::new(node), ctx))
+        .expect(
+            vec![get_node(&node), refused],
+            node::reconcile(Arc::new(node.metadata()), ctx),
+        )
         .await;
     assert!(result.is_err());
     assert_eq!(h.ctx.index().ipv4_usage().map(|u| u.allocated), Some(0));
@@ -199,8 +213,9 @@ async fn deleted_node_means_its_nodesubnet_is_deleted() {
         .for_node("gone")
         .with_cidr("10.244.4.0/24");
     let mut h = Harness::new(&OverlayNetwork::test(), &[], std::slice::from_ref(&orphan));
-    let get_node =
-        Expect::new(Method::GET, "/api/v1/nodes/gone").reply(404, status_error(404, "NotFound"));
+    let get_node = Expect::new(Method::GET, "/api/v1/nodes/gone")
+        .header("accept", METADATA)
+        .reply(404, status_error(404, "NotFound"));
     let delete = Expect::new(Method::DELETE, format!("{SUBNETS}/gone?"))
         .body(|body| assert_eq!(body["preconditions"], json!({"uid": "uid-gone"})))
         .reply(200, serde_json::to_value(&orphan).expect("json"));
@@ -221,6 +236,7 @@ async fn a_node_missing_only_from_the_cache_keeps_its_nodesubnet() {
         .with_cidr("10.244.4.0/24");
     let mut h = Harness::new(&OverlayNetwork::test(), &[], std::slice::from_ref(&subnet));
     let get_node = Expect::new(Method::GET, "/api/v1/nodes/new")
+        .header("accept", METADATA)
         .reply(200, serde_json::to_value(Node::test("new")).expect("json"));
     let ctx = h.ctx.clone();
     h.expect(vec![get_node], subnet::reconcile(Arc::new(subnet), ctx))
@@ -251,7 +267,7 @@ async fn pool_exhausted_is_an_event_on_node_and_network_and_a_condition() {
         })
         .status_onto(&network);
     let run = async {
-        let action = node::reconcile(Arc::new(node), ctx.clone())
+        let action = node::reconcile(Arc::new(node.metadata()), ctx.clone())
             .await
             .expect("reconciled");
         assert_eq!(action, Action::requeue(std::time::Duration::from_secs(60)));
@@ -260,7 +276,12 @@ async fn pool_exhausted_is_an_event_on_node_and_network_and_a_condition() {
             .expect("status written")
     };
     h.expect(
-        vec![event("PoolExhausted"), event("PoolExhausted"), status_patch],
+        vec![
+            get_node(&node),
+            event("PoolExhausted"),
+            event("PoolExhausted"),
+            status_patch,
+        ],
         run,
     )
     .await;

@@ -12,13 +12,14 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tartan_crds::{NodeSubnet, OverlayNetwork};
 use tokio::task::JoinHandle;
 
 use crate::cli::{Args, Command};
+use crate::controller::network_status::{self, StatusSignal};
 use crate::controller::{self, Context, IndexFeeder, NodeMeta, error_policy};
 use crate::index::SubnetIndex;
 use crate::lease::{Leadership, LeaseConfig, LeaseError, LeaseManager};
@@ -211,18 +212,20 @@ async fn run_controllers(
     let (nodes_reader, nodes_writer) = reflector::store();
     let (subnets_reader, subnets_writer) = reflector::store();
     let (wake_nodes, wake_nodes_rx) = mpsc::unbounded();
-    let (wake_network, wake_network_rx) = mpsc::unbounded();
+    let (status, status_changes) = StatusSignal::new();
+    let network_controller = network_controller(&client, &args.network);
     let ctx = Arc::new(Context {
         client: client.clone(),
         network: args.network.clone(),
         index: Arc::new(Mutex::new(SubnetIndex::new(args.network.clone()))),
         nodes: nodes_reader.clone(),
         subnets: subnets_reader.clone(),
+        networks: network_controller.store(),
         recorder: Recorder::new(client, Context::reporter(identity)),
         metrics,
         leader,
         wake_nodes,
-        wake_network,
+        status,
     });
     tokio::join!(
         run_subnet_controller(
@@ -231,7 +234,8 @@ async fn run_controllers(
             subnets_writer,
             shutdown.clone()
         ),
-        run_network_controller(ctx.clone(), wake_network_rx, shutdown.clone()),
+        run_network_controller(ctx.clone(), network_controller, shutdown.clone()),
+        run_status_writer(ctx.clone(), status_changes, shutdown.clone()),
         run_node_controller(
             ctx.clone(),
             nodes_reader,
@@ -270,27 +274,42 @@ async fn run_subnet_controller(
         .await;
 }
 
-/// Reconciles this operator's OverlayNetwork on its changes and when woken.
-async fn run_network_controller(
+/// Writes the OverlayNetwork status, coalesced, until shutdown.
+async fn run_status_writer(
     ctx: Arc<Context>,
-    wake: mpsc::UnboundedReceiver<()>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    changes: tokio::sync::watch::Receiver<()>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let networks_api: Api<OverlayNetwork> = Api::all(ctx.client.clone());
-    let network_name = ctx.network.clone();
+    tokio::select! {
+        _ = shutdown => {}
+        _ = network_status::run(ctx, changes) => {}
+    }
+}
+
+/// A controller of this operator's OverlayNetwork alone.
+fn network_controller(client: &Client, network: &str) -> Controller<OverlayNetwork> {
+    let networks_api: Api<OverlayNetwork> = Api::all(client.clone());
     Controller::new(
         networks_api,
-        watcher::Config::default().fields(&format!("metadata.name={network_name}")),
+        watcher::Config::default().fields(&format!("metadata.name={network}")),
     )
-    .reconcile_on(wake.map(move |()| ObjectRef::new(&network_name)))
-    .graceful_shutdown_on(shutdown)
-    .run(
-        controller::network::reconcile,
-        |_, e, c| error_policy("network", e, &c),
-        ctx,
-    )
-    .for_each(|_| async {})
-    .await;
+}
+
+/// Reconciles this operator's OverlayNetwork on its changes.
+async fn run_network_controller(
+    ctx: Arc<Context>,
+    controller: Controller<OverlayNetwork>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(
+            controller::network::reconcile,
+            |_, e, c| error_policy("network", e, &c),
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
 }
 
 /// Reconciles each Node when it appears or starts going, and every Node when
@@ -315,7 +334,7 @@ async fn run_node_controller(
             if let watcher::Event::Delete(node) = event {
                 // A node that was waiting for room no longer is.
                 gone.index().node_gone(&node.name_any());
-                let _ = gone.wake_network.unbounded_send(());
+                gone.status.mark();
             }
         })
         .reflect(writer)

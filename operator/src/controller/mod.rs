@@ -4,12 +4,14 @@
 //!   Node watch (metadata) ───▶ node::reconcile     allocate, write NodeSubnet spec (SSA)
 //!   NodeSubnet watch ─┬─────▶ subnet::reconcile   remove orphans, Conflict condition
 //!                     └─feed─▶ SubnetIndex ◀──────── (allocations, conflicts, usage)
-//!   OverlayNetwork watch ───▶ network::reconcile  pool from spec, status (SSA)
+//!   OverlayNetwork watch ───▶ network::reconcile  pool from spec
+//!   index changed ─mark─▶ network_status::run     status (SSA), at most 1/s
 //! ```
 //!
 //! Writes are fenced by the leader lease: each one checks [`Leadership`] first.
 
 pub mod network;
+pub mod network_status;
 pub mod node;
 pub mod subnet;
 
@@ -27,13 +29,14 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use tartan_crds::NodeSubnet;
+use tartan_crds::{NodeSubnet, OverlayNetwork};
 use tartan_runtime::relist::{Delta, Relist};
 
 use crate::error::{Error, Result};
 use crate::index::SubnetIndex;
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
+use network_status::StatusSignal;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "tartan-operator";
@@ -50,13 +53,15 @@ pub struct Context {
     pub index: Arc<Mutex<SubnetIndex>>,
     pub nodes: Store<NodeMeta>,
     pub subnets: Store<NodeSubnet>,
+    /// This operator's OverlayNetwork, as its watch shows it.
+    pub networks: Store<OverlayNetwork>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub leader: Leadership,
     /// Reconciles every Node (a subnet was freed, the network appeared).
     pub wake_nodes: mpsc::UnboundedSender<()>,
-    /// Recomputes the network status.
-    pub wake_network: mpsc::UnboundedSender<()>,
+    /// The network status may have changed.
+    pub status: StatusSignal,
 }
 
 impl Context {
@@ -127,7 +132,7 @@ pub struct IndexFeeder {
     index: Arc<Mutex<SubnetIndex>>,
     relist: Relist<NodeSubnet>,
     wake_nodes: mpsc::UnboundedSender<()>,
-    wake_network: mpsc::UnboundedSender<()>,
+    status: StatusSignal,
 }
 
 impl IndexFeeder {
@@ -136,7 +141,7 @@ impl IndexFeeder {
             index: ctx.index.clone(),
             relist: Relist::new(),
             wake_nodes: ctx.wake_nodes.clone(),
-            wake_network: ctx.wake_network.clone(),
+            status: ctx.status.clone(),
         }
     }
 
@@ -161,7 +166,7 @@ impl IndexFeeder {
         if freed {
             let _ = self.wake_nodes.unbounded_send(());
         }
-        let _ = self.wake_network.unbounded_send(());
+        self.status.mark();
     }
 }
 

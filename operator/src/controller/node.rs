@@ -219,7 +219,7 @@ async fn exhausted(ctx: &Context, node: &NodeMeta, e: &IpamError) {
         .allocations
         .with_label_values(&["exhausted"])
         .inc();
-    let _ = ctx.wake_network.unbounded_send(());
+    ctx.status.mark();
     let note = format!("node {} gets no pod subnet: {e}", node.name_any());
     tracing::warn!("{note}");
     ctx.event(

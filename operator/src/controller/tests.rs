@@ -14,6 +14,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tartan_crds::{BackendType, NodeSubnet, OverlayNetwork};
 
+use super::network_status::{StatusSignal, write_if_changed};
 use super::{Context, NodeMeta, network, node, subnet};
 use crate::fixtures::{
     Expect, NetworkFixture, NodeFixture, NodeSubnetFixture, event_reason, serve, status_error,
@@ -38,6 +39,7 @@ struct Harness {
     /// Held, never read: the Node store stays live while its writer does.
     _nodes: Writer<NodeMeta>,
     subnets: Writer<NodeSubnet>,
+    networks: Writer<OverlayNetwork>,
 }
 
 impl Harness {
@@ -47,6 +49,8 @@ impl Harness {
         let client = Client::new(service, "default");
         let (node_store, mut node_writer) = reflector::store();
         let (subnet_store, mut subnet_writer) = reflector::store();
+        let (network_store, mut network_writer) = reflector::store();
+        network_writer.apply_watcher_event(&watcher::Event::Apply(network.clone()));
         for n in nodes {
             node_writer.apply_watcher_event(&watcher::Event::Apply(n.metadata()));
         }
@@ -57,24 +61,26 @@ impl Harness {
         index.set_network(Some(&network.spec));
         index.reset(existing);
         let (wake_nodes, _) = mpsc::unbounded();
-        let (wake_network, _) = mpsc::unbounded();
+        let (status, _) = StatusSignal::new();
         let ctx = Context {
             client: client.clone(),
             network: "default".into(),
             index: Arc::new(Mutex::new(index)),
             nodes: node_store,
             subnets: subnet_store,
+            networks: network_store,
             recorder: Recorder::new(client, Context::reporter("test")),
             metrics: Arc::new(Metrics::new().expect("metrics")),
             leader: Leadership::always(),
             wake_nodes,
-            wake_network,
+            status,
         };
         Self {
             ctx: Arc::new(ctx),
             handle: Some(handle),
             _nodes: node_writer,
             subnets: subnet_writer,
+            networks: network_writer,
         }
     }
 
@@ -271,9 +277,10 @@ async fn pool_exhausted_is_an_event_on_node_and_network_and_a_condition() {
             .await
             .expect("reconciled");
         assert_eq!(action, Action::requeue(std::time::Duration::from_secs(60)));
-        network::reconcile(network_arc, ctx)
+        network::reconcile(network_arc, ctx.clone())
             .await
-            .expect("status written")
+            .expect("reconciled");
+        assert!(write_if_changed(&ctx).await.expect("status written"));
     };
     h.expect(
         vec![
@@ -350,6 +357,7 @@ async fn duplicate_cidr_gets_a_conflict_condition_on_the_newer_nodesubnet() {
 
 #[tokio::test]
 async fn network_status_aggregates_nodesubnets_and_is_written_only_on_change() {
+    use kube::runtime::watcher::Event;
     let subnets = vec![
         NodeSubnet::test()
             .for_node("a")
@@ -378,19 +386,23 @@ async fn network_status_aggregates_nodesubnets_and_is_written_only_on_change() {
         .status_onto(&network);
     let ctx = h.ctx.clone();
     let first = Arc::new(network.clone());
-    let action = h
-        .expect(vec![patch], network::reconcile(first, ctx.clone()))
-        .await
-        .expect("written");
-    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(300)));
-    // Reconciling again with the status as written: no request at all.
+    let run = async {
+        let action = network::reconcile(first, ctx.clone()).await;
+        (action, write_if_changed(&ctx).await)
+    };
+    let (action, wrote) = h.expect(vec![patch], run).await;
+    assert_eq!(
+        action.expect("reconciled"),
+        Action::requeue(std::time::Duration::from_secs(300))
+    );
+    assert!(wrote.expect("written"));
+    // The watch shows the status as written: nothing to write.
     let mut again = network;
     again.status =
         Some(serde_json::from_value(written.lock().expect("lock").clone()).expect("status"));
-    // The mocked API is gone now: any request would fail this reconcile.
-    network::reconcile(Arc::new(again), ctx)
-        .await
-        .expect("no write needed");
+    h.networks.apply_watcher_event(&Event::Apply(again));
+    // The mocked API is gone now: any request would fail this write.
+    assert!(!write_if_changed(&h.ctx).await.expect("no write needed"));
     let metrics = h.ctx.metrics.render();
     assert!(
         metrics.contains("tartan_operator_subnets_allocated{family=\"ipv4\"} 3"),

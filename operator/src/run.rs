@@ -16,10 +16,12 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tartan_crds::{NodeSubnet, OverlayNetwork};
+use tartan_runtime::backoff::{Backoff, Retries};
 use tokio::task::JoinHandle;
 
 use crate::cli::{Args, Command};
 use crate::controller::network_status::{self, StatusSignal};
+use crate::controller::throttle::Throttle;
 use crate::controller::{self, Context, IndexFeeder, NodeMeta, error_policy};
 use crate::index::SubnetIndex;
 use crate::lease::{Leadership, LeaseConfig, LeaseError, LeaseManager};
@@ -224,6 +226,8 @@ async fn run_controllers(
         recorder: Recorder::new(client, Context::reporter(identity)),
         metrics,
         leader,
+        retries: Retries::new(Backoff::DEFAULT),
+        pool_events: Throttle::default(),
         wake_nodes,
         status,
     });
@@ -266,8 +270,8 @@ async fn run_subnet_controller(
     Controller::for_stream(subnet_events, reader)
         .graceful_shutdown_on(shutdown)
         .run(
-            controller::subnet::reconcile,
-            |_, e, c| error_policy("subnet", e, &c),
+            |o, c| controller::tracked("subnet", o, c, controller::subnet::reconcile),
+            |o, e, c| error_policy("subnet", &o.name_any(), e, &c),
             ctx,
         )
         .for_each(|_| async {})
@@ -304,8 +308,8 @@ async fn run_network_controller(
     controller
         .graceful_shutdown_on(shutdown)
         .run(
-            controller::network::reconcile,
-            |_, e, c| error_policy("network", e, &c),
+            |o, c| controller::tracked("network", o, c, controller::network::reconcile),
+            |o, e, c| error_policy("network", &o.name_any(), e, &c),
             ctx,
         )
         .for_each(|_| async {})
@@ -344,8 +348,8 @@ async fn run_node_controller(
         .reconcile_all_on(wake)
         .graceful_shutdown_on(shutdown)
         .run(
-            controller::node::reconcile,
-            |_, e, c| error_policy("node", e, &c),
+            |o, c| controller::tracked("node", o, c, controller::node::reconcile),
+            |o, e, c| error_policy("node", &o.name_any(), e, &c),
             ctx,
         )
         .for_each(|_| async {})

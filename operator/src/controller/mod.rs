@@ -14,22 +14,24 @@ pub mod network;
 pub mod network_status;
 pub mod node;
 pub mod subnet;
+pub mod throttle;
 
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
-use kube::Client;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
 use tartan_crds::{NodeSubnet, OverlayNetwork};
+use tartan_runtime::backoff::Retries;
 use tartan_runtime::relist::{Delta, Relist};
 
 use crate::error::{Error, Result};
@@ -37,6 +39,7 @@ use crate::index::SubnetIndex;
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use network_status::StatusSignal;
+use throttle::Throttle;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "tartan-operator";
@@ -58,6 +61,10 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub leader: Leadership,
+    /// Failures in a row per (controller, object), for [`error_policy`].
+    pub retries: Retries<(&'static str, String)>,
+    /// PoolExhausted Events: one per Node (and one for the network) per 10 minutes.
+    pub pool_events: Throttle,
     /// Reconciles every Node (a subnet was freed, the network appeared).
     pub wake_nodes: mpsc::UnboundedSender<()>,
     /// The network status may have changed.
@@ -115,16 +122,40 @@ impl Context {
     }
 }
 
-/// Shared retry policy: log, count, and try again soon.
-pub fn error_policy(controller: &'static str, error: &Error, ctx: &Context) -> Action {
+/// Shared retry policy: count, log, and try again after a per-object
+/// exponential backoff with jitter (1 s doubling to 5 min), so a failing API
+/// server is not hit by every object at once, at a fixed rate, forever.
+pub fn error_policy(controller: &'static str, name: &str, error: &Error, ctx: &Context) -> Action {
     ctx.metrics.error(controller, error);
+    let delay = ctx.retries.failed((controller, name.to_string()));
     match error {
-        Error::NotLeader | Error::NotSynced => Action::requeue(Duration::from_secs(2)),
+        // Expected while starting or stepping down; not worth a warning.
+        Error::NotLeader | Error::NotSynced => {}
         _ => {
-            tracing::warn!(controller, error = %error, "reconcile failed");
-            Action::requeue(Duration::from_secs(5))
+            tracing::warn!(controller, name, error = %error, retry_in = ?delay, "reconcile failed")
         }
     }
+    Action::requeue(delay)
+}
+
+/// Runs `reconcile`; a success resets the object's backoff.
+pub async fn tracked<K, F, Fut>(
+    controller: &'static str,
+    object: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: F,
+) -> Result<Action>
+where
+    K: kube::Resource,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action>>,
+{
+    let key = (controller, object.name_any());
+    let result = reconcile(object, ctx.clone()).await;
+    if result.is_ok() {
+        ctx.retries.succeeded(&key);
+    }
+    result
 }
 
 /// Feeds NodeSubnet watch events into the index, the way a reflector feeds a store.

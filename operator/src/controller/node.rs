@@ -220,7 +220,13 @@ async fn exhausted(ctx: &Context, node: &NodeMeta, e: &IpamError) {
         .with_label_values(&["exhausted"])
         .inc();
     ctx.status.mark();
-    let note = format!("node {} gets no pod subnet: {e}", node.name_any());
+    let name = node.name_any();
+    let note = format!("node {name} gets no pod subnet: {e}");
+    if !ctx.pool_events.allow(&format!("node/{name}")) {
+        // Told within the last 10 minutes; the condition and metric still say it.
+        tracing::debug!("{note}");
+        return;
+    }
     tracing::warn!("{note}");
     ctx.event(
         &reference(node),
@@ -229,13 +235,17 @@ async fn exhausted(ctx: &Context, node: &NodeMeta, e: &IpamError) {
         note.clone(),
     )
     .await;
-    ctx.event(
-        &ctx.network_ref(),
-        EventType::Warning,
-        "PoolExhausted",
-        note,
-    )
-    .await;
+    if ctx.pool_events.allow("network") {
+        let waiting = ctx.index().waiting().len();
+        let note = format!("{waiting} node(s) wait for a pod subnet, {name} among them: {e}");
+        ctx.event(
+            &ctx.network_ref(),
+            EventType::Warning,
+            "PoolExhausted",
+            note,
+        )
+        .await;
+    }
 }
 
 async fn write(ctx: &Context, node: &NodeMeta, allocation: &Allocation) -> Result<()> {

@@ -1,7 +1,6 @@
 //! Wiring: client, metrics server, leader election, the three controllers, and
 //! shutdown on SIGTERM.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -326,24 +325,7 @@ async fn run_node_controller(
     wake: mpsc::UnboundedReceiver<()>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let nodes: Api<NodeMeta> = Api::all(ctx.client.clone());
-    let gone = ctx.clone();
-    let node_events = watcher(nodes, watcher::Config::default())
-        .default_backoff()
-        .modify(|node| {
-            node.managed_fields_mut().clear();
-            node.metadata.annotations = None;
-        })
-        .inspect_ok(move |event| {
-            if let watcher::Event::Delete(node) = event {
-                // A node that was waiting for room no longer is.
-                gone.index().node_gone(&node.name_any());
-                gone.status.mark();
-            }
-        })
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(node_identity, Default::default());
+    let node_events = controller::watch::node_events(ctx.clone(), writer);
     Controller::for_stream(node_events, reader)
         .reconcile_all_on(wake)
         .graceful_shutdown_on(shutdown)
@@ -354,15 +336,6 @@ async fn run_node_controller(
         )
         .for_each(|_| async {})
         .await;
-}
-
-/// What a Node reconcile depends on: which Node (uid), and whether it is
-/// going. Kubelet's status updates change neither and reconcile nothing.
-fn node_identity(node: &NodeMeta) -> Option<u64> {
-    let mut hasher = DefaultHasher::new();
-    let meta = &node.metadata;
-    (meta.uid.as_deref(), meta.deletion_timestamp.is_some()).hash(&mut hasher);
-    Some(hasher.finish())
 }
 
 /// Flips `/readyz` once the NodeSubnets are listed: only then can allocation start.

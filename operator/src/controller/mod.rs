@@ -15,6 +15,7 @@ pub mod network_status;
 pub mod node;
 pub mod subnet;
 pub mod throttle;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;

@@ -431,19 +431,18 @@ async fn a_waiting_node_is_told_once_and_its_retries_read_and_post_nothing() {
     };
     // One read of the Node, one Event on it and one on the network, however
     // often it retries within ten minutes.
-    let network_event =
-        Expect::new(Method::POST, EVENTS)
-            .body(|body| {
-                assert_eq!(event_reason(body), "PoolExhausted");
-                assert_eq!(body["regarding"]["kind"], "OverlayNetwork");
-                assert!(
+    let network_event = Expect::new(Method::POST, EVENTS)
+        .body(|body| {
+            assert_eq!(event_reason(body), "PoolExhausted");
+            assert_eq!(body["regarding"]["kind"], "OverlayNetwork");
+            assert!(
                     body["note"].as_str().is_some_and(
                         |n| n.starts_with("1 node(s) wait for a pod subnet, b among them")
                     ),
                     "{body}"
                 );
-            })
-            .echo();
+        })
+        .echo();
     let node_event = Expect::new(Method::POST, EVENTS)
         .body(|body| {
             assert_eq!(body["regarding"]["kind"], "Node");

@@ -50,6 +50,10 @@ pub struct Args {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Client-side rate limit on requests to the API server.
+    #[command(flatten)]
+    pub kube_api: tartan_runtime::RateLimit,
+
     /// Log format.
     #[arg(long, env = "TARTAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Node, NodeSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
 use serde_json::Value;
 use tartan_crds::{
     Condition, NodeSubnet, NodeSubnetSpec, NodeSubnetStatus, OverlayNetwork, OverlayNetworkSpec,
@@ -78,6 +79,8 @@ impl NodeSubnetFixture for NodeSubnet {
 pub trait NodeFixture: Sized {
     fn test(name: impl ToString) -> Self;
     fn with_pod_cidrs(self, cidrs: &[&str]) -> Self;
+    /// The Node as the operator's metadata watch holds it.
+    fn metadata(&self) -> PartialObjectMeta<Node>;
 }
 
 impl NodeFixture for Node {
@@ -99,6 +102,9 @@ impl NodeFixture for Node {
         spec.pod_cidr = cidrs.first().map(|c| c.to_string());
         spec.pod_cidrs = Some(cidrs.iter().map(|c| c.to_string()).collect());
         self
+    }
+    fn metadata(&self) -> PartialObjectMeta<Node> {
+        self.metadata.clone().into_response_partial()
     }
 }
 
@@ -127,6 +133,8 @@ pub struct Expect {
     pub method: Method,
     /// Path and query, exactly.
     pub uri: String,
+    /// Headers the request must carry (e.g. a metadata-only Accept).
+    pub headers: Vec<(&'static str, String)>,
     /// Checks the JSON body; panics with a message on mismatch.
     pub body: Box<dyn Fn(&Value) + Send>,
     pub status: u16,
@@ -140,11 +148,16 @@ impl Expect {
         Self {
             method,
             uri: uri.to_string(),
+            headers: Vec::new(),
             body: Box::new(|_| {}),
             status: 200,
             reply: Value::Object(Default::default()),
             status_onto: None,
         }
+    }
+    pub fn header(mut self, name: &'static str, value: impl ToString) -> Self {
+        self.headers.push((name, value.to_string()));
+        self
     }
     pub fn body(mut self, check: impl Fn(&Value) + Send + 'static) -> Self {
         self.body = Box::new(check);
@@ -191,6 +204,10 @@ pub async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, script: Ve
             request.uri()
         );
         assert_eq!(request.uri().to_string(), expect.uri, "step {step}: uri");
+        for (name, value) in &expect.headers {
+            let got = request.headers().get(*name).and_then(|v| v.to_str().ok());
+            assert_eq!(got, Some(value.as_str()), "step {step}: header {name}");
+        }
         let bytes = request
             .into_body()
             .collect_bytes()

@@ -9,17 +9,19 @@ use anyhow::Context as _;
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tartan_crds::{NodeSubnet, OverlayNetwork};
+use tartan_runtime::backoff::{Backoff, Retries};
 use tokio::task::JoinHandle;
 
 use crate::cli::{Args, Command};
-use crate::controller::{self, Context, IndexFeeder, error_policy};
+use crate::controller::network_status::{self, StatusSignal};
+use crate::controller::throttle::Throttle;
+use crate::controller::{self, Context, IndexFeeder, NodeMeta, error_policy};
 use crate::index::SubnetIndex;
 use crate::lease::{Leadership, LeaseConfig, LeaseError, LeaseManager};
 use crate::metrics::Metrics;
@@ -51,7 +53,8 @@ async fn run_command(args: &Args, command: &Command) -> anyhow::Result<()> {
             timeout_seconds,
         } => {
             tartan_runtime::init_logging(args.log_format);
-            let client = tartan_runtime::client(args.kubeconfig.as_deref()).await?;
+            let client =
+                tartan_runtime::client_with(args.kubeconfig.as_deref(), args.kube_api).await?;
             let timeout = Duration::from_secs(*timeout_seconds);
             crate::uninstall::run(
                 client,
@@ -69,7 +72,7 @@ async fn run_command(args: &Args, command: &Command) -> anyhow::Result<()> {
 /// controllers until SIGTERM (or until the lease is lost).
 async fn run_operator(args: &Args) -> anyhow::Result<()> {
     tartan_runtime::init_logging(args.log_format);
-    let client = tartan_runtime::client(args.kubeconfig.as_deref()).await?;
+    let client = tartan_runtime::client_with(args.kubeconfig.as_deref(), args.kube_api).await?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let health = Arc::new(Health::default());
     let shutdown = tartan_runtime::Shutdown::on_signals();
@@ -207,22 +210,25 @@ async fn run_controllers(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let node_controller = Controller::new(nodes_api, watcher::Config::default());
+    let (nodes_reader, nodes_writer) = reflector::store();
     let (subnets_reader, subnets_writer) = reflector::store();
     let (wake_nodes, wake_nodes_rx) = mpsc::unbounded();
-    let (wake_network, wake_network_rx) = mpsc::unbounded();
+    let (status, status_changes) = StatusSignal::new();
+    let network_controller = network_controller(&client, &args.network);
     let ctx = Arc::new(Context {
         client: client.clone(),
         network: args.network.clone(),
         index: Arc::new(Mutex::new(SubnetIndex::new(args.network.clone()))),
-        nodes: node_controller.store(),
+        nodes: nodes_reader.clone(),
         subnets: subnets_reader.clone(),
+        networks: network_controller.store(),
         recorder: Recorder::new(client, Context::reporter(identity)),
         metrics,
         leader,
+        retries: Retries::new(Backoff::DEFAULT),
+        pool_events: Throttle::default(),
         wake_nodes,
-        wake_network,
+        status,
     });
     tokio::join!(
         run_subnet_controller(
@@ -231,8 +237,15 @@ async fn run_controllers(
             subnets_writer,
             shutdown.clone()
         ),
-        run_network_controller(ctx.clone(), wake_network_rx, shutdown.clone()),
-        run_node_controller(ctx.clone(), node_controller, wake_nodes_rx, shutdown),
+        run_network_controller(ctx.clone(), network_controller, shutdown.clone()),
+        run_status_writer(ctx.clone(), status_changes, shutdown.clone()),
+        run_node_controller(
+            ctx.clone(),
+            nodes_reader,
+            nodes_writer,
+            wake_nodes_rx,
+            shutdown
+        ),
         ready_once_listed(ctx, health),
     );
 }
@@ -249,56 +262,76 @@ async fn run_subnet_controller(
     let mut feeder = IndexFeeder::new(&ctx);
     let subnet_events = watcher(subnets_api, watcher::Config::default())
         .default_backoff()
+        .modify(|subnet| subnet.managed_fields_mut().clear())
         .inspect_ok(move |event| feeder.feed(event))
         .reflect(writer)
         .touched_objects();
     Controller::for_stream(subnet_events, reader)
         .graceful_shutdown_on(shutdown)
         .run(
-            controller::subnet::reconcile,
-            |_, e, c| error_policy("subnet", e, &c),
+            |o, c| controller::tracked("subnet", o, c, controller::subnet::reconcile),
+            |o, e, c| error_policy("subnet", &o.name_any(), e, &c),
             ctx,
         )
         .for_each(|_| async {})
         .await;
 }
 
-/// Reconciles this operator's OverlayNetwork on its changes and when woken.
-async fn run_network_controller(
+/// Writes the OverlayNetwork status, coalesced, until shutdown.
+async fn run_status_writer(
     ctx: Arc<Context>,
-    wake: mpsc::UnboundedReceiver<()>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    changes: tokio::sync::watch::Receiver<()>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let networks_api: Api<OverlayNetwork> = Api::all(ctx.client.clone());
-    let network_name = ctx.network.clone();
-    Controller::new(
-        networks_api,
-        watcher::Config::default().fields(&format!("metadata.name={network_name}")),
-    )
-    .reconcile_on(wake.map(move |()| ObjectRef::new(&network_name)))
-    .graceful_shutdown_on(shutdown)
-    .run(
-        controller::network::reconcile,
-        |_, e, c| error_policy("network", e, &c),
-        ctx,
-    )
-    .for_each(|_| async {})
-    .await;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = network_status::run(ctx, changes) => {}
+    }
 }
 
-/// Reconciles each Node on its changes, and every Node when woken.
+/// A controller of this operator's OverlayNetwork alone.
+fn network_controller(client: &Client, network: &str) -> Controller<OverlayNetwork> {
+    let networks_api: Api<OverlayNetwork> = Api::all(client.clone());
+    Controller::new(
+        networks_api,
+        watcher::Config::default().fields(&format!("metadata.name={network}")),
+    )
+}
+
+/// Reconciles this operator's OverlayNetwork on its changes.
+async fn run_network_controller(
+    ctx: Arc<Context>,
+    controller: Controller<OverlayNetwork>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(
+            |o, c| controller::tracked("network", o, c, controller::network::reconcile),
+            |o, e, c| error_policy("network", &o.name_any(), e, &c),
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+/// Reconciles each Node when it appears or starts going, and every Node when
+/// woken. The watch is metadata only, and what is stored of each Node is its
+/// name, uid, labels and timestamps: managedFields and annotations are dropped.
 async fn run_node_controller(
     ctx: Arc<Context>,
-    node_controller: Controller<Node>,
+    reader: Store<NodeMeta>,
+    writer: Writer<NodeMeta>,
     wake: mpsc::UnboundedReceiver<()>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    node_controller
+    let node_events = controller::watch::node_events(ctx.clone(), writer);
+    Controller::for_stream(node_events, reader)
         .reconcile_all_on(wake)
         .graceful_shutdown_on(shutdown)
         .run(
-            controller::node::reconcile,
-            |_, e, c| error_policy("node", e, &c),
+            |o, c| controller::tracked("node", o, c, controller::node::reconcile),
+            |o, e, c| error_policy("node", &o.name_any(), e, &c),
             ctx,
         )
         .for_each(|_| async {})

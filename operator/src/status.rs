@@ -1,9 +1,8 @@
-//! The OverlayNetwork status, computed from the index and the NodeSubnets. Pure.
-
-use std::collections::BTreeMap;
+//! The OverlayNetwork status, computed from the index's running counts. Pure,
+//! and O(problems): it never walks the NodeSubnets.
 
 use tartan_crds::condition::{self, Condition};
-use tartan_crds::{CONDITION_READY, NodeSubnet, OverlayNetwork, OverlayNetworkStatus};
+use tartan_crds::{CONDITION_READY, OverlayNetwork, OverlayNetworkStatus};
 
 use crate::index::SubnetIndex;
 
@@ -11,42 +10,15 @@ pub const CONDITION_POOL_EXHAUSTED: &str = "PoolExhausted";
 
 /// The status the network should have; conditions keep their transition time
 /// when their status did not change.
-pub fn network_status<'a>(
-    network: &OverlayNetwork,
-    index: &SubnetIndex,
-    subnets: impl IntoIterator<Item = &'a NodeSubnet>,
-) -> OverlayNetworkStatus {
+pub fn network_status(network: &OverlayNetwork, index: &SubnetIndex) -> OverlayNetworkStatus {
     let generation = network.metadata.generation;
     let mut status = network.status.clone().unwrap_or_default();
     let usage = index.ipv4_usage();
     status.capacity = usage.map_or(0, |u| u.capacity);
     status.allocated = usage.map_or(0, |u| u.allocated);
-    let mine: Vec<&NodeSubnet> = subnets
-        .into_iter()
-        .filter(|s| {
-            s.spec.network == index.network_name()
-                && s.metadata
-                    .name
-                    .as_deref()
-                    .is_none_or(|n| index.problem(n).is_none())
-        })
-        .collect();
-    status.nodes_ready = mine
-        .iter()
-        .filter(|s| {
-            s.status
-                .as_ref()
-                .is_some_and(|st| condition::is_true(&st.conditions, CONDITION_READY))
-        })
-        .count() as u32;
-    let mut by_backend = BTreeMap::new();
-    for backend in mine
-        .iter()
-        .filter_map(|s| s.status.as_ref().and_then(|st| st.backend))
-    {
-        *by_backend.entry(backend).or_insert(0u32) += 1;
-    }
-    status.nodes_by_backend = by_backend;
+    let counts = index.counts();
+    status.nodes_ready = counts.ready;
+    status.nodes_by_backend = counts.by_backend;
     status.observed_generation = generation;
 
     let waiting = index.waiting().len();
@@ -61,7 +33,7 @@ pub fn network_status<'a>(
             status.allocated, status.capacity
         ))
     };
-    let total = mine.len() as u32;
+    let total = counts.nodes;
     let conflicts = index.problems().len();
     let ready = if let Some(err) = index.network_error() {
         Condition::falsy(CONDITION_READY, "InvalidSpec").message(err.to_string())
@@ -103,10 +75,12 @@ pub fn differs(old: Option<&OverlayNetworkStatus>, new: &OverlayNetworkStatus) -
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::fixtures::{NetworkFixture, NodeSubnetFixture};
     use crate::ipam::Preference;
-    use tartan_crds::BackendType;
+    use tartan_crds::{BackendType, NodeSubnet};
 
     fn index(subnets: &[NodeSubnet], network: &OverlayNetwork) -> SubnetIndex {
         let mut index = SubnetIndex::new("default");
@@ -129,7 +103,7 @@ mod tests {
                 .ready(BackendType::HostGw),
             NodeSubnet::test().for_node("c").with_cidr("10.244.2.0/24"),
         ];
-        let status = network_status(&network, &index(&subnets, &network), &subnets);
+        let status = network_status(&network, &index(&subnets, &network));
         assert_eq!(
             (status.capacity, status.allocated, status.nodes_ready),
             (256, 3, 2)
@@ -160,7 +134,7 @@ mod tests {
                 .with_cidr("10.244.0.0/24")
                 .ready(BackendType::Vxlan),
         ];
-        let status = network_status(&network, &index(&subnets, &network), &subnets);
+        let status = network_status(&network, &index(&subnets, &network));
         assert!(condition::is_true(&status.conditions, "Ready"));
     }
 
@@ -175,7 +149,7 @@ mod tests {
         ];
         let mut index = index(&subnets, &network);
         assert!(index.allocate("b", Preference::default()).is_err());
-        let status = network_status(&network, &index, &subnets);
+        let status = network_status(&network, &index);
         let exhausted =
             condition::find(&status.conditions, CONDITION_POOL_EXHAUSTED).expect("condition");
         assert!(exhausted.is_true());
@@ -199,10 +173,10 @@ mod tests {
                 .ready(BackendType::Vxlan),
         ];
         let idx = index(&subnets, &network);
-        let first = network_status(&network, &idx, &subnets);
+        let first = network_status(&network, &idx);
         let mut network = network;
         network.status = Some(first.clone());
-        let second = network_status(&network, &idx, &subnets);
+        let second = network_status(&network, &idx);
         assert!(!differs(Some(&first), &second));
         assert!(differs(None, &second));
     }

@@ -1,11 +1,16 @@
 //! Plumbing both binaries need and neither should own: a Kubernetes client
 //! from `--kubeconfig` or the environment, structured logging, a shutdown
 //! signal, the `/metrics` `/healthz` `/readyz` server, RBAC rule builders,
-//! atomic file writes (`atomic_file`) and the folding of a watch's relists
-//! into deltas (`relist`). No Tartan logic lives here.
+//! atomic file writes (`atomic_file`), the folding of a watch's relists
+//! into deltas (`relist`), the client-side API rate limit (`ratelimit`) and
+//! retry delays (`backoff`). No Tartan logic lives here.
 
 pub mod atomic_file;
+pub mod backoff;
+pub mod ratelimit;
 pub mod relist;
+
+pub use ratelimit::RateLimit;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,6 +21,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::routing::get;
 use k8s_openapi::api::rbac::v1::PolicyRule;
+use kube::client::ClientBuilder;
 use kube::{Client, Config};
 use tokio::sync::watch;
 
@@ -37,8 +43,14 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// A client from an explicit kubeconfig, else KUBECONFIG / ~/.kube/config / in-cluster.
+/// A client from an explicit kubeconfig, else KUBECONFIG / ~/.kube/config /
+/// in-cluster, limited to kubelet's default rate ([`RateLimit::DEFAULT`]).
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
+    client_with(kubeconfig, RateLimit::DEFAULT).await
+}
+
+/// [`client`] with the rate limit from `--kube-api-qps` / `--kube-api-burst`.
+pub async fn client_with(kubeconfig: Option<&Path>, limit: RateLimit) -> anyhow::Result<Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -51,7 +63,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
             .await
             .context("finding a kubeconfig or in-cluster config")?,
     };
-    Client::try_from(config).context("building the Kubernetes client")
+    let builder = ClientBuilder::try_from(config).context("building the Kubernetes client")?;
+    Ok(builder
+        .with_layer(&ratelimit::RateLimitLayer::new(limit))
+        .build())
 }
 
 /// Flips to true on SIGTERM or SIGINT.

@@ -1,58 +1,75 @@
 //! The operator's three controllers, sharing one [`Context`]:
 //!
 //! ```text
-//!   Node watch ──────────────▶ node::reconcile     allocate, write NodeSubnet spec (SSA)
+//!   Node watch (metadata) ───▶ node::reconcile     allocate, write NodeSubnet spec (SSA)
 //!   NodeSubnet watch ─┬─────▶ subnet::reconcile   remove orphans, Conflict condition
 //!                     └─feed─▶ SubnetIndex ◀──────── (allocations, conflicts, usage)
-//!   OverlayNetwork watch ───▶ network::reconcile  pool from spec, status (SSA)
+//!   OverlayNetwork watch ───▶ network::reconcile  pool from spec
+//!   index changed ─mark─▶ network_status::run     status (SSA), at most 1/s
 //! ```
 //!
 //! Writes are fenced by the leader lease: each one checks [`Leadership`] first.
 
 pub mod network;
+pub mod network_status;
 pub mod node;
 pub mod subnet;
+pub mod throttle;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
-use kube::Client;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use tartan_crds::NodeSubnet;
+use kube::{Client, ResourceExt};
+use tartan_crds::{NodeSubnet, OverlayNetwork};
+use tartan_runtime::backoff::Retries;
 use tartan_runtime::relist::{Delta, Relist};
 
 use crate::error::{Error, Result};
 use crate::index::SubnetIndex;
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
+use network_status::StatusSignal;
+use throttle::Throttle;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "tartan-operator";
 /// Label on each NodeSubnet naming its OverlayNetwork.
 pub const NETWORK_LABEL: &str = "tartan.dev/network";
 
+/// A Node as the operator holds it: metadata only, managedFields dropped.
+pub type NodeMeta = PartialObjectMeta<Node>;
+
 pub struct Context {
     pub client: Client,
     /// Name of the OverlayNetwork this operator manages.
     pub network: String,
     pub index: Arc<Mutex<SubnetIndex>>,
-    pub nodes: Store<Node>,
+    pub nodes: Store<NodeMeta>,
     pub subnets: Store<NodeSubnet>,
+    /// This operator's OverlayNetwork, as its watch shows it.
+    pub networks: Store<OverlayNetwork>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub leader: Leadership,
+    /// Failures in a row per (controller, object), for [`error_policy`].
+    pub retries: Retries<(&'static str, String)>,
+    /// PoolExhausted Events: one per Node (and one for the network) per 10 minutes.
+    pub pool_events: Throttle,
     /// Reconciles every Node (a subnet was freed, the network appeared).
     pub wake_nodes: mpsc::UnboundedSender<()>,
-    /// Recomputes the network status.
-    pub wake_network: mpsc::UnboundedSender<()>,
+    /// The network status may have changed.
+    pub status: StatusSignal,
 }
 
 impl Context {
@@ -106,16 +123,40 @@ impl Context {
     }
 }
 
-/// Shared retry policy: log, count, and try again soon.
-pub fn error_policy(controller: &'static str, error: &Error, ctx: &Context) -> Action {
+/// Shared retry policy: count, log, and try again after a per-object
+/// exponential backoff with jitter (1 s doubling to 5 min), so a failing API
+/// server is not hit by every object at once, at a fixed rate, forever.
+pub fn error_policy(controller: &'static str, name: &str, error: &Error, ctx: &Context) -> Action {
     ctx.metrics.error(controller, error);
+    let delay = ctx.retries.failed((controller, name.to_string()));
     match error {
-        Error::NotLeader | Error::NotSynced => Action::requeue(Duration::from_secs(2)),
+        // Expected while starting or stepping down; not worth a warning.
+        Error::NotLeader | Error::NotSynced => {}
         _ => {
-            tracing::warn!(controller, error = %error, "reconcile failed");
-            Action::requeue(Duration::from_secs(5))
+            tracing::warn!(controller, name, error = %error, retry_in = ?delay, "reconcile failed")
         }
     }
+    Action::requeue(delay)
+}
+
+/// Runs `reconcile`; a success resets the object's backoff.
+pub async fn tracked<K, F, Fut>(
+    controller: &'static str,
+    object: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: F,
+) -> Result<Action>
+where
+    K: kube::Resource,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action>>,
+{
+    let key = (controller, object.name_any());
+    let result = reconcile(object, ctx.clone()).await;
+    if result.is_ok() {
+        ctx.retries.succeeded(&key);
+    }
+    result
 }
 
 /// Feeds NodeSubnet watch events into the index, the way a reflector feeds a store.
@@ -123,7 +164,7 @@ pub struct IndexFeeder {
     index: Arc<Mutex<SubnetIndex>>,
     relist: Relist<NodeSubnet>,
     wake_nodes: mpsc::UnboundedSender<()>,
-    wake_network: mpsc::UnboundedSender<()>,
+    status: StatusSignal,
 }
 
 impl IndexFeeder {
@@ -132,7 +173,7 @@ impl IndexFeeder {
             index: ctx.index.clone(),
             relist: Relist::new(),
             wake_nodes: ctx.wake_nodes.clone(),
-            wake_network: ctx.wake_network.clone(),
+            status: ctx.status.clone(),
         }
     }
 
@@ -157,7 +198,7 @@ impl IndexFeeder {
         if freed {
             let _ = self.wake_nodes.unbounded_send(());
         }
-        let _ = self.wake_network.unbounded_send(());
+        self.status.mark();
     }
 }
 

@@ -1,5 +1,10 @@
 //! Node → NodeSubnet: every Node gets exactly one NodeSubnet, named after it and
 //! owned by it, its spec written by server-side apply.
+//!
+//! Nodes are watched as metadata only (a full Node is ~20 KB of images and
+//! managedFields; 5,000 of them would not fit the operator's memory). The one
+//! field of the spec that matters, `podCIDRs`, is read by a single GET when a
+//! node is first allocated, and not kept.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use tartan_crds::cidr::parse_cidr;
 use tartan_crds::{NodeSubnet, NodeSubnetSpec};
 use tracing::{info, instrument};
 
-use super::{Context, FIELD_MANAGER, NETWORK_LABEL, reference};
+use super::{Context, FIELD_MANAGER, NETWORK_LABEL, NodeMeta, reference};
 use crate::error::{Error, Result};
 use crate::index::{AllocateError, SubnetIndex};
 use crate::ipam::{Allocation, IpamError, Preference};
@@ -31,6 +36,8 @@ pub enum Decision {
     NoNetwork,
     /// The NodeSubnet exists and is as it should be (or is reported as a conflict).
     InSync,
+    /// A new node: read its `podCIDRs`, then allocate ([`allocate`]).
+    Allocate,
     /// Write the NodeSubnet (`fresh`: a new allocation, undone if the write fails).
     Write { allocation: Allocation, fresh: bool },
     /// No room: the node waits until a subnet is freed.
@@ -38,7 +45,7 @@ pub enum Decision {
 }
 
 /// Decides from the index and the existing NodeSubnet, if any. Pure.
-pub fn decide(index: &mut SubnetIndex, node: &Node, existing: Option<&NodeSubnet>) -> Decision {
+pub fn decide(index: &mut SubnetIndex, node: &NodeMeta, existing: Option<&NodeSubnet>) -> Decision {
     let name = node.name_any();
     if !index.is_synced() {
         return Decision::NotSynced;
@@ -55,7 +62,16 @@ pub fn decide(index: &mut SubnetIndex, node: &Node, existing: Option<&NodeSubnet
             _ => Decision::InSync,
         };
     }
-    match index.allocate(&name, preference(node)) {
+    match index.waiting_preference(&name) {
+        // Waiting for room: it asked before, no need to read the Node again.
+        Some(preference) => allocate(index, &name, preference),
+        None => Decision::Allocate,
+    }
+}
+
+/// Allocates for a node with what it asked for. Pure.
+pub fn allocate(index: &mut SubnetIndex, name: &str, preference: Preference) -> Decision {
+    match index.allocate(name, preference) {
         Ok(allocation) => Decision::Write {
             allocation,
             fresh: true,
@@ -67,7 +83,7 @@ pub fn decide(index: &mut SubnetIndex, node: &Node, existing: Option<&NodeSubnet
 }
 
 /// The Node's `spec.podCIDRs`, so clusters that already allocate keep their addresses.
-fn preference(node: &Node) -> Preference {
+pub fn preference(node: &Node) -> Preference {
     let mut preference = Preference::default();
     let spec = node.spec.as_ref();
     let cidrs = spec
@@ -83,7 +99,7 @@ fn preference(node: &Node) -> Preference {
     preference
 }
 
-fn owned_by(subnet: &NodeSubnet, node: &Node) -> bool {
+fn owned_by(subnet: &NodeSubnet, node: &NodeMeta) -> bool {
     subnet
         .owner_references()
         .iter()
@@ -91,7 +107,7 @@ fn owned_by(subnet: &NodeSubnet, node: &Node) -> bool {
 }
 
 /// The NodeSubnet the operator applies for `node`: spec, owner reference, label.
-pub fn desired_subnet(network: &str, node: &Node, allocation: &Allocation) -> NodeSubnet {
+pub fn desired_subnet(network: &str, node: &NodeMeta, allocation: &Allocation) -> NodeSubnet {
     let name = node.name_any();
     NodeSubnet {
         metadata: ObjectMeta {
@@ -121,75 +137,118 @@ pub fn desired_subnet(network: &str, node: &Node, allocation: &Allocation) -> No
 }
 
 #[instrument(skip_all, fields(node = %node.name_any()))]
-pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(node: Arc<NodeMeta>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.time("node");
     if node.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes the NodeSubnet with its owner.
         return Ok(Action::await_change());
     }
-    let name = node.name_any();
-    let existing = ctx.subnets.get(&ObjectRef::new(&name));
-    let decision = decide(&mut ctx.index(), &node, existing.as_deref());
+    let existing = ctx.subnets.get(&ObjectRef::new(&node.name_any()));
+    let mut decision = decide(&mut ctx.index(), &node, existing.as_deref());
+    let mut node = node;
+    if decision == Decision::Allocate {
+        let Some((meta, preference)) = read_node(&ctx, &node.name_any()).await? else {
+            // Deleted since the watch saw it.
+            return Ok(Action::await_change());
+        };
+        decision = allocate(&mut ctx.index(), &meta.name_any(), preference);
+        node = Arc::new(meta);
+    }
+    act(&ctx, &node, decision).await
+}
+
+/// Does what [`decide`] (or [`allocate`]) said.
+async fn act(ctx: &Context, node: &NodeMeta, decision: Decision) -> Result<Action> {
     match decision {
         Decision::NotSynced => Err(Error::NotSynced),
         Decision::NoNetwork => Ok(Action::requeue(Duration::from_secs(10))),
-        Decision::InSync => Ok(Action::await_change()),
+        Decision::InSync | Decision::Allocate => Ok(Action::await_change()),
         Decision::Write { allocation, fresh } => {
-            let written = write(&ctx, &node, &allocation).await;
+            let written = write(ctx, node, &allocation).await;
             if written.is_err() && fresh {
-                ctx.index().forget_allocation(&name);
+                ctx.index().forget_allocation(&node.name_any());
             }
             written?;
             if fresh {
-                ctx.metrics
-                    .allocations
-                    .with_label_values(&["allocated"])
-                    .inc();
-                let v6 = allocation
-                    .ipv6
-                    .map(|n| format!(" and {n}"))
-                    .unwrap_or_default();
-                info!(cidr = %allocation.ipv4, "allocated");
-                let note = format!("allocated {}{v6}", allocation.ipv4);
-                ctx.event(
-                    &reference(node.as_ref()),
-                    EventType::Normal,
-                    "SubnetAllocated",
-                    note,
-                )
-                .await;
+                allocated(ctx, node, &allocation).await;
             }
             Ok(Action::await_change())
         }
         Decision::Exhausted(e) => {
-            ctx.metrics
-                .allocations
-                .with_label_values(&["exhausted"])
-                .inc();
-            let _ = ctx.wake_network.unbounded_send(());
-            let note = format!("node {name} gets no pod subnet: {e}");
-            tracing::warn!("{note}");
-            ctx.event(
-                &reference(node.as_ref()),
-                EventType::Warning,
-                "PoolExhausted",
-                note.clone(),
-            )
-            .await;
-            ctx.event(
-                &ctx.network_ref(),
-                EventType::Warning,
-                "PoolExhausted",
-                note,
-            )
-            .await;
+            exhausted(ctx, node, &e).await;
             // Also woken at once when a NodeSubnet is deleted.
             Ok(Action::requeue(Duration::from_secs(60)))
         }
     }
 }
 
-async fn write(ctx: &Context, node: &Node, allocation: &Allocation) -> Result<()> {
+/// The one read of a whole Node: its metadata (fresh) and its `podCIDRs`.
+/// `None` when it is gone.
+async fn read_node(ctx: &Context, name: &str) -> Result<Option<(NodeMeta, Preference)>> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let Some(node) = nodes.get_opt(name).await? else {
+        return Ok(None);
+    };
+    let preference = preference(&node);
+    let Node { metadata, .. } = node;
+    let meta = NodeMeta {
+        types: None,
+        metadata,
+        _phantom: Default::default(),
+    };
+    Ok(Some((meta, preference)))
+}
+
+async fn allocated(ctx: &Context, node: &NodeMeta, allocation: &Allocation) {
+    ctx.metrics
+        .allocations
+        .with_label_values(&["allocated"])
+        .inc();
+    let v6 = allocation
+        .ipv6
+        .map(|n| format!(" and {n}"))
+        .unwrap_or_default();
+    info!(cidr = %allocation.ipv4, "allocated");
+    let note = format!("allocated {}{v6}", allocation.ipv4);
+    ctx.event(&reference(node), EventType::Normal, "SubnetAllocated", note)
+        .await;
+}
+
+async fn exhausted(ctx: &Context, node: &NodeMeta, e: &IpamError) {
+    ctx.metrics
+        .allocations
+        .with_label_values(&["exhausted"])
+        .inc();
+    ctx.status.mark();
+    let name = node.name_any();
+    let note = format!("node {name} gets no pod subnet: {e}");
+    if !ctx.pool_events.allow(&format!("node/{name}")) {
+        // Told within the last 10 minutes; the condition and metric still say it.
+        tracing::debug!("{note}");
+        return;
+    }
+    tracing::warn!("{note}");
+    ctx.event(
+        &reference(node),
+        EventType::Warning,
+        "PoolExhausted",
+        note.clone(),
+    )
+    .await;
+    if ctx.pool_events.allow("network") {
+        let waiting = ctx.index().waiting().len();
+        let note = format!("{waiting} node(s) wait for a pod subnet, {name} among them: {e}");
+        ctx.event(
+            &ctx.network_ref(),
+            EventType::Warning,
+            "PoolExhausted",
+            note,
+        )
+        .await;
+    }
+}
+
+async fn write(ctx: &Context, node: &NodeMeta, allocation: &Allocation) -> Result<()> {
     ctx.ensure_leader()?;
     let subnet = desired_subnet(&ctx.network, node, allocation);
     let api: Api<NodeSubnet> = Api::all(ctx.client.clone());

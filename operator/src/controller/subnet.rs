@@ -73,10 +73,14 @@ pub fn conflict_condition(problem: &Problem, generation: Option<i64>) -> Conditi
         .generation(generation)
 }
 
-/// The watch cache can lag behind a Node that was just created: ask the API server.
+/// The watch cache can lag behind a Node that was just created: ask the API
+/// server (for the metadata only: existence is all this needs).
 async fn node_is_gone(ctx: &Context, subnet: &NodeSubnet) -> Result<bool> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    Ok(nodes.get_opt(&subnet.spec.node_name).await?.is_none())
+    Ok(nodes
+        .get_metadata_opt(&subnet.spec.node_name)
+        .await?
+        .is_none())
 }
 
 async fn remove_orphan(ctx: &Context, subnet: &NodeSubnet) -> Result<()> {

@@ -3,8 +3,11 @@
 //!
 //! Fed by the NodeSubnet watch (`apply`, `delete`, `reset` on a relist) and by
 //! the operator's own allocations, so a subnet handed out is taken before its
-//! NodeSubnet comes back through the watch. No kube client, no I/O: tests
-//! drive it synchronously.
+//! NodeSubnet comes back through the watch. It also keeps the readiness and
+//! rollout counts of the status ([`tally`]) per event. No kube client, no
+//! I/O: tests drive it synchronously.
+
+pub mod tally;
 
 use std::collections::BTreeMap;
 
@@ -13,6 +16,7 @@ use kube::ResourceExt;
 use tartan_crds::{NodeSubnet, OverlayNetworkSpec, ValidNetwork, ValidationError};
 
 use crate::ipam::{Allocation, Ipam, IpamError, Preference, Usage};
+use tally::{Contribution, Counts};
 
 /// Why a NodeSubnet does not count as an allocation of the network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +53,7 @@ struct Record {
     created: Option<Time>,
     uid: Option<String>,
     spec: Result<Allocation, ValidationError>,
+    contribution: Contribution,
 }
 
 #[derive(Debug)]
@@ -60,6 +65,10 @@ pub struct SubnetIndex {
     problems: BTreeMap<String, Problem>,
     /// Nodes waiting for a subnet because the pool is full.
     waiting: BTreeMap<String, IpamError>,
+    /// What each waiting node asked for, so a retry need not read the Node again.
+    preferences: BTreeMap<String, Preference>,
+    /// The sum of every record's contribution, problems included (see [`Self::counts`]).
+    counts: Counts,
     synced: bool,
 }
 
@@ -72,6 +81,8 @@ impl SubnetIndex {
             ipam: None,
             problems: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            preferences: BTreeMap::new(),
+            counts: Counts::default(),
             synced: false,
         }
     }
@@ -118,6 +129,7 @@ impl SubnetIndex {
             .filter(|s| s.spec.network == self.network_name)
             .map(|s| (s.name_any(), record(s)))
             .collect();
+        self.counts = Counts::of(self.records.values().map(|r| r.contribution));
         self.synced = true;
         self.rebuild();
     }
@@ -129,11 +141,17 @@ impl SubnetIndex {
         }
         let name = subnet.name_any();
         let record = record(subnet);
-        let unchanged = self
-            .records
-            .get(&name)
-            .is_some_and(|old| old.spec == record.spec && old.uid == record.uid);
-        if unchanged {
+        let old = self.records.get_mut(&name);
+        match old.as_ref() {
+            Some(old) => self.counts.replace(old.contribution, record.contribution),
+            None => self.counts.add(record.contribution),
+        }
+        if let Some(old) = old
+            && old.spec == record.spec
+            && old.uid == record.uid
+        {
+            // A status change (the common event): the counts moved, nothing else does.
+            old.contribution = record.contribution;
             return;
         }
         let is_new = !self.records.contains_key(&name);
@@ -153,9 +171,10 @@ impl SubnetIndex {
 
     /// One NodeSubnet was deleted. Returns whether a subnet went back to the pool.
     pub fn delete(&mut self, name: &str) -> bool {
-        if self.records.remove(name).is_none() {
+        let Some(record) = self.records.remove(name) else {
             return false;
-        }
+        };
+        self.counts.remove(record.contribution);
         let had_problem = self.problems.contains_key(name);
         let freed = self.ipam.as_mut().and_then(|i| i.release(name)).is_some();
         if had_problem || freed {
@@ -179,10 +198,12 @@ impl SubnetIndex {
         match ipam.allocate(node, preference) {
             Ok(allocation) => {
                 self.waiting.remove(node);
+                self.preferences.remove(node);
                 Ok(allocation)
             }
             Err(e) => {
                 self.waiting.insert(node.to_string(), e.clone());
+                self.preferences.insert(node.to_string(), preference);
                 Err(AllocateError::Ipam(e))
             }
         }
@@ -200,6 +221,24 @@ impl SubnetIndex {
     /// A node that left the cluster is no longer waiting for a subnet.
     pub fn node_gone(&mut self, node: &str) {
         self.waiting.remove(node);
+        self.preferences.remove(node);
+    }
+
+    /// What a waiting node asked for when it was first turned away.
+    pub fn waiting_preference(&self, node: &str) -> Option<Preference> {
+        self.preferences.get(node).copied()
+    }
+
+    /// The counts over the NodeSubnets that are valid allocations: the running
+    /// sum less the few that are problems. O(problems), not O(NodeSubnets).
+    pub fn counts(&self) -> Counts {
+        let mut counts = self.counts.clone();
+        for name in self.problems.keys() {
+            if let Some(record) = self.records.get(name) {
+                counts.remove(record.contribution);
+            }
+        }
+        counts
     }
 
     /// The allocation recorded for a NodeSubnet name, when it is a valid one.
@@ -303,6 +342,7 @@ fn record(subnet: &NodeSubnet) -> Record {
             ipv4: v.cidr,
             ipv6: v.ipv6_cidr,
         }),
+        contribution: Contribution::of(subnet),
     }
 }
 

@@ -187,3 +187,127 @@ fn an_invalid_network_is_reported_and_allocates_nothing() {
         Err(AllocateError::NoNetwork)
     );
 }
+
+mod counts {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use tartan_crds::BackendType;
+
+    use super::*;
+    use crate::index::tally::{Contribution, Counts};
+
+    fn subnet(node: &str, cidr: &str, ready: bool, backend: Option<BackendType>) -> NodeSubnet {
+        let mut s = NodeSubnet::test().for_node(node).with_cidr(cidr);
+        if let Some(backend) = backend {
+            s = s.ready(backend);
+            if !ready && let Some(status) = s.status.as_mut() {
+                status.conditions.clear();
+            }
+        }
+        s
+    }
+
+    /// The counts as the old full scan computed them.
+    fn recomputed<'a>(
+        index: &SubnetIndex,
+        subnets: impl Iterator<Item = &'a NodeSubnet>,
+    ) -> Counts {
+        Counts::of(
+            subnets
+                .filter(|s| index.problem(&s.name_any()).is_none())
+                .map(Contribution::of),
+        )
+    }
+
+    #[test]
+    fn a_status_change_moves_only_that_nodes_counters() {
+        let mut index = synced(&[
+            subnet("a", "10.244.0.0/24", true, Some(BackendType::Vxlan)),
+            subnet("b", "10.244.1.0/24", false, None),
+        ]);
+        let before = index.counts();
+        assert_eq!((before.nodes, before.ready), (2, 1));
+        index.apply(&subnet(
+            "b",
+            "10.244.1.0/24",
+            true,
+            Some(BackendType::HostGw),
+        ));
+        let after = index.counts();
+        assert_eq!((after.nodes, after.ready), (2, 2));
+        assert_eq!(
+            after.by_backend,
+            BTreeMap::from([(BackendType::Vxlan, 1), (BackendType::HostGw, 1)])
+        );
+        assert_eq!(
+            index.allocation("b").map(|a| v4(&a)),
+            Some("10.244.1.0/24".into()),
+            "the allocation is untouched"
+        );
+    }
+
+    #[test]
+    fn a_conflicting_nodesubnet_is_not_counted() {
+        let old = subnet("old", "10.244.5.0/24", true, Some(BackendType::Vxlan)).created_at(100);
+        let new = subnet("new", "10.244.5.0/24", true, Some(BackendType::Udp)).created_at(200);
+        let index = synced(&[old, new]);
+        let counts = index.counts();
+        assert_eq!((counts.nodes, counts.ready), (1, 1));
+        assert_eq!(counts.by_backend, BTreeMap::from([(BackendType::Vxlan, 1)]));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Apply {
+            node: u8,
+            cidr: u8,
+            ready: bool,
+            backend: Option<BackendType>,
+        },
+        Delete {
+            node: u8,
+        },
+        Relist,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let backend = prop_oneof![
+            Just(None),
+            Just(Some(BackendType::Vxlan)),
+            Just(Some(BackendType::HostGw)),
+        ];
+        prop_oneof![
+            6 => (0u8..8, 0u8..6, any::<bool>(), backend)
+                .prop_map(|(node, cidr, ready, backend)| Op::Apply { node, cidr, ready, backend }),
+            2 => (0u8..8).prop_map(|node| Op::Delete { node }),
+            1 => Just(Op::Relist),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn running_counts_equal_a_full_recompute(ops in prop::collection::vec(op(), 1..60)) {
+            let mut index = synced(&[]);
+            let mut model: BTreeMap<String, NodeSubnet> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Apply { node, cidr, ready, backend } => {
+                        let s = subnet(&format!("n{node}"), &format!("10.244.{cidr}.0/24"), ready, backend);
+                        index.apply(&s);
+                        model.insert(s.name_any(), s);
+                    }
+                    Op::Delete { node } => {
+                        index.delete(&format!("n{node}"));
+                        model.remove(&format!("n{node}"));
+                    }
+                    Op::Relist => {
+                        let all: Vec<NodeSubnet> = model.values().cloned().collect();
+                        index.reset(&all);
+                    }
+                }
+                prop_assert_eq!(index.counts(), recomputed(&index, model.values()));
+            }
+        }
+    }
+}

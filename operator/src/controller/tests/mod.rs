@@ -14,7 +14,8 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tartan_crds::{BackendType, NodeSubnet, OverlayNetwork};
 
-use super::{Context, network, node, subnet};
+use super::network_status::{StatusSignal, write_if_changed};
+use super::{Context, NodeMeta, network, node, subnet};
 use crate::fixtures::{
     Expect, NetworkFixture, NodeFixture, NodeSubnetFixture, event_reason, serve, status_error,
 };
@@ -22,8 +23,12 @@ use crate::index::SubnetIndex;
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
 
+mod bounds;
+
 const SUBNETS: &str = "/apis/tartan.dev/v1alpha1/nodesubnets";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events?";
+/// What a metadata-only request asks for.
+const METADATA: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
 struct Harness {
     ctx: Arc<Context>,
@@ -34,8 +39,9 @@ struct Harness {
         >,
     >,
     /// Held, never read: the Node store stays live while its writer does.
-    _nodes: Writer<Node>,
+    _nodes: Writer<NodeMeta>,
     subnets: Writer<NodeSubnet>,
+    networks: Writer<OverlayNetwork>,
 }
 
 impl Harness {
@@ -45,8 +51,10 @@ impl Harness {
         let client = Client::new(service, "default");
         let (node_store, mut node_writer) = reflector::store();
         let (subnet_store, mut subnet_writer) = reflector::store();
+        let (network_store, mut network_writer) = reflector::store();
+        network_writer.apply_watcher_event(&watcher::Event::Apply(network.clone()));
         for n in nodes {
-            node_writer.apply_watcher_event(&watcher::Event::Apply(n.clone()));
+            node_writer.apply_watcher_event(&watcher::Event::Apply(n.metadata()));
         }
         for s in existing {
             subnet_writer.apply_watcher_event(&watcher::Event::Apply(s.clone()));
@@ -55,24 +63,28 @@ impl Harness {
         index.set_network(Some(&network.spec));
         index.reset(existing);
         let (wake_nodes, _) = mpsc::unbounded();
-        let (wake_network, _) = mpsc::unbounded();
+        let (status, _) = StatusSignal::new();
         let ctx = Context {
             client: client.clone(),
             network: "default".into(),
             index: Arc::new(Mutex::new(index)),
             nodes: node_store,
             subnets: subnet_store,
+            networks: network_store,
             recorder: Recorder::new(client, Context::reporter("test")),
             metrics: Arc::new(Metrics::new().expect("metrics")),
             leader: Leadership::always(),
+            retries: Default::default(),
+            pool_events: Default::default(),
             wake_nodes,
-            wake_network,
+            status,
         };
         Self {
             ctx: Arc::new(ctx),
             handle: Some(handle),
             _nodes: node_writer,
             subnets: subnet_writer,
+            networks: network_writer,
         }
     }
 
@@ -93,6 +105,13 @@ impl Harness {
     }
 }
 
+/// The one read of a whole Node, when it is first allocated.
+fn get_node(node: &Node) -> Expect {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    Expect::new(Method::GET, format!("/api/v1/nodes/{name}"))
+        .reply(200, serde_json::to_value(node).expect("node JSON"))
+}
+
 fn event(reason: &'static str) -> Expect {
     Expect::new(Method::POST, EVENTS)
         .body(move |body| assert_eq!(event_reason(body), reason, "event: {body}"))
@@ -100,7 +119,7 @@ fn event(reason: &'static str) -> Expect {
 }
 
 #[tokio::test]
-async fn new_node_gets_a_nodesubnet_by_server_side_apply_with_owner_reference() {
+async fn a_new_node_is_read_once_and_gets_a_nodesubnet_by_server_side_apply_with_owner_reference() {
     let node = Node::test("n1");
     let mut h = Harness::new(&OverlayNetwork::test(), std::slice::from_ref(&node), &[]);
     let apply = Expect::new(Method::PATCH, format!("{SUBNETS}/n1?&fieldManager=tartan-operator"))
@@ -118,8 +137,8 @@ async fn new_node_gets_a_nodesubnet_by_server_side_apply_with_owner_reference() 
     let ctx = h.ctx.clone();
     let action = h
         .expect(
-            vec![apply, event("SubnetAllocated")],
-            node::reconcile(Arc::new(node), ctx),
+            vec![get_node(&node), apply, event("SubnetAllocated")],
+            node::reconcile(Arc::new(node.metadata()), ctx),
         )
         .await;
     assert_eq!(action.expect("reconciled"), Action::await_change());
@@ -141,8 +160,8 @@ async fn node_pod_cidr_is_kept_when_it_is_in_the_pool() {
     .echo();
     let ctx = h.ctx.clone();
     h.expect(
-        vec![apply, event("SubnetAllocated")],
-        node::reconcile(Arc::new(node), ctx),
+        vec![get_node(&node), apply, event("SubnetAllocated")],
+        node::reconcile(Arc::new(node.metadata()), ctx),
     )
     .await
     .expect("ok");
@@ -167,7 +186,9 @@ async fn restart_with_existing_nodesubnets_allocates_and_writes_nothing() {
         &[existing],
     );
     let ctx = h.ctx.clone();
-    let action = h.expect(vec![], node::reconcile(Arc::new(node), ctx)).await;
+    let action = h
+        .expect(vec![], node::reconcile(Arc::new(node.metadata()), ctx))
+        .await;
     assert_eq!(action.expect("ok"), Action::await_change());
     assert_eq!(
         h.ctx.index().allocation("n1").map(|a| a.ipv4.to_string()),
@@ -187,7 +208,10 @@ async fn a_failed_write_returns_the_subnet_to_the_pool() {
     .reply(500, status_error(500, "InternalError"));
     let ctx = h.ctx.clone();
     let result = h
-        .expect(vec![refused], node::reconcile(Arc::new(node), ctx))
+        .expect(
+            vec![get_node(&node), refused],
+            node::reconcile(Arc::new(node.metadata()), ctx),
+        )
         .await;
     assert!(result.is_err());
     assert_eq!(h.ctx.index().ipv4_usage().map(|u| u.allocated), Some(0));
@@ -199,8 +223,9 @@ async fn deleted_node_means_its_nodesubnet_is_deleted() {
         .for_node("gone")
         .with_cidr("10.244.4.0/24");
     let mut h = Harness::new(&OverlayNetwork::test(), &[], std::slice::from_ref(&orphan));
-    let get_node =
-        Expect::new(Method::GET, "/api/v1/nodes/gone").reply(404, status_error(404, "NotFound"));
+    let get_node = Expect::new(Method::GET, "/api/v1/nodes/gone")
+        .header("accept", METADATA)
+        .reply(404, status_error(404, "NotFound"));
     let delete = Expect::new(Method::DELETE, format!("{SUBNETS}/gone?"))
         .body(|body| assert_eq!(body["preconditions"], json!({"uid": "uid-gone"})))
         .reply(200, serde_json::to_value(&orphan).expect("json"));
@@ -221,50 +246,12 @@ async fn a_node_missing_only_from_the_cache_keeps_its_nodesubnet() {
         .with_cidr("10.244.4.0/24");
     let mut h = Harness::new(&OverlayNetwork::test(), &[], std::slice::from_ref(&subnet));
     let get_node = Expect::new(Method::GET, "/api/v1/nodes/new")
+        .header("accept", METADATA)
         .reply(200, serde_json::to_value(Node::test("new")).expect("json"));
     let ctx = h.ctx.clone();
     h.expect(vec![get_node], subnet::reconcile(Arc::new(subnet), ctx))
         .await
         .expect("ok");
-}
-
-#[tokio::test]
-async fn pool_exhausted_is_an_event_on_node_and_network_and_a_condition() {
-    let network = OverlayNetwork::test().with_cidr("10.244.0.0/24", 24);
-    let holder = NodeSubnet::test()
-        .for_node("a")
-        .with_cidr("10.244.0.0/24")
-        .ready(BackendType::Vxlan);
-    let node = Node::test("b");
-    let mut h = Harness::new(&network, &[Node::test("a"), node.clone()], &[holder]);
-    let ctx = h.ctx.clone();
-    let network_arc = Arc::new(network.clone());
-    let status_patch = Expect::new(Method::PATCH, "/apis/tartan.dev/v1alpha1/overlaynetworks/default/status?&force=true&fieldManager=tartan-operator")
-        .body(|body| {
-            let conditions = body["status"]["conditions"].as_array().expect("conditions");
-            let exhausted = conditions.iter().find(|c| c["type"] == "PoolExhausted").expect("PoolExhausted");
-            assert_eq!(exhausted["status"], "True");
-            assert_eq!(exhausted["reason"], "NodesWaiting");
-            let ready = conditions.iter().find(|c| c["type"] == "Ready").expect("Ready");
-            assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("PoolExhausted")));
-            assert_eq!((body["status"]["capacity"].as_u64(), body["status"]["allocated"].as_u64()), (Some(1), Some(1)));
-        })
-        .status_onto(&network);
-    let run = async {
-        let action = node::reconcile(Arc::new(node), ctx.clone())
-            .await
-            .expect("reconciled");
-        assert_eq!(action, Action::requeue(std::time::Duration::from_secs(60)));
-        network::reconcile(network_arc, ctx)
-            .await
-            .expect("status written")
-    };
-    h.expect(
-        vec![event("PoolExhausted"), event("PoolExhausted"), status_patch],
-        run,
-    )
-    .await;
-    assert!(h.ctx.index().waiting().contains_key("b"));
 }
 
 #[tokio::test]
@@ -329,6 +316,7 @@ async fn duplicate_cidr_gets_a_conflict_condition_on_the_newer_nodesubnet() {
 
 #[tokio::test]
 async fn network_status_aggregates_nodesubnets_and_is_written_only_on_change() {
+    use kube::runtime::watcher::Event;
     let subnets = vec![
         NodeSubnet::test()
             .for_node("a")
@@ -357,19 +345,23 @@ async fn network_status_aggregates_nodesubnets_and_is_written_only_on_change() {
         .status_onto(&network);
     let ctx = h.ctx.clone();
     let first = Arc::new(network.clone());
-    let action = h
-        .expect(vec![patch], network::reconcile(first, ctx.clone()))
-        .await
-        .expect("written");
-    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(300)));
-    // Reconciling again with the status as written: no request at all.
+    let run = async {
+        let action = network::reconcile(first, ctx.clone()).await;
+        (action, write_if_changed(&ctx).await)
+    };
+    let (action, wrote) = h.expect(vec![patch], run).await;
+    assert_eq!(
+        action.expect("reconciled"),
+        Action::requeue(std::time::Duration::from_secs(300))
+    );
+    assert!(wrote.expect("written"));
+    // The watch shows the status as written: nothing to write.
     let mut again = network;
     again.status =
         Some(serde_json::from_value(written.lock().expect("lock").clone()).expect("status"));
-    // The mocked API is gone now: any request would fail this reconcile.
-    network::reconcile(Arc::new(again), ctx)
-        .await
-        .expect("no write needed");
+    h.networks.apply_watcher_event(&Event::Apply(again));
+    // The mocked API is gone now: any request would fail this write.
+    assert!(!write_if_changed(&h.ctx).await.expect("no write needed"));
     let metrics = h.ctx.metrics.render();
     assert!(
         metrics.contains("tartan_operator_subnets_allocated{family=\"ipv4\"} 3"),

@@ -234,28 +234,22 @@ pub fn wait_converged(
 /// `kubectl get nodesubnets`, as the lab sees them.
 pub fn nodesubnets_table(report: &AgentsReport) -> String {
     let mut out = format!(
-        "{:<8} {:<8} {:<16} {:<16} {:<9} {:<6} {:<5}\n",
-        "NAME", "NODE", "CIDR", "NODE-IP", "BACKEND", "READY", "BGP"
+        "{:<8} {:<8} {:<16} {:<16} {:<9} {:<6}\n",
+        "NAME", "NODE", "CIDR", "NODE-IP", "BACKEND", "READY"
     );
     for s in &report.subnets {
         let status = s.status.clone().unwrap_or_default();
         let ready = tartan_crds::condition::find(&status.conditions, "Ready")
             .map(|c| format!("{:?}", c.status))
             .unwrap_or_default();
-        let bgp = status
-            .bgp
-            .as_ref()
-            .map(|b| format!("{}/{}", b.sessions_established, b.sessions_expected))
-            .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<8} {:<8} {:<16} {:<16} {:<9} {:<6} {:<5}\n",
+            "{:<8} {:<8} {:<16} {:<16} {:<9} {:<6}\n",
             s.metadata.name.clone().unwrap_or_default(),
             s.spec.node_name,
             s.spec.cidr,
             status.node_ip.unwrap_or_default(),
             status.backend.map(|b| b.to_string()).unwrap_or_default(),
-            ready,
-            bgp
+            ready
         ));
         if let Some(ready) = tartan_crds::condition::find(&status.conditions, "Ready")
             && ready.status != tartan_crds::ConditionStatus::True

@@ -103,6 +103,10 @@ pub struct Args {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// The API client's rate limit (`--kube-api-qps`, `--kube-api-burst`).
+    #[command(flatten)]
+    pub kube_api: tartan_runtime::RateLimit,
+
     #[arg(long, env = "TARTAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

@@ -62,7 +62,7 @@ async fn run_agent(args: &Args, netns: NetNs, cni: CniConfig) -> anyhow::Result<
         .node_name
         .clone()
         .context("--node-name (or NODE_NAME) is required")?;
-    let client = tartan_runtime::client(args.kubeconfig.as_deref()).await?;
+    let client = tartan_runtime::client_with(args.kubeconfig.as_deref(), args.kube_api).await?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let health = Arc::new(Health::default());
     let shutdown = tartan_runtime::Shutdown::on_signals();

@@ -45,7 +45,7 @@ use throttle::Throttle;
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "tartan-operator";
 /// Label on each NodeSubnet naming its OverlayNetwork.
-pub const NETWORK_LABEL: &str = "tartan.dev/network";
+pub const NETWORK_LABEL: &str = tartan_crds::NETWORK_LABEL;
 
 /// A Node as the operator holds it: metadata only, managedFields dropped.
 pub type NodeMeta = PartialObjectMeta<Node>;

@@ -9,8 +9,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tartan_crds::{BackendType, NodeSubnet, OverlayNetwork};
 use tartan_harness::setup::{
-    create_network, create_node, eventually, install_crds, install_rbac, start_agent,
-    start_operator,
+    create_network, create_node, eventually, install_crds, install_rbac, readyz, scrape,
+    start_agent, start_operator,
 };
 use tartan_harness::{ControlPlane, require_binaries};
 use tartan_testbed::Topology;
@@ -78,7 +78,6 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
                 && list.items.iter().all(|s| {
                     let status = s.status.clone().unwrap_or_default();
                     status.backend == Some(backend)
-                        && status.peers == 1
                         && tartan_crds::condition::is_true(&status.conditions, "Ready")
                 });
             all.then_some(list)
@@ -155,26 +154,12 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
     // On to bgp: each agent runs BIRD, the two peer, and routes come from BGP.
     {
         switch_backend(&client, BackendType::Bgp).await;
-        let list = eventually("both agents on bgp", Duration::from_secs(60), || {
+        eventually("both agents on bgp", Duration::from_secs(60), || {
             ready(BackendType::Bgp)
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
-        for subnet in &list.items {
-            let bgp = subnet
-                .status
-                .clone()
-                .and_then(|s| s.bgp)
-                .expect("bgp status");
-            assert_eq!(
-                (
-                    bgp.sessions_established,
-                    bgp.sessions_expected,
-                    bgp.routes_learned
-                ),
-                (1, 1, 1)
-            );
-        }
+        // Sessions and routes are metrics: a join must not rewrite every status.
         let metrics = scrape(ports[0]);
         assert!(
             metrics.contains("tartan_agent_bgp_sessions{state=\"established\"} 1")
@@ -193,18 +178,6 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
     drop(agents);
 }
 
-/// `GET /metrics` on the agent's probes port.
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-}
-
 /// The backend switch, as a person does it: one field of the OverlayNetwork.
 async fn switch_backend(client: &kube::Client, backend: BackendType) {
     Api::<OverlayNetwork>::all(client.clone())
@@ -215,21 +188,6 @@ async fn switch_backend(client: &kube::Client, backend: BackendType) {
         )
         .await
         .expect("switch");
-}
-
-/// `GET /readyz` on the agent's probes port: the status code.
-fn readyz(port: u16) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[tokio::test]
@@ -308,4 +266,108 @@ fn cni_for(cp: &ControlPlane, node: &str) -> tartan_agent::cni::CniConfig {
         dir: cp.dir.join(node),
         ipam_data_dir: Some(cp.dir.join(node).join("ipam")),
     }
+}
+
+/// A restarted agent starts from its NodeSubnet's status as the watch shows
+/// it: it writes nothing, and peers never see its nodeIP or vtepMAC go, even
+/// when its OverlayNetwork watch comes up long after its NodeSubnet watch
+/// (here: the agent may not read OverlayNetworks until we allow it again).
+#[tokio::test]
+#[ignore = "e2e: needs root, network namespaces and the control plane that make deps builds (make test runs it)"]
+async fn a_restarted_agent_writes_nothing_even_when_its_network_arrives_late() {
+    use futures::StreamExt;
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use kube::runtime::watcher;
+    require_binaries();
+    tartan_testbed::require(&["ip", "nft", "nsenter"]);
+    let (cp, client, topo, mut agents, ports) = two_agents("restart", "tr").await;
+    let subnets: Api<NodeSubnet> = Api::all(client.clone());
+    let settled = eventually("n1 Ready", Duration::from_secs(60), || async {
+        let n1 = subnets.get("n1").await.ok()?;
+        let ready = n1.status.as_ref().map(|s| &s.conditions)?;
+        tartan_crds::condition::is_true(ready, "Ready").then_some(n1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
+    // Every version of n1 from here on, as any peer's watch would see it.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = {
+        let (seen, subnets) = (seen.clone(), subnets.clone());
+        tokio::spawn(async move {
+            let config = watcher::Config::default().fields("metadata.name=n1");
+            let mut events = std::pin::pin!(watcher(subnets, config));
+            while let Some(Ok(event)) = events.next().await {
+                if let watcher::Event::Apply(s) | watcher::Event::InitApply(s) = event {
+                    seen.lock()
+                        .expect("lock")
+                        .push(s.status.unwrap_or_default());
+                }
+            }
+        })
+    };
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let role = roles.get("tartan-agent").await.expect("agent role");
+    let without_networks = ClusterRole {
+        rules: role.rules.clone().map(|rules| {
+            (rules.into_iter())
+                .filter(|r| !r.resources.iter().flatten().any(|x| x == "overlaynetworks"))
+                .collect()
+        }),
+        ..role.clone()
+    };
+    roles
+        .replace("tartan-agent", &Default::default(), &without_networks)
+        .await
+        .expect("revoke");
+    drop(agents.remove(1));
+    let node = &topo.nodes[0];
+    agents.push(
+        start_agent(
+            &cp,
+            &node.name,
+            &node.netns,
+            &cni_for(&cp, &node.name),
+            ports[0],
+        )
+        .expect("restart"),
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let current = roles.get("tartan-agent").await.expect("role");
+    let role = ClusterRole {
+        metadata: current.metadata,
+        ..role
+    };
+    roles
+        .replace("tartan-agent", &Default::default(), &role)
+        .await
+        .expect("allow again");
+    eventually(
+        "the restarted agent programmed",
+        Duration::from_secs(60),
+        || async { (readyz(ports[0]) == Some(200)).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = subnets.get("n1").await.expect("n1");
+    recorder.abort();
+    assert_eq!(
+        after.resource_version(),
+        settled.resource_version(),
+        "the restart wrote nothing: {:?} -> {:?}",
+        settled.status,
+        after.status
+    );
+    let seen = seen.lock().expect("lock");
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|s| s.node_ip.is_some() && s.vtep_mac.is_some()),
+        "nodeIP and vtepMAC were never cleared: {seen:?}"
+    );
+    let metrics = scrape(ports[0]);
+    assert!(
+        metrics.contains("tartan_agent_status_writes_total{result=\"ok\"} 0"),
+        "{metrics}"
+    );
 }

@@ -144,6 +144,50 @@ fn second_apply_changes_nothing_and_removing_a_peer_removes_exactly_its_objects(
     ip(&["-n", n1, "link", "show", "flannel.1"]).expect("foreign device kept");
 }
 
+#[test]
+#[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
+fn a_join_and_a_leave_programmed_as_deltas_leave_the_kernel_as_a_full_apply_would() {
+    use tartan_agent::plan::plan_peer;
+    let f = Fixture::new("dl", 3, BackendType::Vxlan, false);
+    let facts = common::fixture::facts(&f.topo, 0);
+    let (peers, local) = (f.peers(0, None), &f.subnets[0]);
+    let before = f.target(0, &peers[..1]);
+    f.planes[0]
+        .set(before.clone())
+        .expect("full apply with one peer");
+    let join = plan_peer(
+        &f.network,
+        local,
+        &facts,
+        &before.state,
+        None,
+        Some(&peers[1]),
+    )
+    .expect("a steady vxlan join is planned alone");
+    let joined = f.planes[0].set_peers(vec![join]).expect("the join");
+    assert_eq!(
+        joined.changes,
+        BTreeMap::from([("fdb", 1), ("neighbour", 1), ("route", 1)])
+    );
+    let all = f.target(0, &peers);
+    let check = f.planes[0].set(all.clone()).expect("full apply, all peers");
+    assert_eq!(
+        check.total(),
+        0,
+        "the delta left the kernel as the full plan wants it: {check:?}"
+    );
+    let leave = plan_peer(&f.network, local, &facts, &all.state, Some(&peers[1]), None)
+        .expect("a leave is planned alone");
+    let left = f.planes[0].set_peers(vec![leave]).expect("the leave");
+    assert_eq!(
+        left.changes,
+        BTreeMap::from([("fdb", 1), ("neighbour", 1), ("route", 1)])
+    );
+    let check = f.planes[0].set(before).expect("full apply, one peer");
+    assert_eq!(check.total(), 0, "{check:?}");
+    assert!(!route_dump(&f.topo.nodes[0].netns).contains("10.244.3.0/24"));
+}
+
 fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while start.elapsed() < within {

@@ -9,11 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tartan_crds::validate::{ValidEndpoint, format_mac};
-use tartan_crds::{BackendType, OverlayNetworkSpec, ValidNodeSubnet};
+use tartan_crds::{BackendType, OverlayNetworkSpec, ValidNetwork, ValidNodeSubnet};
 
 use tartan_agent::netlink::Applier;
+use tartan_agent::netlink::diff::peer_ops;
 use tartan_agent::netns::NetNs;
-use tartan_agent::plan::{DesiredState, LocalFacts, Peer, plan, vtep_mac};
+use tartan_agent::plan::{DesiredState, LocalFacts, Peer, plan, plan_peer, vtep_mac};
 use tartan_testbed::{add_netns, ip};
 
 #[derive(Debug, Clone)]
@@ -22,8 +23,12 @@ pub struct ProgramFigures {
     pub objects: usize,
     pub tartan: Duration,
     pub iproute2: Duration,
-    /// One more peer joining with `peers` present.
+    /// One more peer joining with `peers` present, by a full dump and diff.
     pub one_join: Duration,
+    /// The same join as the agent programs it: planned alone, folded into
+    /// the plan, only its objects sent (the links read for their indices).
+    pub delta_join: Duration,
+    pub delta_changes: usize,
     /// Observe + diff with nothing to change.
     pub noop_resync: Duration,
     pub join_changes: usize,
@@ -53,6 +58,12 @@ fn peer(i: usize) -> Peer {
 }
 
 fn desired(peers: usize) -> DesiredState {
+    let (network, local, facts) = inputs();
+    let all: Vec<Peer> = (0..peers).map(peer).collect();
+    plan(&network, &local, &all, &facts)
+}
+
+fn inputs() -> (ValidNetwork, ValidNodeSubnet, LocalFacts) {
     let network = OverlayNetworkSpec::with_cidr("10.0.0.0/8")
         .validate()
         .expect("valid");
@@ -71,8 +82,25 @@ fn desired(peers: usize) -> DesiredState {
         kernel: (6, 1),
         ..Default::default()
     };
-    let all: Vec<Peer> = (0..peers).map(peer).collect();
-    plan(&network, &local, &all, &facts)
+    (network, local, facts)
+}
+
+/// One more peer joining `state`, as the agent's data plane does it.
+fn join_as_delta(
+    applier: &mut Applier,
+    state: &mut DesiredState,
+    joined: &Peer,
+) -> io::Result<(Duration, usize)> {
+    let (network, local, facts) = inputs();
+    let started = Instant::now();
+    let delta = plan_peer(&network, &local, &facts, state, None, Some(joined))
+        .ok_or_else(|| io::Error::other("a steady vxlan join must be planned alone"))?;
+    state.apply_peer(&delta);
+    let observed = applier.observe_links()?;
+    let report = applier
+        .execute(peer_ops(&delta), observed)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok((started.elapsed(), report.total()))
 }
 
 /// A namespace with an underlay `eth0` (a veth whose peer stays inside too).
@@ -175,12 +203,13 @@ pub fn program_from_empty(prefix: &str, peers: usize) -> io::Result<ProgramFigur
         .map_err(|e| io::Error::other(e.to_string()))?;
     let noop_resync = started.elapsed();
     assert_eq!(noop.total(), 0, "a second apply changes nothing");
-    let bigger = desired(peers + 1);
+    let mut bigger = desired(peers + 1);
     let started = Instant::now();
     let join = applier
         .apply(&bigger)
         .map_err(|e| io::Error::other(e.to_string()))?;
     let one_join = started.elapsed();
+    let (delta_join, delta_changes) = join_as_delta(&mut applier, &mut bigger, &peer(peers + 1))?;
     drop(applier);
     let _ = ip(&["netns", "del", &ours]);
 
@@ -199,6 +228,8 @@ pub fn program_from_empty(prefix: &str, peers: usize) -> io::Result<ProgramFigur
         tartan,
         iproute2,
         one_join,
+        delta_join,
+        delta_changes,
         noop_resync,
         join_changes: join.total(),
     })

@@ -64,6 +64,10 @@ pub struct ScaleArgs {
     /// Node creates and simulated status writes in flight at once.
     #[arg(long, default_value_t = 32, requires = "scale")]
     pub in_flight: usize,
+    /// Seconds a joining node's simulated agent takes to publish its status
+    /// (a real one starts after its Node registers; peers see it without an address meanwhile).
+    #[arg(long, default_value_t = 2.0, requires = "scale")]
+    pub status_delay: f64,
     /// The tartan-agent to measure (default: next to tartan-lab).
     #[arg(long, requires = "scale")]
     pub agent_bin: Option<PathBuf>,
@@ -103,6 +107,8 @@ impl ScaleArgs {
             timeout: Duration::from_secs(self.timeout),
             quiet: Duration::from_secs(self.quiet),
             in_flight: self.in_flight,
+            status_delay: Duration::try_from_secs_f64(self.status_delay)
+                .map_err(|e| anyhow::anyhow!("--status-delay {}: {e}", self.status_delay))?,
             sources: Sources {
                 agent,
                 operator,

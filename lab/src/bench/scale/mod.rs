@@ -47,6 +47,8 @@ pub struct ScaleOptions {
     pub quiet: Duration,
     /// Creates and simulated status writes in flight at once.
     pub in_flight: usize,
+    /// How long a joining fake node's simulated agent waits before its status write.
+    pub status_delay: Duration,
     pub sources: Sources,
     /// Directory of `scale-N.json` and `scale-N.md`.
     pub out: PathBuf,
@@ -146,6 +148,9 @@ async fn measure(options: &ScaleOptions) -> anyhow::Result<Report> {
         .cp
         .apiserver_pid()
         .and_then(|p| procfs::rss_kib(p).ok());
+    // The N were written at once, to time the operator and agents; a
+    // joining node's agent starts late, as a real one does.
+    sim.delay_writes(options.status_delay);
     let joins = join::measure(
         &mut cluster,
         &sim,
@@ -168,6 +173,7 @@ async fn measure(options: &ScaleOptions) -> anyhow::Result<Report> {
     Ok(Report {
         nodes: n,
         joins: options.joins,
+        status_delay_seconds: options.status_delay.as_secs_f64(),
         timeout_seconds: options.timeout.as_secs(),
         agent_binary: describe(&options.sources.agent),
         operator_binary: describe(&options.sources.operator),

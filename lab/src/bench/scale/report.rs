@@ -8,6 +8,8 @@ use serde::Serialize;
 pub struct Report {
     pub nodes: usize,
     pub joins: usize,
+    /// A joining fake node's status is written this long after its NodeSubnet appears.
+    pub status_delay_seconds: f64,
     pub timeout_seconds: u64,
     pub agent_binary: String,
     pub operator_binary: String,
@@ -152,11 +154,15 @@ impl Report {
             ));
         }
         if let Some(join) = &self.join {
-            rows.extend(join.rows());
+            rows.extend(join.rows(self.nodes));
         }
+        let from_create = format!(
+            "Node create (the simulated agent waits {:.1} s to write)",
+            self.status_delay_seconds
+        );
         for (from, all) in [
             ("status write", &self.join_latency),
-            ("Node create", &self.join_latency_from_create),
+            (from_create.as_str(), &self.join_latency_from_create),
         ] {
             for l in all {
                 rows.push(latency_row(&l.name, from, &l.value));
@@ -211,13 +217,21 @@ fn latency_row(agent: &str, from: &str, l: &Latency) -> (String, String) {
 }
 
 impl JoinWrites {
-    fn rows(&self) -> Vec<(String, String)> {
+    fn rows(&self, nodes: usize) -> Vec<(String, String)> {
         let settled = if self.quiet {
-            format!("settled in {:.1} s", self.settle_seconds)
+            format!(
+                "the last within {:.1} s of the Node create",
+                self.settle_seconds
+            )
         } else {
             format!("**still writing after {:.0} s**", self.settle_seconds)
         };
         let agents_total: Option<u64> = self.real_agents.iter().map(|a| a.value).sum();
+        // Every node runs an agent: what these two do, all N + 2 would.
+        let full_scale = agents_total.map_or("n/a".into(), |t| {
+            let per_agent = t as f64 / self.real_agents.len().max(1) as f64;
+            thousands((per_agent * (nodes + 2) as f64).round() as usize)
+        });
         vec![
             (
                 "API writes (group tartan.dev) cluster-wide for one more node joining".into(),
@@ -235,10 +249,11 @@ impl JoinWrites {
                 "writes by real agents per join (each node's agent at full scale does the same)"
                     .into(),
                 format!(
-                    "{} (total {})",
+                    "{} (total {}; with an agent on each of the {} nodes: ≈ {full_scale})",
                     list(&self.real_agents, |v| v
                         .map_or("n/a".into(), |v| v.to_string())),
-                    agents_total.map_or("n/a".into(), |t| t.to_string())
+                    agents_total.map_or("n/a".into(), |t| t.to_string()),
+                    thousands(nodes + 2),
                 ),
             ),
         ]
@@ -260,6 +275,33 @@ mod tests {
             (Some(20.0), Some(30.0), 1)
         );
         assert_eq!(Latency::of(vec![], 2).max_ms, None);
+    }
+
+    fn named<T>(name: &str, value: T) -> Named<T> {
+        Named {
+            name: name.into(),
+            value,
+        }
+    }
+
+    #[test]
+    fn agent_writes_are_scaled_to_an_agent_on_every_node() {
+        let join = JoinWrites {
+            tartan: vec![named("tartan.dev/nodesubnets", 1)],
+            tartan_total: 1,
+            other: vec![],
+            real_agents: vec![named("n1", Some(2)), named("n2", Some(1))],
+            settle_seconds: 0.5,
+            quiet: true,
+        };
+        let rows = join.rows(998);
+        assert!(rows[2].1.contains("total 3;"), "{rows:?}");
+        assert!(rows[2].1.contains("1,000 nodes: ≈ 1,500"), "{rows:?}");
+        let unknown = JoinWrites {
+            real_agents: vec![named("n1", None), named("n2", Some(1))],
+            ..join
+        };
+        assert!(unknown.rows(998)[2].1.contains("≈ n/a"));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct State {
     pub written: usize,
     pub write_errors: usize,
     pub last_error: Option<String>,
+    /// How long a fake node's "agent" takes to start before it writes.
+    pub delay: Duration,
 }
 
 /// The running simulated agent; its tasks end when it drops.
@@ -64,6 +66,13 @@ impl SimAgent {
             state,
             tasks: vec![watch, write],
         }
+    }
+
+    /// From now on each status is written `delay` after its NodeSubnet
+    /// appears, as a real agent starts some seconds after its Node registers:
+    /// meanwhile every other agent sees a peer without an address.
+    pub fn delay_writes(&self, delay: Duration) {
+        self.state().delay = delay;
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -133,6 +142,8 @@ async fn write_all(
         };
         let (api, state) = (api.clone(), state.clone());
         tokio::spawn(async move {
+            let delay = state.lock().unwrap_or_else(|e| e.into_inner()).delay;
+            tokio::time::sleep(delay).await;
             let result = write_one(&api, &name, generation).await;
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
             match result {

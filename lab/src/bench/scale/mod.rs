@@ -117,6 +117,8 @@ async fn interrupted() -> anyhow::Result<&'static str> {
 }
 
 async fn measure(options: &ScaleOptions) -> anyhow::Result<Report> {
+    // Other work on a shared machine moves every figure: say how busy it was.
+    let load_before = load_average();
     let mut cluster = Cluster::start(&options.sources, CIDR).await?;
     let sim = SimAgent::start(&cluster.client, options.in_flight);
     let n = options.nodes;
@@ -132,22 +134,7 @@ async fn measure(options: &ScaleOptions) -> anyhow::Result<Report> {
             "the cluster had not converged within the timeout: the join figures below were taken on a cluster still catching up".into(),
         );
     }
-    let agent_rss_kib = cluster
-        .agents
-        .iter()
-        .map(|a| -> anyhow::Result<Named<u64>> {
-            let pid = a.process.pid().context("agent without a process")?;
-            Ok(Named {
-                name: a.name.clone(),
-                value: procfs::rss_kib(pid)?,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let operator_rss_kib = cluster.operator.pid().and_then(|p| procfs::rss_kib(p).ok());
-    let apiserver_rss_kib = cluster
-        .cp
-        .apiserver_pid()
-        .and_then(|p| procfs::rss_kib(p).ok());
+    let (agent_rss_kib, operator_rss_kib, apiserver_rss_kib) = memory(&cluster)?;
     // The N were written at once, to time the operator and agents; a
     // joining node's agent starts late, as a real one does.
     sim.delay_writes(options.status_delay);
@@ -162,14 +149,7 @@ async fn measure(options: &ScaleOptions) -> anyhow::Result<Report> {
         },
     )
     .await?;
-    let state = sim.state();
-    if state.write_errors > 0 {
-        notes.push(format!(
-            "the simulated agent failed {} status writes (last: {})",
-            state.write_errors,
-            state.last_error.clone().unwrap_or_default()
-        ));
-    }
+    notes.extend(health_notes(&cluster, &sim, &load_before).await?);
     Ok(Report {
         nodes: n,
         joins: options.joins,
@@ -266,6 +246,66 @@ impl Progress {
             self.seconds = Some(elapsed);
         }
     }
+}
+
+/// RSS in KiB: each real agent's, the operator's, kube-apiserver's.
+type Memory = (Vec<Named<u64>>, Option<u64>, Option<u64>);
+
+fn memory(cluster: &Cluster) -> anyhow::Result<Memory> {
+    let agents = cluster
+        .agents
+        .iter()
+        .map(|a| -> anyhow::Result<Named<u64>> {
+            let pid = a.process.pid().context("agent without a process")?;
+            Ok(Named {
+                name: a.name.clone(),
+                value: procfs::rss_kib(pid)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rss = |pid: Option<u32>| pid.and_then(|p| procfs::rss_kib(p).ok());
+    Ok((
+        agents,
+        rss(cluster.operator.pid()),
+        rss(cluster.cp.apiserver_pid()),
+    ))
+}
+
+/// What a reader of the figures should know: load shed by the API server,
+/// failed simulated writes, how busy the machine was.
+async fn health_notes(
+    cluster: &Cluster,
+    sim: &SimAgent,
+    load_before: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let metrics = scrape::apiserver(&cluster.client).await?;
+    if let Some(shed) = promtext::sum_where(&metrics, "apiserver_request_total", "code", "429") {
+        notes.push(format!(
+            "kube-apiserver answered {shed} requests with 429 Too Many Requests (retried)"
+        ));
+    }
+    let state = sim.state();
+    if state.write_errors > 0 {
+        notes.push(format!(
+            "the simulated agent failed {} status writes (last: {})",
+            state.write_errors,
+            state.last_error.clone().unwrap_or_default()
+        ));
+    }
+    notes.push(format!(
+        "load average (1 min) before / after: {load_before} / {}",
+        load_average()
+    ));
+    Ok(notes)
+}
+
+/// The 1-minute load average, as /proc/loadavg says.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// A binary's path and the cargo profile it was built with, as far as its

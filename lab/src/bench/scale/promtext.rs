@@ -119,6 +119,25 @@ pub fn apiserver_writes(text: &str) -> Writes {
     writes
 }
 
+/// kube-apiserver's requests answered with `code`, by verb and resource
+/// ("APPLY tartan.dev/nodesubnets/status").
+pub fn answered_with(text: &str, code: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for sample in samples(text, "apiserver_request_total") {
+        let label = |k: &str| sample.labels.get(k).cloned().unwrap_or_default();
+        if label("code") != code {
+            continue;
+        }
+        let key = WriteKey {
+            group: label("group"),
+            resource: label("resource"),
+            subresource: label("subresource"),
+        };
+        *out.entry(format!("{} {key}", label("verb"))).or_default() += sample.value as u64;
+    }
+    out
+}
+
 /// What happened between `before` and `after`: the entries that grew, by
 /// how much (counters only grow while the API server runs).
 pub fn diff(before: &Writes, after: &Writes) -> Writes {
@@ -193,6 +212,16 @@ apiserver_request_duration_seconds_bucket{group="tartan.dev",verb="POST",le="0.1
         assert_eq!(writes[&key("coordination.k8s.io", "leases", "")], 12);
         assert_eq!(writes.len(), 4, "the WATCH is a read: {writes:?}");
         assert_eq!(total(&in_group(&writes, "tartan.dev")), 13);
+    }
+
+    #[test]
+    fn requests_by_answer() {
+        let conflicts = answered_with(PAGE, "409");
+        assert_eq!(
+            conflicts,
+            BTreeMap::from([("APPLY tartan.dev/nodesubnets/status".to_string(), 1)])
+        );
+        assert!(answered_with(PAGE, "429").is_empty());
     }
 
     #[test]

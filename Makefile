@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test root deps control-plane fmt-check clippy cargo-test crds lab lab-cluster lab-down bench
+.PHONY: test root deps control-plane fmt-check clippy cargo-test crds lab lab-cluster lab-down bench bench-scale
 
 test: root deps control-plane fmt-check clippy cargo-test
 
@@ -54,3 +54,9 @@ lab-down: root
 bench: root deps
 	$(CARGO) build -q --release -p tartan-lab
 	./target/release/tartan-lab bench --out bench/out
+
+# Tartan at N nodes on the real API server (fake nodes, two real agents).
+N ?= 1000
+bench-scale: root deps control-plane
+	$(CARGO) build -q --release -p tartan-lab -p tartan-operator -p tartan-agent
+	./target/release/tartan-lab bench --scale $(N) --out bench/out

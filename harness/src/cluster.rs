@@ -57,6 +57,13 @@ pub struct Options {
     /// publisher (`kube-root-ca.crt`), endpoint slices, node lifecycle, and
     /// kube-scheduler. Without it only what the operator and agents use runs.
     pub workloads: bool,
+    /// Only etcd and kube-apiserver, no kube-controller-manager: a benchmark
+    /// that counts API writes wants no controller writing to its objects.
+    pub api_only: bool,
+    /// Where the binaries are, instead of [`binaries_dir`].
+    pub binaries: Option<PathBuf>,
+    /// More kube-apiserver flags (a benchmark raising its in-flight limits).
+    pub apiserver_args: Vec<String>,
 }
 
 /// The ClusterIP range of Services; the `kubernetes` Service takes the first address.
@@ -80,6 +87,7 @@ pub struct ControlPlane {
     apiserver: Process,
     etcd: Process,
     apiserver_args: Vec<String>,
+    bin: PathBuf,
     keep_dir: bool,
 }
 
@@ -99,7 +107,7 @@ impl ControlPlane {
 
     /// A control plane with `options`, its files in `dir`.
     pub async fn start_with(dir: PathBuf, options: Options) -> anyhow::Result<Self> {
-        let bin = binaries_dir();
+        let bin = options.binaries.clone().unwrap_or_else(binaries_dir);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("etcd"))?;
         let sans: Vec<String> = options
@@ -146,7 +154,7 @@ impl ControlPlane {
             .address
             .map_or_else(|| "127.0.0.1".to_string(), |a| a.to_string());
         let server = format!("https://{host}:{secure_port}");
-        let apiserver_args: Vec<String> = vec![
+        let mut apiserver_args: Vec<String> = vec![
             format!("--etcd-servers=http://127.0.0.1:{client_port}"),
             format!("--bind-address={host}"),
             format!("--advertise-address={host}"),
@@ -175,6 +183,7 @@ impl ControlPlane {
             s("--enable-priority-and-fairness=false"),
             s("--v=1"),
         ];
+        apiserver_args.extend(options.apiserver_args.iter().cloned());
         let apiserver = Process::spawn(
             "kube-apiserver",
             &bin.join("kube-apiserver"),
@@ -194,9 +203,13 @@ impl ControlPlane {
             apiserver,
             etcd,
             apiserver_args,
+            bin: bin.clone(),
             keep_dir: false,
         };
         cp.wait_ready(Duration::from_secs(120)).await?;
+        if options.api_only {
+            return Ok(cp);
+        }
         cp.controller_manager = Process::spawn(
             "kube-controller-manager",
             &bin.join("kube-controller-manager"),
@@ -266,6 +279,11 @@ impl ControlPlane {
         }
     }
 
+    /// kube-apiserver's process id (a benchmark reads its memory).
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.pid()
+    }
+
     /// Stops kube-apiserver (the API becomes unreachable); etcd keeps the data.
     pub fn stop_apiserver(&mut self) {
         self.apiserver.stop(Duration::from_secs(5));
@@ -275,7 +293,7 @@ impl ControlPlane {
     pub async fn start_apiserver(&mut self) -> anyhow::Result<()> {
         self.apiserver = Process::spawn(
             "kube-apiserver",
-            &binaries_dir().join("kube-apiserver"),
+            &self.bin.join("kube-apiserver"),
             &self.apiserver_args,
             &self.dir.join("kube-apiserver-restarted.log"),
             &[],

@@ -75,6 +75,7 @@ impl KubeletCluster {
             Options {
                 address: Some(HOST_ADDRESS),
                 workloads: true,
+                ..Default::default()
             },
         )
         .await?;

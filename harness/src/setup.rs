@@ -48,14 +48,25 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 
 /// Applies the CRDs and waits until they are served.
 pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let crds = tartan_crds::generate::crds().into_iter().map(|f| f.crd);
+    install_crd_objects(client, crds.collect()).await
+}
+
+/// Applies `objects` (CRDs read from another build's `crds/*.yaml`, say) and
+/// waits until the OverlayNetwork kind is served.
+pub async fn install_crd_objects(
+    client: &Client,
+    objects: Vec<CustomResourceDefinition>,
+) -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for file in tartan_crds::generate::crds() {
+    for crd in objects {
         crds.patch(
-            &file.crd.name_any(),
+            &crd.name_any(),
             &PatchParams::apply("tartan-e2e").force(),
-            &Patch::Apply(&file.crd),
+            &Patch::Apply(&crd),
         )
-        .await?;
+        .await
+        .with_context(|| format!("applying CRD {}", crd.name_any()))?;
     }
     let start = Instant::now();
     loop {
@@ -194,6 +205,18 @@ pub fn start_agent(
     cni: &CniConfig,
     metrics_port: u16,
 ) -> anyhow::Result<Process> {
+    start_agent_from(&binary("tartan-agent")?, cp, node, netns, cni, metrics_port)
+}
+
+/// [`start_agent`] with the binary at `program` (a benchmark driving another build).
+pub fn start_agent_from(
+    program: &Path,
+    cp: &ControlPlane,
+    node: &str,
+    netns: &str,
+    cni: &CniConfig,
+    metrics_port: u16,
+) -> anyhow::Result<Process> {
     let kubeconfig = cp.kubeconfig_as(AGENT_SA, &format!("agent-{node}.kubeconfig"))?;
     let mut args = vec![
         format!("--kubeconfig={}", kubeconfig.display()),
@@ -210,7 +233,7 @@ pub fn start_agent(
     }
     Process::spawn(
         node,
-        &binary("tartan-agent")?,
+        program,
         &args,
         &cp.dir.join(format!("agent-{node}.log")),
         &[("RUST_LOG", "info,kube=warn")],
@@ -242,13 +265,22 @@ pub async fn create_node(client: &Client, name: &str, internal_ip: &str) -> anyh
 
 /// Starts `tartan-operator` as `identity`, impersonating its ServiceAccount.
 pub fn start_operator(cp: &ControlPlane, identity: &str) -> anyhow::Result<Process> {
+    start_operator_from(&binary("tartan-operator")?, cp, identity)
+}
+
+/// [`start_operator`] with the binary at `program` (a benchmark driving another build).
+pub fn start_operator_from(
+    program: &Path,
+    cp: &ControlPlane,
+    identity: &str,
+) -> anyhow::Result<Process> {
     let kubeconfig = cp.kubeconfig_as(OPERATOR_SA, &format!("operator-{identity}.kubeconfig"))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     Process::spawn(
         identity,
-        &binary("tartan-operator")?,
+        program,
         &[
             format!("--kubeconfig={}", kubeconfig.display()),
             format!("--leader-election-namespace={NAMESPACE}"),

@@ -46,6 +46,81 @@ pub enum ClusterAction {
     },
 }
 
+/// `bench --scale N`: N fake nodes and two real agents on a real API server.
+#[derive(clap::Args, Debug)]
+pub struct ScaleArgs {
+    /// Run the scale benchmark with N fake nodes (writes OUT/scale-N.json and .md).
+    #[arg(long, value_name = "N")]
+    pub scale: Option<usize>,
+    /// Nodes joining one at a time on the settled cluster (latency, CPU per join).
+    #[arg(long, default_value_t = 10, requires = "scale")]
+    pub joins: usize,
+    /// Seconds any one wait may take; what was reached by then is reported.
+    #[arg(long, default_value_t = 600, requires = "scale")]
+    pub timeout: u64,
+    /// Seconds without a tartan.dev write that count as settled.
+    #[arg(long, default_value_t = 5, requires = "scale")]
+    pub quiet: u64,
+    /// Node creates and simulated status writes in flight at once.
+    #[arg(long, default_value_t = 32, requires = "scale")]
+    pub in_flight: usize,
+    /// Seconds a joining node's simulated agent takes to publish its status
+    /// (a real one starts after its Node registers; peers see it without an address meanwhile).
+    #[arg(long, default_value_t = 2.0, requires = "scale")]
+    pub status_delay: f64,
+    /// The tartan-agent to measure (default: next to tartan-lab).
+    #[arg(long, requires = "scale")]
+    pub agent_bin: Option<PathBuf>,
+    /// The tartan-operator to measure (default: next to tartan-lab).
+    #[arg(long, requires = "scale")]
+    pub operator_bin: Option<PathBuf>,
+    /// Directory holding etcd and kube-apiserver (default: the harness's).
+    #[arg(long, env = "TARTAN_CONTROL_PLANE_DIR", requires = "scale")]
+    pub control_plane_dir: Option<PathBuf>,
+    /// Directory of CRD YAML to install (another build's crds/; default: this build's).
+    #[arg(long, requires = "scale")]
+    pub crds: Option<PathBuf>,
+    /// An extra kube-apiserver flag (repeatable), e.g. --apiserver-arg=--max-requests-inflight=800.
+    #[arg(long = "apiserver-arg", requires = "scale", allow_hyphen_values = true)]
+    pub apiserver_args: Vec<String>,
+}
+
+impl ScaleArgs {
+    fn options(
+        self,
+        nodes: usize,
+        out: PathBuf,
+    ) -> anyhow::Result<crate::bench::scale::ScaleOptions> {
+        use crate::bench::scale::{ScaleOptions, beside_exe, cluster::Sources};
+        use std::time::Duration;
+        let agent = match self.agent_bin {
+            Some(path) => path,
+            None => beside_exe("tartan-agent")?,
+        };
+        let operator = match self.operator_bin {
+            Some(path) => path,
+            None => beside_exe("tartan-operator")?,
+        };
+        Ok(ScaleOptions {
+            nodes,
+            joins: self.joins,
+            timeout: Duration::from_secs(self.timeout),
+            quiet: Duration::from_secs(self.quiet),
+            in_flight: self.in_flight,
+            status_delay: Duration::try_from_secs_f64(self.status_delay)
+                .map_err(|e| anyhow::anyhow!("--status-delay {}: {e}", self.status_delay))?,
+            sources: Sources {
+                agent,
+                operator,
+                control_plane: self.control_plane_dir,
+                crds: self.crds,
+                apiserver_args: self.apiserver_args,
+            },
+            out,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
     /// A real Kubernetes cluster on this machine, with Tartan installed by helm.
@@ -105,6 +180,8 @@ pub enum LabCommand {
         /// Only the peer-programming comparison (Tartan against `ip -batch`), printed.
         #[arg(long)]
         programming_only: bool,
+        #[command(flatten)]
+        scale: ScaleArgs,
     },
     /// (internal) The agents daemon `up` starts.
     #[command(hide = true)]
@@ -199,6 +276,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         LabCommand::Down { name } => {
             let removed = lifecycle::down(&name)?;
             println!("lab {name:?} removed ({removed} namespaces)");
+            Ok(())
+        }
+        LabCommand::Bench {
+            scale: scale @ ScaleArgs {
+                scale: Some(nodes), ..
+            },
+            out,
+            ..
+        } => {
+            let md = crate::bench::scale::run(scale.options(nodes, out.clone())?)?;
+            println!(
+                "{md}\nwritten to {}/scale-{nodes}.json and .md",
+                out.display()
+            );
             Ok(())
         }
         LabCommand::Bench {

@@ -2,9 +2,11 @@
 //! for each backend, next to the raw underlay and hand-programmed kernel
 //! VXLAN; the time to program 1,000 and 5,000 peers from empty (Tartan against
 //! `ip -batch`), one peer joining 5,000, and the process RSS holding 5,000.
-//! Written as Markdown and an SVG bar chart.
+//! Written as Markdown and an SVG bar chart. `--scale N` is another
+//! benchmark: Tartan at N nodes on a real API server ([`scale`]).
 
 pub mod program;
+pub mod scale;
 
 use std::path::Path;
 
@@ -184,7 +186,7 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
     Ok(md)
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);

@@ -90,6 +90,9 @@ pub fn run(options: ScaleOptions) -> anyhow::Result<String> {
 }
 
 fn check(options: &ScaleOptions) -> anyhow::Result<()> {
+    if options.joins == 0 {
+        bail!("--joins must be at least 1: the writes per join are measured on the first");
+    }
     let wanted = options.nodes + options.joins + REAL_NODES;
     if wanted > CAPACITY || options.nodes + options.joins > fake::CAPACITY {
         bail!("--scale {}: {CIDR} holds {CAPACITY} /24s", options.nodes);

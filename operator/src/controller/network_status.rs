@@ -1,14 +1,16 @@
-//! The OverlayNetwork status, written at most once per second, coalesced.
+//! The OverlayNetwork status, written once things settle, coalesced.
 //!
 //! ```text
 //!   NodeSubnet event ─┐
-//!   pool exhausted   ─┼─ mark() ─▶ StatusSignal ─▶ wait 1 s ─▶ write_if_changed
-//!   network changed  ─┘                             (a failed write backs off)
+//!   pool exhausted   ─┼─ mark() ─▶ StatusSignal ─▶ until 5 s quiet (≤ 30 s) ─▶ write_if_changed
+//!   network changed  ─┘                                   (a failed write backs off)
 //! ```
 //!
-//! Every agent may watch this object, so each write is N watch events. A burst
-//! of 5,000 NodeSubnet changes (a cluster coming up, a backend switch) costs
-//! about one write per second instead of one per change, and nothing is
+//! Every agent watches this object (for its spec), so each write is N watch
+//! events. A node joining changes the counts twice (allocated, then ready
+//! once its agent writes its status, a few seconds later): waiting for 5 s
+//! of quiet makes that one write, a burst of 5,000 changes (a cluster coming
+//! up, a backend switch) is one write per 30 s at most, and nothing is
 //! written when the counts did not move.
 
 use std::future::Future;
@@ -28,8 +30,19 @@ use crate::error::Result;
 use crate::index::SubnetIndex;
 use crate::status::{differs, network_status};
 
-/// The shortest time between two status writes.
-pub const INTERVAL: Duration = Duration::from_secs(1);
+/// When a round of changes is written: once no change came for `quiet`,
+/// but never later than `max` after the round's first change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    pub quiet: Duration,
+    pub max: Duration,
+}
+
+/// A join's two changes are one write; the status is never more than 30 s behind.
+pub const PACING: Pacing = Pacing {
+    quiet: Duration::from_secs(5),
+    max: Duration::from_secs(30),
+};
 
 /// "The status may have changed": cheap to mark, any number of times.
 #[derive(Clone, Debug)]
@@ -47,12 +60,12 @@ impl StatusSignal {
 }
 
 /// Calls `write` once per round: a round starts at the first change after the
-/// last one, and gathers every change of the next `interval`. A failed write
-/// (`false`) is tried again after `backoff`, without waiting for a change.
-/// Returns when every [`StatusSignal`] is gone.
+/// last one and gathers changes as `pacing` says. A failed write (`false`) is
+/// tried again after `backoff`, without waiting for a change. Returns when
+/// every [`StatusSignal`] is gone.
 pub async fn coalesce<F, Fut>(
     mut changes: watch::Receiver<()>,
-    interval: Duration,
+    pacing: Pacing,
     backoff: Backoff,
     mut write: F,
 ) where
@@ -64,7 +77,7 @@ pub async fn coalesce<F, Fut>(
         if failures == 0 && changes.changed().await.is_err() {
             return;
         }
-        tokio::time::sleep(interval).await;
+        gather(&mut changes, pacing).await;
         // Changes from here on start the next round.
         changes.borrow_and_update();
         if write().await {
@@ -72,6 +85,18 @@ pub async fn coalesce<F, Fut>(
         } else {
             failures = failures.saturating_add(1);
             tokio::time::sleep(backoff.delay(failures, random_unit())).await;
+        }
+    }
+}
+
+/// Waits until no change came for `pacing.quiet`, at most `pacing.max`.
+async fn gather(changes: &mut watch::Receiver<()>, pacing: Pacing) {
+    let last_call = tokio::time::Instant::now() + pacing.max;
+    loop {
+        let deadline = (tokio::time::Instant::now() + pacing.quiet).min(last_call);
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) if tokio::time::Instant::now() < last_call => continue,
+            _ => return,
         }
     }
 }
@@ -92,7 +117,7 @@ pub async fn run(ctx: Arc<Context>, changes: watch::Receiver<()>) {
             }
         }
     };
-    coalesce(changes, INTERVAL, Backoff::DEFAULT, write).await;
+    coalesce(changes, PACING, Backoff::DEFAULT, write).await;
 }
 
 /// Writes the status the index implies, if it differs from the one the watch

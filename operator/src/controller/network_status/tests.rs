@@ -47,13 +47,53 @@ const NO_JITTER: Backoff = Backoff {
     ..Backoff::DEFAULT
 };
 
+/// One second of gathering, whatever comes: the simplest pacing.
+const EVERY_SECOND: Pacing = Pacing {
+    quiet: Duration::from_secs(1),
+    max: Duration::from_secs(1),
+};
+
 fn spawn_writer(writes: &Writes) -> (StatusSignal, tokio::task::JoinHandle<()>) {
+    spawn_paced(writes, EVERY_SECOND)
+}
+
+fn spawn_paced(writes: &Writes, pacing: Pacing) -> (StatusSignal, tokio::task::JoinHandle<()>) {
     let (signal, changes) = StatusSignal::new();
     let writes = writes.clone();
-    let task = tokio::spawn(coalesce(changes, INTERVAL, NO_JITTER, move || {
-        writes.write()
-    }));
+    let task = tokio::spawn(coalesce(changes, pacing, NO_JITTER, move || writes.write()));
     (signal, task)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_joins_two_changes_seconds_apart_are_one_write() {
+    let writes = Writes::new(0);
+    let (signal, _task) = spawn_paced(&writes, PACING);
+    // Allocated, then ready when the node's agent writes its status 2 s later.
+    signal.mark();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal.mark();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(writes.at(), [7_000], "5 s after the last change");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steady_stream_is_written_at_least_every_thirty_seconds() {
+    let writes = Writes::new(0);
+    let (signal, _task) = spawn_paced(&writes, PACING);
+    // A change every 100 ms for 100 s: never quiet.
+    for _ in 0..1_000 {
+        signal.mark();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let at = writes.at();
+    assert_eq!(
+        at.len(),
+        4,
+        "three full rounds, then 5 s after the stream: {at:?}"
+    );
+    assert!(at[..3].windows(2).all(|w| w[1] - w[0] >= 30_000), "{at:?}");
+    assert!(at[3] >= 104_000, "5 s after the last change: {at:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -137,7 +137,7 @@ async fn a_new_node_is_read_once_and_gets_a_nodesubnet_by_server_side_apply_with
     let ctx = h.ctx.clone();
     let action = h
         .expect(
-            vec![get_node(&node), apply, event("SubnetAllocated")],
+            vec![get_node(&node), apply],
             node::reconcile(Arc::new(node.metadata()), ctx),
         )
         .await;
@@ -160,7 +160,7 @@ async fn node_pod_cidr_is_kept_when_it_is_in_the_pool() {
     .echo();
     let ctx = h.ctx.clone();
     h.expect(
-        vec![get_node(&node), apply, event("SubnetAllocated")],
+        vec![get_node(&node), apply],
         node::reconcile(Arc::new(node.metadata()), ctx),
     )
     .await

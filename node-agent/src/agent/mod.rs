@@ -36,6 +36,7 @@ use crate::status::node_status;
 use crate::underlay::{self, Choice};
 use crate::watch::{Inputs, Own, PeerChange, ReadyInputs};
 
+mod bgp;
 mod record;
 #[cfg(test)]
 mod tests;
@@ -331,56 +332,6 @@ impl<P: Programmer> Agent<P> {
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
         self.health.programmed.store(ok, Ordering::Relaxed);
-    }
-
-    /// The expected BGP sessions still inside their grace period.
-    fn settling(&mut self, desired: &DesiredState) -> BTreeSet<String> {
-        let now = Instant::now();
-        let expected: BTreeSet<&str> = (desired.bgp.iter())
-            .flat_map(|spec| spec.neighbors.iter().map(|n| n.name.as_str()))
-            .collect();
-        self.bgp_expected_since
-            .retain(|name, _| expected.contains(name.as_str()));
-        for name in expected {
-            self.bgp_expected_since
-                .entry(name.to_string())
-                .or_insert(now);
-        }
-        (self.bgp_expected_since.iter())
-            .filter(|(_, since)| now.duration_since(**since) < self.bgp_grace)
-            .map(|(name, _)| name.clone())
-            .collect()
-    }
-
-    /// BIRD's sessions and the BGP routes in the kernel.
-    async fn observe_bgp(&self) -> BgpObserved {
-        let Some(socket) = self.bird_socket.clone() else {
-            return BgpObserved::default();
-        };
-        let netns = self.netns.clone();
-        let observed = tokio::task::spawn_blocking(move || crate::bgp::observe(&netns, &socket))
-            .await
-            .unwrap_or_default();
-        self.metrics.record_bgp(&observed);
-        observed
-    }
-
-    /// Whether BGP changed since the last reconcile (polled while BGP runs),
-    /// or a session's grace period ran out.
-    pub async fn bgp_changed(&mut self) -> bool {
-        if !self.bgp_on {
-            return false;
-        }
-        let observed = self.observe_bgp().await;
-        let grace_over = self.current.as_ref().is_some_and(|c| {
-            let now = Instant::now();
-            (c.facts.bgp.settling.iter()).any(|name| {
-                self.bgp_expected_since
-                    .get(name)
-                    .is_some_and(|since| now.duration_since(*since) >= self.bgp_grace)
-            })
-        });
-        grace_over || observed != self.bgp
     }
 
     fn facts(&self, ready: &ReadyInputs) -> Result<LocalFacts, AgentError> {

@@ -356,7 +356,6 @@ status:
         "backend",
         "receiveBackends",
         "mtu",
-        "peers",
         "conditions",
         "observedGeneration",
     ] {

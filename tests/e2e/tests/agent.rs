@@ -225,8 +225,14 @@ async fn the_data_plane_outlives_an_unreachable_api_server_and_catches_up() {
         )
         .into_owned()
     };
-    let before = routes(&topo.nodes[0].netns);
-    assert!(before.contains("10.244."), "{before}");
+    // Ready says this node is programmed, not that every peer has published
+    // its address yet: wait for the peer's route.
+    let before = eventually("n1 routes to n2", Duration::from_secs(30), || async {
+        let now = routes(&topo.nodes[0].netns);
+        now.contains("10.244.").then_some(now)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
 
     cp.stop_apiserver();
     eventually(

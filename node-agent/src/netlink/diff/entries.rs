@@ -14,6 +14,19 @@ pub(super) struct Kind<E, K> {
     pub delete: fn(E) -> Op,
 }
 
+/// `entries` as the kernel's would be keyed.
+pub(super) fn keyed<E: Clone, K: Ord>(
+    entries: &BTreeSet<E>,
+    key: fn(&E) -> (&str, K),
+) -> BTreeMap<(String, K), E> {
+    (entries.iter())
+        .map(|e| {
+            let (device, k) = key(e);
+            ((device.to_string(), k), e.clone())
+        })
+        .collect()
+}
+
 pub(super) fn diff<E, K>(
     desired: &BTreeSet<E>,
     observed: &BTreeMap<(String, K), E>,

@@ -141,40 +141,25 @@ impl Gone {
     }
 }
 
-/// The operations of one peer's change, in the same safe order as [`diff`]:
-/// FDB and neighbour first, then the route (replaced in place), and only then
-/// the removals, skipping whatever an add just replaced under the same key.
+/// The operations of one peer's change: the same diff, with the objects it
+/// removes standing for what the kernel has (an add under the key of a removed
+/// object replaces it, so that one is not deleted) and no device going.
 pub fn peer_ops(delta: &PeerDelta) -> Vec<Op> {
-    let add = &delta.add;
-    let route_replaced = |r: &RouteSpec| add.routes.iter().any(|a| a.destination == r.destination);
-    let neighbour_replaced = |n: &NeighbourSpec| {
-        (add.neighbours.iter()).any(|a| a.device == n.device && a.address == n.address)
-    };
-    let fdb_replaced =
-        |f: &FdbSpec| (add.fdb.iter()).any(|a| a.device == f.device && a.mac == f.mac);
-    let mut ops: Vec<Op> = (add.fdb.iter().cloned().map(Op::AddFdb))
-        .chain(add.neighbours.iter().cloned().map(Op::AddNeighbour))
-        .chain(add.routes.iter().cloned().map(Op::AddRoute))
+    let (add, remove) = (&delta.add, &delta.remove);
+    let none = Gone::default();
+    let fdb = entries::keyed(&remove.fdb, fdb::kind().key);
+    let neighbours = entries::keyed(&remove.neighbours, neighbours::kind().key);
+    let routes = (remove.routes.iter())
+        .map(|r| (r.destination, r.clone()))
         .collect();
-    let remove = &delta.remove;
-    ops.extend(
-        (remove.routes.iter())
-            .filter(|r| !route_replaced(r))
-            .cloned()
-            .map(Op::DelRoute),
-    );
-    ops.extend(
-        (remove.neighbours.iter())
-            .filter(|n| !neighbour_replaced(n))
-            .cloned()
-            .map(Op::DelNeighbour),
-    );
-    ops.extend(
-        (remove.fdb.iter())
-            .filter(|f| !fdb_replaced(f))
-            .cloned()
-            .map(Op::DelFdb),
-    );
+    let mut ops = entries::diff(&add.fdb, &fdb, &none, fdb::kind());
+    ops.extend(entries::diff(
+        &add.neighbours,
+        &neighbours,
+        &none,
+        neighbours::kind(),
+    ));
+    ops.extend(routes::ops(&add.routes, &routes, &none));
     ops.sort_by_key(Op::phase);
     ops
 }

@@ -201,7 +201,7 @@ async fn reconcile_loop<P: Programmer>(
             watch::Update::Peers(_) => true,
         };
         let result = match update {
-            watch::Update::Full(inputs) => agent.reconcile(&inputs, own.as_ref()).await,
+            watch::Update::Full(inputs) => agent.reconcile(inputs, own.as_ref()).await,
             watch::Update::Peers(peers) => agent.reconcile_peers(peers, own.as_ref()).await,
         };
         if let Err(e) = &result {

@@ -168,16 +168,11 @@ impl<P: Programmer> Agent<P> {
 
     /// One full pass: program what the inputs say and publish the status.
     /// `own` is this node's NodeSubnet as the watch shows it, when it exists.
-    pub async fn reconcile(
-        &mut self,
-        inputs: &Inputs,
-        own: Option<&Own>,
-    ) -> Result<(), AgentError> {
-        let ready = match inputs {
-            Inputs::Ready(ready) => ready.as_ref().clone(),
-            other => return self.not_ready(other, own).await,
-        };
-        self.full(ready, own).await
+    pub async fn reconcile(&mut self, inputs: Inputs, own: Option<&Own>) -> Result<(), AgentError> {
+        match inputs {
+            Inputs::Ready(ready) => self.full(*ready, own).await,
+            other => self.not_ready(&other, own).await,
+        }
     }
 
     /// Inputs the planner cannot run on: reported, nothing programmed. A node
@@ -237,13 +232,6 @@ impl<P: Programmer> Agent<P> {
         let error = applied.as_ref().err().map(|e| e.to_string());
         self.applied(error.is_none());
         self.record_all(&ready, &desired, error.is_none());
-        let status = node_status(
-            own.and_then(|o| self.known_status(o)),
-            &desired,
-            &facts,
-            ready.generation,
-            error.as_deref(),
-        );
         self.current = Some(Current {
             node_ips: NodeIps::new(ready.peers.values()),
             inputs: ready,
@@ -251,10 +239,22 @@ impl<P: Programmer> Agent<P> {
             desired,
             stale: error.is_some(),
         });
-        match own {
-            Some(own) => self.write_status(own, status).await,
-            None => Ok(()),
-        }
+        self.publish(own, error.as_deref()).await
+    }
+
+    /// The status the current plan implies, written if it differs.
+    async fn publish(&mut self, own: Option<&Own>, error: Option<&str>) -> Result<(), AgentError> {
+        let (Some(own), Some(current)) = (own, &self.current) else {
+            return Ok(());
+        };
+        let status = node_status(
+            self.known_status(own),
+            &current.desired,
+            &current.facts,
+            current.inputs.generation,
+            error,
+        );
+        self.write_status(own, status).await
     }
 
     /// Peer changes only: each planned on its own and programmed as a delta
@@ -296,8 +296,7 @@ impl<P: Programmer> Agent<P> {
             current.inputs.update_peer(change);
         }
         if full {
-            let ready = current.inputs.clone();
-            return self.full(ready, own).await;
+            return self.replan(own).await;
         }
         let programmer = self.programmer.clone();
         let applied = tokio::task::spawn_blocking(move || programmer.program_peers(deltas))
@@ -305,23 +304,17 @@ impl<P: Programmer> Agent<P> {
             .map_err(|e| AgentError::Task(e.to_string()))?;
         if let Err(e) = applied {
             tracing::warn!(error = %e, "programming peer changes; planning in full");
-            let ready = current.inputs.clone();
-            return self.full(ready, own).await;
+            return self.replan(own).await;
         }
         self.applied(true);
         self.record_peers(&changes);
-        let Some(current) = &self.current else {
-            return Ok(());
-        };
-        let status = node_status(
-            own.and_then(|o| self.known_status(o)),
-            &current.desired,
-            &current.facts,
-            current.inputs.generation,
-            None,
-        );
-        match own {
-            Some(own) => self.write_status(own, status).await,
+        self.publish(own, None).await
+    }
+
+    /// A full plan from the current inputs (peer changes included).
+    async fn replan(&mut self, own: Option<&Own>) -> Result<(), AgentError> {
+        match self.current.take() {
+            Some(current) => self.full(current.inputs, own).await,
             None => Ok(()),
         }
     }

@@ -35,29 +35,17 @@ impl<P: Programmer> Agent<P> {
     pub(super) fn record_peers(&mut self, changes: &[PeerChange]) {
         let Some(current) = &self.current else { return };
         record_gauges(&self.metrics, &current.desired);
-        let sent: Vec<(String, bool)> = (changes.iter())
-            .filter_map(|c| c.peer.as_ref().map(|p| (c, p)))
-            .map(|(c, p)| {
-                (
-                    c.name.clone(),
-                    current.desired.peer_backends.contains_key(&p.name),
-                )
+        let sent: Vec<bool> = (changes.iter())
+            .map(|c| {
+                (c.peer.as_ref())
+                    .is_some_and(|p| current.desired.peer_backends.contains_key(&p.name))
             })
             .collect();
-        for change in changes {
-            if change.peer.is_none() {
-                self.programmed.remove(&change.name);
-            }
-        }
-        for (name, programmed) in sent {
-            let created = changes
-                .iter()
-                .find(|c| c.name == name)
-                .and_then(|c| c.created.as_ref());
-            if programmed {
-                self.observe_programmed(&name, created);
+        for (change, sent) in changes.iter().zip(sent) {
+            if sent {
+                self.observe_programmed(&change.name, change.created.as_ref());
             } else {
-                self.programmed.remove(&name);
+                self.programmed.remove(&change.name);
             }
         }
     }

@@ -152,11 +152,11 @@ async fn status_is_written_by_server_side_apply_on_the_status_subresource_only_o
     let server = tokio::spawn(answer(handle, 1));
     let inputs = index(BackendType::Vxlan).inputs();
     agent
-        .reconcile(&inputs, Some(&own()))
+        .reconcile(inputs.clone(), Some(&own()))
         .await
         .expect("first pass");
     agent
-        .reconcile(&inputs, Some(&own()))
+        .reconcile(inputs, Some(&own()))
         .await
         .expect("second pass, nothing new");
     let bodies = server.await.expect("exactly one write");
@@ -182,11 +182,11 @@ async fn a_backend_change_leads_to_a_new_plan_and_a_status_with_the_new_backend(
     let (mut agent, handle) = agent(recorder.clone());
     let server = tokio::spawn(answer(handle, 2));
     agent
-        .reconcile(&index(BackendType::Vxlan).inputs(), Some(&own()))
+        .reconcile(index(BackendType::Vxlan).inputs(), Some(&own()))
         .await
         .expect("vxlan");
     agent
-        .reconcile(&index(BackendType::HostGw).inputs(), Some(&own()))
+        .reconcile(index(BackendType::HostGw).inputs(), Some(&own()))
         .await
         .expect("host-gw");
     let bodies = server.await.expect("two writes");
@@ -207,13 +207,13 @@ async fn waiting_and_invalid_inputs_are_reported_not_programmed() {
     let server = tokio::spawn(answer(handle, 1));
     agent
         .reconcile(
-            &Inputs::InvalidNetwork("spec.cidr: invalid value".into()),
+            Inputs::InvalidNetwork("spec.cidr: invalid value".into()),
             Some(&own()),
         )
         .await
         .expect("reported");
     agent
-        .reconcile(&Inputs::WaitingForSubnet, None)
+        .reconcile(Inputs::WaitingForSubnet, None)
         .await
         .expect("nothing to write to");
     let bodies = server.await.expect("one write");
@@ -232,7 +232,7 @@ async fn a_netlink_failure_is_reported_as_one() {
     let (mut agent, handle) = agent(Arc::new(RefusingKernel));
     let server = tokio::spawn(answer(handle, 1));
     agent
-        .reconcile(&index(BackendType::Vxlan).inputs(), Some(&own()))
+        .reconcile(index(BackendType::Vxlan).inputs(), Some(&own()))
         .await
         .expect("the failure is reported, not returned");
     let bodies = server.await.expect("one write");
@@ -278,7 +278,7 @@ async fn a_join_is_programmed_as_a_delta_and_writes_no_status_here() {
     let (mut agent, handle) = agent(recorder.clone());
     let server = tokio::spawn(answer(handle, 1));
     agent
-        .reconcile(&index(BackendType::Vxlan).inputs(), Some(&own()))
+        .reconcile(index(BackendType::Vxlan).inputs(), Some(&own()))
         .await
         .expect("first pass");
     for addressed in [false, true] {
@@ -310,7 +310,7 @@ async fn a_restarted_agent_starts_from_the_watched_status_and_writes_nothing() {
     let (mut before, handle) = agent(Arc::new(Recorder::default()));
     let server = tokio::spawn(answer(handle, 1));
     before
-        .reconcile(&index(BackendType::Vxlan).inputs(), Some(&own()))
+        .reconcile(index(BackendType::Vxlan).inputs(), Some(&own()))
         .await
         .expect("before the restart");
     let written: tartan_crds::NodeSubnetStatus =
@@ -324,11 +324,11 @@ async fn a_restarted_agent_starts_from_the_watched_status_and_writes_nothing() {
     let server = tokio::spawn(answer(handle, 0));
     // The OverlayNetwork watch is late: the NodeSubnets came first.
     after
-        .reconcile(&Inputs::WaitingForNetwork, Some(&watched))
+        .reconcile(Inputs::WaitingForNetwork, Some(&watched))
         .await
         .expect("waiting writes nothing over a programmed status");
     after
-        .reconcile(&index(BackendType::Vxlan).inputs(), Some(&watched))
+        .reconcile(index(BackendType::Vxlan).inputs(), Some(&watched))
         .await
         .expect("the same status: nothing to write");
     assert!(server.await.expect("no request").is_empty());

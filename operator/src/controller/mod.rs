@@ -72,6 +72,37 @@ pub struct Context {
     pub status: StatusSignal,
 }
 
+#[cfg(test)]
+impl Context {
+    /// A context for tests: the leader always, network "default", and the
+    /// wake and status signals going nowhere.
+    pub fn test(
+        client: Client,
+        index: SubnetIndex,
+        nodes: Store<NodeMeta>,
+        subnets: Store<NodeSubnet>,
+        networks: Store<OverlayNetwork>,
+    ) -> Self {
+        let (wake_nodes, _) = mpsc::unbounded();
+        let (status, _) = StatusSignal::new();
+        Context {
+            recorder: Recorder::new(client.clone(), Context::reporter("test")),
+            client,
+            network: "default".into(),
+            index: Arc::new(Mutex::new(index)),
+            nodes,
+            subnets,
+            networks,
+            metrics: Arc::new(Metrics::new().expect("metrics")),
+            leader: Leadership::always(),
+            retries: Default::default(),
+            pool_events: Default::default(),
+            wake_nodes,
+            status,
+        }
+    }
+}
+
 impl Context {
     pub fn index(&self) -> MutexGuard<'_, SubnetIndex> {
         // A panic while holding the lock leaves a consistent index (every

@@ -3,25 +3,21 @@
 
 use std::sync::{Arc, Mutex};
 
-use futures::channel::mpsc;
 use http::Method;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tartan_crds::{BackendType, NodeSubnet, OverlayNetwork};
 
-use super::network_status::{StatusSignal, write_if_changed};
+use super::network_status::write_if_changed;
 use super::{Context, NodeMeta, network, node, subnet};
 use crate::fixtures::{
     Expect, NetworkFixture, NodeFixture, NodeSubnetFixture, event_reason, serve, status_error,
 };
 use crate::index::SubnetIndex;
-use crate::lease::Leadership;
-use crate::metrics::Metrics;
 
 mod bounds;
 
@@ -62,23 +58,7 @@ impl Harness {
         let mut index = SubnetIndex::new("default");
         index.set_network(Some(&network.spec));
         index.reset(existing);
-        let (wake_nodes, _) = mpsc::unbounded();
-        let (status, _) = StatusSignal::new();
-        let ctx = Context {
-            client: client.clone(),
-            network: "default".into(),
-            index: Arc::new(Mutex::new(index)),
-            nodes: node_store,
-            subnets: subnet_store,
-            networks: network_store,
-            recorder: Recorder::new(client, Context::reporter("test")),
-            metrics: Arc::new(Metrics::new().expect("metrics")),
-            leader: Leadership::always(),
-            retries: Default::default(),
-            pool_events: Default::default(),
-            wake_nodes,
-            status,
-        };
+        let ctx = Context::test(client, index, node_store, subnet_store, network_store);
         Self {
             ctx: Arc::new(ctx),
             handle: Some(handle),

@@ -1,22 +1,18 @@
 //! The Node watch against a mocked API: it lists metadata only and stores
 //! no managedFields or annotations.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use http::Response;
 use kube::Client;
 use kube::client::Body;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef};
 use serde_json::json;
 
 use super::*;
-use crate::controller::network_status::StatusSignal;
 use crate::index::SubnetIndex;
-use crate::lease::Leadership;
-use crate::metrics::Metrics;
 
 const METADATA_LIST: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
 
@@ -45,23 +41,13 @@ async fn nodes_are_listed_as_metadata_and_stored_without_managed_fields() {
     let (service, mut handle) = tower_test::mock::pair();
     let client = Client::new(service, "default");
     let (nodes, writer) = reflector::store();
-    let (status, _) = StatusSignal::new();
-    let (wake_nodes, _) = futures::channel::mpsc::unbounded();
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        network: "default".into(),
-        index: Arc::new(Mutex::new(SubnetIndex::new("default"))),
-        nodes: nodes.clone(),
-        subnets: reflector::store().0,
-        networks: reflector::store().0,
-        recorder: Recorder::new(client, Context::reporter("test")),
-        metrics: Arc::new(Metrics::new().expect("metrics")),
-        leader: Leadership::always(),
-        retries: Default::default(),
-        pool_events: Default::default(),
-        wake_nodes,
-        status,
-    });
+    let ctx = Arc::new(Context::test(
+        client,
+        SubnetIndex::new("default"),
+        nodes.clone(),
+        reflector::store().0,
+        reflector::store().0,
+    ));
     let server = tokio::spawn(async move {
         let (request, send) = handle.next_request().await.expect("the list");
         assert!(request.uri().path() == "/api/v1/nodes", "{}", request.uri());

@@ -118,6 +118,14 @@ pub enum Command {
         #[arg(long, default_value = "tartan-agent")]
         name: String,
     },
+    /// Print the ValidatingAdmissionPolicy (and binding) that holds the agent
+    /// to its own node's NodeSubnet.
+    AdmissionPolicy {
+        #[arg(long, default_value = "tartan-system")]
+        namespace: String,
+        #[arg(long, default_value = "tartan-agent")]
+        service_account: String,
+    },
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //!  masquerade  nftables table `inet tartan`;  cni: 10-tartan.conflist;  sysctl
 //! ```
 
+pub mod admission;
 pub mod agent;
 pub mod bgp;
 pub mod cli;

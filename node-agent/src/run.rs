@@ -24,9 +24,19 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
 pub async fn main(args: Args) -> anyhow::Result<()> {
-    if let Some(Command::Rbac { name }) = &args.command {
-        println!("{}", crate::rbac::render(name)?);
-        return Ok(());
+    match &args.command {
+        Some(Command::Rbac { name }) => {
+            println!("{}", crate::rbac::render(name)?);
+            return Ok(());
+        }
+        Some(Command::AdmissionPolicy {
+            namespace,
+            service_account,
+        }) => {
+            println!("{}", crate::admission::render(namespace, service_account)?);
+            return Ok(());
+        }
+        None => {}
     }
     tartan_runtime::init_logging(args.log_format);
     let netns = args

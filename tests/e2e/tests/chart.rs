@@ -130,6 +130,29 @@ fn rbac_is_exactly_what_the_binaries_declare() {
 
 #[test]
 #[ignore = "e2e: needs the control plane that make deps builds (make test runs it)"]
+fn the_admission_policy_is_exactly_what_the_agent_declares() {
+    require_binaries();
+    let docs = render(&[]);
+    let json = |v: &Value| serde_json::to_value(v).expect("YAML is JSON here");
+    let declared = tartan_agent::admission::policy("tartan-system", "t-agent");
+    let rendered = find(&docs, "ValidatingAdmissionPolicy", "t-agent-own-node");
+    assert_eq!(
+        json(&rendered["spec"]),
+        serde_json::to_value(declared.spec).expect("spec")
+    );
+    let binding = find(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "t-agent-own-node",
+    );
+    assert_eq!(
+        json(&binding["spec"]),
+        serde_json::to_value(tartan_agent::admission::binding("t-agent").spec).expect("spec")
+    );
+}
+
+#[test]
+#[ignore = "e2e: needs the control plane that make deps builds (make test runs it)"]
 fn the_agent_has_only_the_capabilities_it_needs_and_probes_hit_real_endpoints() {
     require_binaries();
     let docs = render(&[]);

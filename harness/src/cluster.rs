@@ -70,8 +70,11 @@ pub struct Options {
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 
-const MINIMAL_CONTROLLERS: &str = "garbagecollector,namespace,serviceaccount,serviceaccount-token";
+// The admission policy status controller type-checks the agent's policy.
+const MINIMAL_CONTROLLERS: &str = "garbagecollector,namespace,serviceaccount,serviceaccount-token,\
+validatingadmissionpolicy-status-controller";
 const WORKLOAD_CONTROLLERS: &str = "garbagecollector,namespace,serviceaccount,serviceaccount-token,\
+validatingadmissionpolicy-status-controller,\
 root-ca-cert-publisher,daemonset,deployment,replicaset,job,endpointslice,endpointslicemirroring,\
 nodelifecycle,ttl-after-finished,disruption,podgc";
 
@@ -319,9 +322,42 @@ impl ControlPlane {
 
     /// A kubeconfig file that impersonates `user`, for the binaries under test.
     pub fn kubeconfig_as(&self, user: &str, file: &str) -> anyhow::Result<PathBuf> {
+        self.kubeconfig_edited(file, |user_entry| {
+            user_entry["as"] = serde_yaml::Value::String(user.to_string());
+        })
+    }
+
+    /// A kubeconfig file that authenticates only with the bearer token in
+    /// `token_file` (re-read as it is renewed), as an in-cluster client does.
+    pub fn kubeconfig_with_token_file(
+        &self,
+        token_file: &Path,
+        file: &str,
+    ) -> anyhow::Result<PathBuf> {
+        self.kubeconfig_edited(file, |user_entry| {
+            let mut user = serde_yaml::Mapping::new();
+            user.insert("tokenFile".into(), token_file.display().to_string().into());
+            *user_entry = serde_yaml::Value::Mapping(user);
+        })
+    }
+
+    /// A client that authenticates only with `token`.
+    pub async fn client_with_token(&self, token: &str, file: &str) -> anyhow::Result<Client> {
+        let path = self.dir.join(format!("{file}.token"));
+        std::fs::write(&path, token)?;
+        let kubeconfig = self.kubeconfig_with_token_file(&path, &format!("{file}.kubeconfig"))?;
+        client_for(&kubeconfig, None).await
+    }
+
+    /// The admin kubeconfig with its user entry changed by `edit`, as `file`.
+    fn kubeconfig_edited(
+        &self,
+        file: &str,
+        edit: impl FnOnce(&mut serde_yaml::Value),
+    ) -> anyhow::Result<PathBuf> {
         let text = std::fs::read_to_string(&self.kubeconfig)?;
         let mut config: serde_yaml::Value = serde_yaml::from_str(&text)?;
-        config["users"][0]["user"]["as"] = serde_yaml::Value::String(user.to_string());
+        edit(&mut config["users"][0]["user"]);
         let path = self.dir.join(file);
         // Written whole and renamed: a process starting meanwhile never reads half a file.
         tartan_runtime::atomic_file::write_atomic(

@@ -19,5 +19,6 @@ pub mod pki;
 pub mod process;
 pub mod prometheus;
 pub mod setup;
+pub mod token;
 
 pub use cluster::{ControlPlane, binaries_dir, require_binaries};

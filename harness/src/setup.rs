@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{Namespace, Node, NodeAddress, NodeStatus, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject,
@@ -20,6 +23,7 @@ use tartan_agent::cni::CniConfig;
 
 use crate::cluster::ControlPlane;
 use crate::process::Process;
+use crate::token;
 
 pub const NAMESPACE: &str = "tartan-system";
 pub const OPERATOR_SA: &str = "system:serviceaccount:tartan-system:tartan-operator";
@@ -90,7 +94,8 @@ fn subject(name: &str) -> Subject {
     }
 }
 
-/// The namespace, ServiceAccounts, and exactly the roles the binaries declare.
+/// The namespace, ServiceAccounts, exactly the roles the binaries declare,
+/// and the agent's admission policy: what the chart installs.
 pub async fn install_rbac(client: &Client) -> anyhow::Result<()> {
     let pp = PostParams::default();
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -180,6 +185,23 @@ pub async fn install_rbac(client: &Client) -> anyhow::Result<()> {
             },
         )
         .await?;
+    install_agent_policy(client).await
+}
+
+/// The ValidatingAdmissionPolicy (and binding) that holds each agent to its
+/// own node's NodeSubnet, as `tartan-agent admission-policy` renders it.
+pub async fn install_agent_policy(client: &Client) -> anyhow::Result<()> {
+    let pp = PostParams::default();
+    let policy = tartan_agent::admission::policy(NAMESPACE, token::AGENT_SERVICE_ACCOUNT);
+    Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .create(&pp, &policy)
+        .await
+        .context("creating the agent's admission policy")?;
+    let binding = tartan_agent::admission::binding(token::AGENT_SERVICE_ACCOUNT);
+    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+        .create(&pp, &binding)
+        .await
+        .context("binding the agent's admission policy")?;
     Ok(())
 }
 
@@ -197,19 +219,20 @@ pub async fn create_network_with(client: &Client, spec: OverlayNetworkSpec) -> a
     Ok(())
 }
 
-/// Starts `tartan-agent` for `node`, programming namespace `netns`, as its ServiceAccount.
-pub fn start_agent(
+/// Starts `tartan-agent` for `node`, programming namespace `netns`, as its
+/// ServiceAccount with a token bound to its Pod on `node` ([`crate::token`]).
+pub async fn start_agent(
     cp: &ControlPlane,
     node: &str,
     netns: &str,
     cni: &CniConfig,
     metrics_port: u16,
 ) -> anyhow::Result<Process> {
-    start_agent_from(&binary("tartan-agent")?, cp, node, netns, cni, metrics_port)
+    start_agent_from(&binary("tartan-agent")?, cp, node, netns, cni, metrics_port).await
 }
 
 /// [`start_agent`] with the binary at `program` (a benchmark driving another build).
-pub fn start_agent_from(
+pub async fn start_agent_from(
     program: &Path,
     cp: &ControlPlane,
     node: &str,
@@ -217,7 +240,9 @@ pub fn start_agent_from(
     cni: &CniConfig,
     metrics_port: u16,
 ) -> anyhow::Result<Process> {
-    let kubeconfig = cp.kubeconfig_as(AGENT_SA, &format!("agent-{node}.kubeconfig"))?;
+    let token = token::agent_token_path(cp, node);
+    token::write_agent_token(&cp.client().await?, node, &token).await?;
+    let kubeconfig = cp.kubeconfig_with_token_file(&token, &format!("agent-{node}.kubeconfig"))?;
     let mut args = vec![
         format!("--kubeconfig={}", kubeconfig.display()),
         format!("--node-name={node}"),

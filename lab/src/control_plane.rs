@@ -1,9 +1,12 @@
 //! `up --control-plane`: the same lab, but every node is a Node object on a
 //! real API server, and the real tartan-operator and one real tartan-agent per
-//! node namespace run as processes, each as its ServiceAccount. The lab only
-//! watches: it mirrors the NodeSubnets into its report for `status`.
+//! node namespace run as processes, each as its ServiceAccount. An agent
+//! authenticates as an agent pod does, with a token bound to a Pod on its Node,
+//! so the admission policy holds it to its own NodeSubnet. The lab only
+//! watches: it mirrors the NodeSubnets into its report for `status`, and
+//! renews the agents' tokens.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use kube::Api;
@@ -15,8 +18,13 @@ use tartan_harness::setup::{
     create_network_with, create_node, install_crds, install_rbac, start_agent, start_operator,
 };
 
+use tartan_harness::token::{TOKEN_SECONDS, agent_token_path, write_agent_token};
+
 use crate::agents::cni_config;
 use crate::state::{self, AgentsReport, LabState};
+
+/// Agents' tokens are renewed at a quarter of their life.
+const TOKEN_RENEWAL: Duration = Duration::from_secs(TOKEN_SECONDS as u64 / 4);
 
 pub fn run(name: &str) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -38,13 +46,16 @@ async fn watch(name: &str) -> anyhow::Result<()> {
     for node in &state.nodes {
         // Port 0: each agent binds a free port itself (no race for a port
         // picked here and released before the agent binds it).
-        _agents.push(start_agent(
-            &cp,
-            &node.name,
-            &node.netns,
-            &cni_config(name, &node.name),
-            0,
-        )?);
+        _agents.push(
+            start_agent(
+                &cp,
+                &node.name,
+                &node.netns,
+                &cni_config(name, &node.name),
+                0,
+            )
+            .await?,
+        );
     }
     let mut report = AgentsReport::load(name)?;
     report.pid = std::process::id();
@@ -53,8 +64,16 @@ async fn watch(name: &str) -> anyhow::Result<()> {
     let subnets: Api<NodeSubnet> = Api::all(client.clone());
     let networks: Api<OverlayNetwork> = Api::all(client.clone());
     let mut applied = state.generation;
+    let mut tokens_renewed = Instant::now();
     loop {
         let state = LabState::load(name)?;
+        if tokens_renewed.elapsed() > TOKEN_RENEWAL {
+            // As the kubelet renews a projected token: well before it expires.
+            for node in &state.nodes {
+                write_agent_token(&client, &node.name, &agent_token_path(&cp, &node.name)).await?;
+            }
+            tokens_renewed = Instant::now();
+        }
         if state.generation != applied {
             // `tartan-lab switch` does what a person does with kubectl patch.
             let patch = json!({"spec": {"backend": state.network.backend}});

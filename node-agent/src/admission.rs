@@ -19,12 +19,30 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 /// The user extra a Pod-bound (or Node-bound) ServiceAccount token carries.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
-/// `variables.nodeName`: the request's node, or '' when it has none (or, which
-/// a token never has, more than one).
-pub const NODE_NAME_VARIABLE: &str = "has(request.userInfo.extra) \
+/// The policy's variables, by name. The API server leaves out a request's
+/// empty fields (`subResource` of a main-resource write, `name` of a create
+/// with generateName), and reading an absent one is an error: these read them
+/// once, with `has()`, so the rules and their messages never fail.
+pub const VARIABLES: [(&str, &str); 3] = [
+    // The request's node, or '' when it has none (or, which a token never
+    // has, more than one).
+    (
+        "nodeName",
+        "has(request.userInfo.extra) \
 && 'authentication.kubernetes.io/node-name' in request.userInfo.extra \
 && size(request.userInfo.extra['authentication.kubernetes.io/node-name']) == 1 \
-? request.userInfo.extra['authentication.kubernetes.io/node-name'][0] : ''";
+? request.userInfo.extra['authentication.kubernetes.io/node-name'][0] : ''",
+    ),
+    // No Node is named that (names are DNS subdomains): it never matches.
+    (
+        "subnet",
+        "has(request.name) ? request.name : '(generated name)'",
+    ),
+    (
+        "subResource",
+        "has(request.subResource) ? request.subResource : ''",
+    ),
+];
 
 /// One rule of the policy: what must hold, and what a refusal says. Every
 /// message names the user, the node, the NodeSubnet and the rule.
@@ -42,20 +60,20 @@ pub const RULES: [Rule; 3] = [
         expression: "variables.nodeName != ''",
         message_expression: "request.userInfo.username + ' has no node (no \
 authentication.kubernetes.io/node-name: the token is not bound to a Pod on a Node), so it may not \
-write NodeSubnet ' + request.name + ' (rule node-bound-token)'",
+write NodeSubnet ' + variables.subnet + ' (rule node-bound-token)'",
     },
     Rule {
         name: "status-only",
-        expression: "request.operation == 'UPDATE' && request.subResource == 'status'",
+        expression: "request.operation == 'UPDATE' && variables.subResource == 'status'",
         message_expression: "request.userInfo.username + ' on node ' + variables.nodeName + \
-' may only update the status of NodeSubnet ' + request.name + ', not ' + request.operation + \
-(request.subResource == '' ? ' it' : ' its ' + request.subResource) + ' (rule status-only)'",
+' may only update the status of NodeSubnet ' + variables.subnet + ', not ' + request.operation + \
+(variables.subResource == '' ? ' it' : ' its ' + variables.subResource) + ' (rule status-only)'",
     },
     Rule {
         name: "own-node-only",
-        expression: "request.name == variables.nodeName",
+        expression: "variables.subnet == variables.nodeName",
         message_expression: "request.userInfo.username + ' on node ' + variables.nodeName + \
-' may not write NodeSubnet ' + request.name + \
+' may not write NodeSubnet ' + variables.subnet + \
 ': an agent writes only the NodeSubnet of its own node (rule own-node-only)'",
     },
 ];
@@ -94,10 +112,15 @@ pub fn policy(namespace: &str, service_account: &str) -> ValidatingAdmissionPoli
                 name: "tartan-agent".into(),
                 expression: format!("request.userInfo.username == '{username}'"),
             }]),
-            variables: Some(vec![Variable {
-                name: "nodeName".into(),
-                expression: NODE_NAME_VARIABLE.into(),
-            }]),
+            variables: Some(
+                VARIABLES
+                    .iter()
+                    .map(|(name, expression)| Variable {
+                        name: (*name).into(),
+                        expression: (*expression).into(),
+                    })
+                    .collect(),
+            ),
             validations: Some(
                 RULES
                     .iter()

@@ -89,13 +89,15 @@ fn request(user: &str, node: Option<&str>, operation: &str, name: &str, sub: &st
             "authentication.kubernetes.io/pod-name": ["tartan-agent-x"],
         });
     }
-    json!({
-        "operation": operation,
-        "name": name,
-        "subResource": sub,
-        "namespace": "",
-        "userInfo": user_info,
-    })
+    // Like the API server, leave out the empty fields (omitempty): reading
+    // one that is absent is an error in CEL.
+    let mut request = json!({"operation": operation, "userInfo": user_info});
+    for (field, value) in [("name", name), ("subResource", sub)] {
+        if !value.is_empty() {
+            request[field] = value.into();
+        }
+    }
+    request
 }
 
 #[test]
@@ -134,6 +136,16 @@ fn an_agent_may_not_change_the_spec_create_or_delete() {
             "{operation} {sub}: {refusal}"
         );
     }
+}
+
+#[test]
+fn a_create_with_a_generated_name_is_refused_and_said_so() {
+    let refusal = admit(&request(AGENT, Some("n1"), "CREATE", "", "")).expect_err("refused");
+    assert_eq!(
+        refusal,
+        "system:serviceaccount:tartan-system:tartan-agent on node n1 may only update the status \
+of NodeSubnet (generated name), not CREATE it (rule status-only)"
+    );
 }
 
 #[test]

@@ -56,6 +56,7 @@ async fn two_agents(
                 &cni_for(&cp, &node.name),
                 port,
             )
+            .await
             .expect("agent"),
         );
         ports.push(port);
@@ -335,6 +336,7 @@ async fn a_restarted_agent_writes_nothing_even_when_its_network_arrives_late() {
             &cni_for(&cp, &node.name),
             ports[0],
         )
+        .await
         .expect("restart"),
     );
     tokio::time::sleep(Duration::from_secs(6)).await;

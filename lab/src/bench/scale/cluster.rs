@@ -99,7 +99,7 @@ impl Cluster {
                 ipam_data_dir: Some(cp.dir.join(&node.name).join("ipam")),
             };
             let process =
-                start_agent_from(&sources.agent, &cp, &node.name, &node.netns, &cni, port)?;
+                start_agent_from(&sources.agent, &cp, &node.name, &node.netns, &cni, port).await?;
             agents.push(RealAgent {
                 name: node.name.clone(),
                 netns: node.netns.clone(),

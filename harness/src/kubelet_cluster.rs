@@ -104,6 +104,41 @@ impl KubeletCluster {
         run(&binaries_dir().join("kubectl"), &self.cp.kubeconfig, args)
     }
 
+    /// kubectl with another `kubeconfig` (another user's); fails with its stderr.
+    pub fn kubectl_with(&self, kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+        run(&binaries_dir().join("kubectl"), kubeconfig, args)
+    }
+
+    /// The ServiceAccount token file kubelet projected into `pod` (in
+    /// `namespace`), read where kubelet keeps it on the pod's node.
+    pub fn projected_token(&self, namespace: &str, pod: &str) -> anyhow::Result<PathBuf> {
+        let fields = self.kubectl(&[
+            "get",
+            "pod",
+            "-n",
+            namespace,
+            pod,
+            "-o",
+            "jsonpath={.spec.nodeName} {.metadata.uid}",
+        ])?;
+        let (node, uid) = fields
+            .split_once(' ')
+            .with_context(|| format!("pod {pod}: no node and uid in {fields:?}"))?;
+        let volumes = self
+            .node(node)?
+            .spec
+            .dir
+            .join("kubelet/pods")
+            .join(uid)
+            .join("volumes/kubernetes.io~projected");
+        std::fs::read_dir(&volumes)
+            .with_context(|| format!("reading {}", volumes.display()))?
+            .filter_map(Result::ok)
+            .map(|volume| volume.path().join("token"))
+            .find(|token| token.exists())
+            .with_context(|| format!("no projected token under {}", volumes.display()))
+    }
+
     /// helm with the admin kubeconfig; fails with its stderr.
     pub fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
         run(&binaries_dir().join("helm"), &self.cp.kubeconfig, args)

@@ -3,6 +3,7 @@
 //! `helm install` from charts/tartan, and pods that kubelet and containerd
 //! created with the conflist the agent wrote.
 
+mod real_tokens;
 mod workload;
 
 use std::path::PathBuf;
@@ -292,6 +293,8 @@ async fn helm_installs_tartan_on_real_nodes_and_pods_talk_across_them() {
         }
         assert!(node.spec.dir.join("cni/net.d/10-tartan.conflist").exists());
     }
+
+    real_tokens::an_agent_pod_token_writes_only_its_own_node(&cluster);
 
     let echo = Echo::deploy(&cluster).expect("echo workload");
     for backend in ["vxlan", "host-gw", "udp"] {

@@ -109,9 +109,9 @@ impl KubeletCluster {
         run(&binaries_dir().join("kubectl"), kubeconfig, args)
     }
 
-    /// The ServiceAccount token file kubelet projected into `pod` (in
-    /// `namespace`), read where kubelet keeps it on the pod's node.
-    pub fn projected_token(&self, namespace: &str, pod: &str) -> anyhow::Result<PathBuf> {
+    /// The ServiceAccount token kubelet projected into `pod` (in
+    /// `namespace`), read where kubelet keeps it: a tmpfs in its node's mounts.
+    pub fn projected_token(&self, namespace: &str, pod: &str) -> anyhow::Result<String> {
         let fields = self.kubectl(&[
             "get",
             "pod",
@@ -124,19 +124,18 @@ impl KubeletCluster {
         let (node, uid) = fields
             .split_once(' ')
             .with_context(|| format!("pod {pod}: no node and uid in {fields:?}"))?;
-        let volumes = self
+        let tokens = format!("/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~projected/*/token");
+        let output = self
             .node(node)?
-            .spec
-            .dir
-            .join("kubelet/pods")
-            .join(uid)
-            .join("volumes/kubernetes.io~projected");
-        std::fs::read_dir(&volumes)
-            .with_context(|| format!("reading {}", volumes.display()))?
-            .filter_map(Result::ok)
-            .map(|volume| volume.path().join("token"))
-            .find(|token| token.exists())
-            .with_context(|| format!("no projected token under {}", volumes.display()))
+            .exec(&["sh", "-c", &format!("cat {tokens}")])?;
+        let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if !output.status.success() || token.is_empty() {
+            bail!(
+                "no projected token at {tokens} on {node}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(token)
     }
 
     /// helm with the admin kubeconfig; fails with its stderr.

@@ -11,8 +11,11 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         rule("", &["nodes"], &["get", "list", "watch"]),
         // Every node's subnet and status: the peers.
         rule("tartan.dev", &["nodesubnets"], &["get", "list", "watch"]),
-        // Its own NodeSubnet's status, by server-side apply.
-        rule("tartan.dev", &["nodesubnets/status"], &["patch"]),
+        // Its own NodeSubnet's status, by server-side apply (the admission
+        // policy holds it to its own; admission.rs). `get` reads nothing
+        // `nodesubnets` does not, and lets `kubectl patch --subresource=status`
+        // (which reads first) show what the policy refuses.
+        rule("tartan.dev", &["nodesubnets/status"], &["get", "patch"]),
         rule(
             "tartan.dev",
             &["overlaynetworks"],

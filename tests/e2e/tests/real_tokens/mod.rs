@@ -23,9 +23,11 @@ pub fn an_agent_pod_token_writes_only_its_own_node(cluster: &KubeletCluster) {
         ])
         .expect("n1's agent pod");
     let token = cluster.projected_token(NAMESPACE, &pod).expect("its token");
+    let file = cluster.dir.join("agent-n1-pod.token");
+    std::fs::write(&file, token).expect("a copy of the token");
     let kubeconfig = cluster
         .cp
-        .kubeconfig_with_token_file(&token, "agent-n1-pod.kubeconfig")
+        .kubeconfig_with_token_file(&file, "agent-n1-pod.kubeconfig")
         .expect("kubeconfig");
     let patch = |node: &str, dry_run: bool| {
         let mut args = vec![

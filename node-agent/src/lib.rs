@@ -21,6 +21,7 @@ pub mod masquerade;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod netpol;
 pub mod plan;
 pub mod rbac;
 pub mod run;

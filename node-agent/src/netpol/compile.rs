@@ -1,0 +1,323 @@
+//! The policy compiler, pure: (policies, pods, namespaces, this node) → what
+//! this node's nftables must hold to enforce them at its own pods.
+//!
+//! ```text
+//!   local pod address ──dispatch map──▶ group (one per distinct set of rules)
+//!   group = ordered allows; the first that matches returns, else drop
+//!   allow = peers (an address set) × ports (ranges in the rule) | (peer, proto, port) set
+//! ```
+//!
+//! Pods that the same policies select, with the same ports resolved, share a
+//! group, and a rule's peers are one set shared by every group that uses it:
+//! the number of rules grows with the policies, never with the pods, and a
+//! pod joining a selector changes set elements, not rules. Named ports resolve
+//! on the destination pod: for ingress that is the local pod (the group), for
+//! egress each peer (a `(peer, protocol, port)` set).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use tartan_crds::selector::matches;
+
+use super::addrs;
+use super::model::{Key, Labels, Namespaces, Peer, Pod, Policy, PortSpec, Protocol, Rule};
+
+pub struct Inputs<'a> {
+    pub node: &'a str,
+    pub policies: &'a BTreeMap<Key, Policy>,
+    pub pods: &'a BTreeMap<Key, Pod>,
+    pub namespaces: &'a BTreeMap<String, Labels>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// A protocol and a port range, both ends included.
+pub type PortRange = (Protocol, u16, u16);
+
+/// A set's name: a hash of the rule it serves, stable while its elements change.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SetId(pub String);
+
+/// A group's name: a hash of its allows, so a chain's content never changes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub String);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetElements {
+    /// Disjoint prefixes ([`addrs::normalize`]).
+    Addrs(Vec<IpNet>),
+    /// Exact (peer address, protocol, port): egress named ports.
+    PeerPorts(BTreeSet<(IpAddr, Protocol, u16)>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Allow {
+    Everything,
+    /// Any port from (or to) the peers in the set.
+    Peers(SetId),
+    /// These ports, from the peers in the set (or any peer).
+    Ports(Option<SetId>, Vec<PortRange>),
+    /// The (peer, protocol, port) tuples in the set.
+    PeerPorts(SetId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub direction: Direction,
+    /// The policies isolating its pods: its drops count for each.
+    pub policies: BTreeSet<Key>,
+    pub allows: Vec<Allow>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Compiled {
+    /// A local pod's address → the group checking traffic to it.
+    pub ingress: BTreeMap<IpAddr, GroupId>,
+    /// A local pod's address → the group checking traffic from it.
+    pub egress: BTreeMap<IpAddr, GroupId>,
+    pub groups: BTreeMap<GroupId, Group>,
+    pub sets: BTreeMap<SetId, SetElements>,
+}
+
+fn hash_id(prefix: char, value: &impl std::fmt::Debug) -> String {
+    let digest = blake3::hash(format!("{value:?}").as_bytes());
+    format!("{prefix}{}", &digest.to_hex()[..12])
+}
+
+fn rules(policy: &Policy, direction: Direction) -> Option<&Vec<Rule>> {
+    match direction {
+        Direction::Ingress => policy.ingress.as_ref(),
+        Direction::Egress => policy.egress.as_ref(),
+    }
+}
+
+pub fn compile(inputs: &Inputs<'_>) -> Compiled {
+    let mut compiled = Compiled::default();
+    // Each local pod's isolating policies, per direction, in policy order.
+    let mut isolating: BTreeMap<(Direction, &Key), Vec<&Policy>> = BTreeMap::new();
+    for policy in inputs.policies.values() {
+        let targets = inputs.pods.values().filter(|p| {
+            p.node == inputs.node
+                && p.key.namespace == policy.key.namespace
+                && matches(&policy.pod_selector, &p.labels)
+        });
+        for pod in targets {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                if rules(policy, direction).is_some() {
+                    isolating
+                        .entry((direction, &pod.key))
+                        .or_default()
+                        .push(policy);
+                }
+            }
+        }
+    }
+    let mut compiler = RuleCompiler {
+        inputs,
+        sets: BTreeMap::new(),
+    };
+    for ((direction, pod_key), policies) in isolating {
+        let Some(pod) = inputs.pods.get(pod_key) else {
+            continue;
+        };
+        let mut allows = Vec::new();
+        for policy in &policies {
+            for (index, rule) in rules(policy, direction).into_iter().flatten().enumerate() {
+                allows.extend(compiler.allows(direction, policy, index, rule, pod));
+            }
+        }
+        let group = Group {
+            direction,
+            policies: policies.iter().map(|p| p.key.clone()).collect(),
+            allows,
+        };
+        let id = GroupId(hash_id(
+            if direction == Direction::Ingress {
+                'i'
+            } else {
+                'e'
+            },
+            &(&group.policies, &group.allows),
+        ));
+        let map = match direction {
+            Direction::Ingress => &mut compiled.ingress,
+            Direction::Egress => &mut compiled.egress,
+        };
+        for ip in &pod.ips {
+            map.insert(*ip, id.clone());
+        }
+        compiled.groups.entry(id).or_insert(group);
+    }
+    compiled.sets = compiler.sets;
+    compiled
+}
+
+struct RuleCompiler<'a, 'b> {
+    inputs: &'a Inputs<'b>,
+    sets: BTreeMap<SetId, SetElements>,
+}
+
+impl RuleCompiler<'_, '_> {
+    /// What one rule of `policy` allows for `pod` (the local pod it isolates).
+    fn allows(
+        &mut self,
+        direction: Direction,
+        policy: &Policy,
+        index: usize,
+        rule: &Rule,
+        pod: &Pod,
+    ) -> Vec<Allow> {
+        let rule_key = (direction, &policy.key, index);
+        let peers = rule.peers.as_ref().map(|peers| {
+            let id = SetId(hash_id('a', &rule_key));
+            if !self.sets.contains_key(&id) {
+                let nets = self.peer_addresses(peers);
+                self.sets.insert(id.clone(), SetElements::Addrs(nets));
+            }
+            id
+        });
+        let Some(ports) = &rule.ports else {
+            return vec![peers.map_or(Allow::Everything, Allow::Peers)];
+        };
+        let mut ranges = Vec::new();
+        let mut named = Vec::new();
+        for port in ports {
+            match port {
+                PortSpec::All(protocol) => ranges.push((*protocol, 0, u16::MAX)),
+                PortSpec::Range(protocol, low, high) => ranges.push((*protocol, *low, *high)),
+                // Ingress: the destination is this pod, so it resolves here.
+                PortSpec::Named(protocol, name) if direction == Direction::Ingress => {
+                    if let Some(port) = pod.named_port(name, *protocol) {
+                        ranges.push((*protocol, port, port));
+                    }
+                }
+                PortSpec::Named(protocol, name) => named.push((*protocol, name.as_str())),
+            }
+        }
+        let mut allows = Vec::new();
+        if !ranges.is_empty() {
+            allows.push(Allow::Ports(peers, merge_ranges(ranges)));
+        }
+        if !named.is_empty() {
+            let id = SetId(hash_id('n', &rule_key));
+            if !self.sets.contains_key(&id) {
+                let tuples = self.named_port_tuples(rule, &named);
+                self.sets.insert(id.clone(), SetElements::PeerPorts(tuples));
+            }
+            allows.push(Allow::PeerPorts(id));
+        }
+        allows
+    }
+
+    fn pod_matches(&self, peer: &Peer, pod: &Pod) -> bool {
+        let Peer::Pods { namespaces, pods } = peer else {
+            return false;
+        };
+        let namespace_ok = match namespaces {
+            Namespaces::Same(ns) => pod.key.namespace == *ns,
+            Namespaces::Matching(selector) => {
+                let empty = Labels::new();
+                let labels = self.inputs.namespaces.get(&pod.key.namespace);
+                let labels = labels.unwrap_or(&empty);
+                matches(selector, labels)
+            }
+        };
+        namespace_ok && matches(pods, &pod.labels)
+    }
+
+    fn peer_addresses(&self, peers: &[Peer]) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for peer in peers {
+            match peer {
+                Peer::Block { cidr, except } => nets.extend(addrs::subtract(*cidr, except)),
+                Peer::Pods { .. } => nets.extend(
+                    self.inputs
+                        .pods
+                        .values()
+                        .filter(|p| self.pod_matches(peer, p))
+                        .flat_map(|p| p.ips.iter().map(|ip| addrs::host(*ip))),
+                ),
+            }
+        }
+        addrs::normalize(nets)
+    }
+
+    /// Every (address, protocol, port) of a peer pod that has one of `named`.
+    fn named_port_tuples(
+        &self,
+        rule: &Rule,
+        named: &[(Protocol, &str)],
+    ) -> BTreeSet<(IpAddr, Protocol, u16)> {
+        let peer_pod = |pod: &Pod| match &rule.peers {
+            None => true,
+            Some(peers) => peers.iter().any(|peer| self.pod_matches(peer, pod)),
+        };
+        let mut tuples = BTreeSet::new();
+        for pod in self.inputs.pods.values().filter(|p| peer_pod(p)) {
+            for (protocol, name) in named {
+                if let Some(port) = pod.named_port(name, *protocol) {
+                    tuples.extend(pod.ips.iter().map(|ip| (*ip, *protocol, port)));
+                }
+            }
+        }
+        tuples
+    }
+}
+
+/// Sorted, overlapping and adjacent ranges of one protocol merged.
+fn merge_ranges(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
+    ranges.sort();
+    let mut out: Vec<PortRange> = Vec::new();
+    for (protocol, low, high) in ranges {
+        match out.last_mut() {
+            Some(last) if last.0 == protocol && u32::from(low) <= u32::from(last.2) + 1 => {
+                last.2 = last.2.max(high);
+            }
+            _ => out.push((protocol, low, high)),
+        }
+    }
+    out
+}
+
+impl Compiled {
+    /// What the compiled state does with a packet of a connection from `src`
+    /// to `dst` (evaluated the way the nftables rules are).
+    pub fn admits(&self, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u16) -> bool {
+        let egress = self.egress.get(&src);
+        let ingress = self.ingress.get(&dst);
+        egress.is_none_or(|g| self.group_admits(g, dst, protocol, port))
+            && ingress.is_none_or(|g| self.group_admits(g, src, protocol, port))
+    }
+
+    fn group_admits(&self, group: &GroupId, peer: IpAddr, protocol: Protocol, port: u16) -> bool {
+        let Some(group) = self.groups.get(group) else {
+            return false;
+        };
+        let in_set = |set: &SetId| match self.sets.get(set) {
+            Some(SetElements::Addrs(nets)) => addrs::contains(nets, peer),
+            _ => false,
+        };
+        group.allows.iter().any(|allow| match allow {
+            Allow::Everything => true,
+            Allow::Peers(set) => in_set(set),
+            Allow::Ports(set, ranges) => {
+                set.as_ref().is_none_or(in_set)
+                    && ranges
+                        .iter()
+                        .any(|(p, low, high)| *p == protocol && (*low..=*high).contains(&port))
+            }
+            Allow::PeerPorts(set) => match self.sets.get(set) {
+                Some(SetElements::PeerPorts(tuples)) => tuples.contains(&(peer, protocol, port)),
+                _ => false,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

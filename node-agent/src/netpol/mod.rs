@@ -1,0 +1,18 @@
+//! NetworkPolicy (`networking.k8s.io/v1`), enforced in the kernel with
+//! nftables: no per-connection trip to userspace.
+//!
+//! ```text
+//!  model     NetworkPolicy, Pod, Namespace → what enforcement reads (strict)
+//!  compile   pure: policies + pods + namespaces + this node → Compiled
+//!  addrs     address sets as interval sets hold them (except blocks cut out)
+//!  render    Compiled → nft JSON: the whole table, or the difference
+//!  apply     one nft transaction per change, in the table inet tartan-policy
+//! ```
+
+pub mod addrs;
+pub mod apply;
+pub mod compile;
+pub mod model;
+#[cfg(test)]
+mod reference;
+pub mod render;

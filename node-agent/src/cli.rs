@@ -81,6 +81,11 @@ pub struct Args {
     )]
     pub bird_config: PathBuf,
 
+    /// Enforce Kubernetes NetworkPolicy at this node's pods (the nftables table
+    /// `inet tartan-policy`); `false` removes the table and watches nothing.
+    #[arg(long, env = "TARTAN_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub network_policy: bool,
+
     /// Remove everything Tartan owns on this node, then exit (uninstall).
     #[arg(long)]
     pub cleanup: bool,

@@ -1,5 +1,6 @@
 //! The agent's Prometheus metrics (`tartan_agent_*`). Labels are bounded:
-//! kind, backend, state, result; never addresses or names.
+//! kind, backend, state, result; never addresses or pod names (NetworkPolicy
+//! drops carry the policy's namespace and name: bounded by the policies).
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -22,6 +23,7 @@ pub struct Metrics {
     pub watch_errors: IntCounterVec,
     pub status_writes: IntCounterVec,
     pub udp: crate::udp::metrics::UdpMetrics,
+    pub netpol: crate::netpol::metrics::NetpolMetrics,
     pub bgp_sessions: IntGaugeVec,
     pub bgp_routes_learned: IntGauge,
 }
@@ -113,6 +115,7 @@ impl Metrics {
                 "result",
             )?,
             udp: crate::udp::metrics::UdpMetrics::register(&registry)?,
+            netpol: crate::netpol::metrics::NetpolMetrics::register(&registry)?,
             bgp_sessions: r.gauges(
                 "tartan_agent_bgp_sessions",
                 "This node's BGP sessions by BIRD state (established, active, connect, idle, opensent, openconfirm, unknown).",

@@ -22,6 +22,24 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["get", "list", "watch"],
         ),
     ]
+    .into_iter()
+    .chain(network_policy_rules())
+    .collect()
+}
+
+/// What enforcing NetworkPolicy reads (the chart grants these only with
+/// `networkPolicy.enabled`): the policies, the pods they select and name as
+/// peers (addresses, labels, named ports), and the namespaces' labels.
+pub fn network_policy_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(
+            "networking.k8s.io",
+            &["networkpolicies"],
+            &["list", "watch"],
+        ),
+        rule("", &["pods"], &["list", "watch"]),
+        rule("", &["namespaces"], &["list", "watch"]),
+    ]
 }
 
 pub fn render(name: &str) -> Result<String, serde_json::Error> {

@@ -90,6 +90,7 @@ async fn run_agent(args: &Args, netns: NetNs, cni: CniConfig) -> anyhow::Result<
     let bird_socket = config.bird.socket();
     let dataplane =
         Arc::new(Dataplane::start(config, metrics.clone()).context("opening netlink sockets")?);
+    let policy_netns = netns.clone();
     let mut agent = Agent::new(
         client.clone(),
         netns,
@@ -104,6 +105,16 @@ async fn run_agent(args: &Args, netns: NetNs, cni: CniConfig) -> anyhow::Result<
         agent.udp_tag_len = crate::udp::auth::TAG_LEN as u32;
     }
 
+    start_network_policy(
+        args,
+        &client,
+        &node_name,
+        &policy_netns,
+        &metrics,
+        &health,
+        &shutdown,
+    )
+    .await?;
     let (sink, changes) = watch::Sink::new(&node_name, &args.network, metrics, health);
     watch::spawn(&client, &node_name, &args.network, &sink);
     tracing::info!(node = %node_name, network = %args.network, "tartan-agent started");
@@ -117,6 +128,46 @@ async fn run_agent(args: &Args, netns: NetNs, cni: CniConfig) -> anyhow::Result<
         .await
         .context("metrics server task")?
         .context("metrics server")?;
+    Ok(())
+}
+
+/// NetworkPolicy: its watches and its enforcement loop, or (turned off) no
+/// table at all.
+async fn start_network_policy(
+    args: &Args,
+    client: &kube::Client,
+    node_name: &str,
+    netns: &NetNs,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    shutdown: &tartan_runtime::Shutdown,
+) -> anyhow::Result<()> {
+    use crate::netpol::{index::PolicyIndex, worker};
+    if !args.network_policy {
+        let netns = netns.clone();
+        tokio::task::spawn_blocking(move || crate::netpol::apply::remove(&netns))
+            .await
+            .context("removing the NetworkPolicy table")?
+            .context("removing the NetworkPolicy table")?;
+        return Ok(());
+    }
+    let index = PolicyIndex::new(node_name);
+    let (sink, changes) = watch::Sink::around(index, metrics.clone(), health.clone());
+    crate::netpol::watch::spawn(client, &sink);
+    let config = worker::EnforcerConfig {
+        netns: netns.clone(),
+        sysctls: Sysctls {
+            root: args.sysctl_root.clone(),
+        },
+        resync: Duration::from_secs(args.resync_seconds),
+    };
+    tokio::spawn(worker::run(
+        sink,
+        changes,
+        config,
+        metrics.netpol.clone(),
+        shutdown.wait(),
+    ));
     Ok(())
 }
 

@@ -73,6 +73,8 @@ pub enum DataplaneError {
     Sysctl(std::io::Error),
     #[error("nftables: {0}")]
     Nftables(#[from] nftables::helper::NftablesError),
+    #[error("NetworkPolicy table: {0}")]
+    Policy(#[from] crate::netpol::apply::NftError),
     #[error("CNI config: {0}")]
     Cni(std::io::Error),
     #[error("udp datapath: {0}")]
@@ -91,7 +93,7 @@ impl DataplaneError {
         match self {
             DataplaneError::Apply(_) => "netlink",
             DataplaneError::Sysctl(_) => "sysctl",
-            DataplaneError::Nftables(_) => "nftables",
+            DataplaneError::Nftables(_) | DataplaneError::Policy(_) => "nftables",
             DataplaneError::Cni(_) => "cni",
             DataplaneError::Udp(_) => "udp",
             DataplaneError::Bgp(_) => "bgp",
@@ -211,7 +213,7 @@ impl Drop for Dataplane {
 
 /// Removes everything Tartan owns in `netns`: its devices (with the routes,
 /// neighbours and FDB entries on them), its routes on other devices, the
-/// nftables table and the CNI config.
+/// nftables tables (masquerade, NetworkPolicy) and the CNI config.
 pub fn cleanup(netns: &NetNs, cni: Option<&CniConfig>) -> Result<ApplyReport, DataplaneError> {
     let mut applier = Applier::open(netns.clone()).map_err(|e| DataplaneError::Apply(e.into()))?;
     let observed: Observed = applier
@@ -233,6 +235,7 @@ pub fn cleanup(netns: &NetNs, cni: Option<&CniConfig>) -> Result<ApplyReport, Da
     let report = applier.execute(ops, observed)?;
     crate::bgp::remove_routes(netns).map_err(|e| DataplaneError::Apply(e.into()))?;
     masquerade::apply(netns, None)?;
+    crate::netpol::apply::remove(netns)?;
     if let Some(cni) = cni {
         cni.remove().map_err(DataplaneError::Cni)?;
     }

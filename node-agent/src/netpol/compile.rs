@@ -247,21 +247,30 @@ impl RuleCompiler<'_, '_> {
         addrs::normalize(nets)
     }
 
-    /// Every (address, protocol, port) of a peer pod that has one of `named`.
+    /// Every (address, protocol, port) of a peer pod that has one of `named`:
+    /// a pod is a peer by its selectors, or by an address in an ipBlock.
     fn named_port_tuples(
         &self,
         rule: &Rule,
         named: &[(Protocol, &str)],
     ) -> BTreeSet<(IpAddr, Protocol, u16)> {
-        let peer_pod = |pod: &Pod| match &rule.peers {
+        let is_peer = |pod: &Pod, ip: IpAddr| match &rule.peers {
             None => true,
-            Some(peers) => peers.iter().any(|peer| self.pod_matches(peer, pod)),
+            Some(peers) => peers.iter().any(|peer| match peer {
+                Peer::Pods { .. } => self.pod_matches(peer, pod),
+                Peer::Block { cidr, except } => {
+                    cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
+                }
+            }),
         };
         let mut tuples = BTreeSet::new();
-        for pod in self.inputs.pods.values().filter(|p| peer_pod(p)) {
+        for pod in self.inputs.pods.values() {
             for (protocol, name) in named {
-                if let Some(port) = pod.named_port(name, *protocol) {
-                    tuples.extend(pod.ips.iter().map(|ip| (*ip, *protocol, port)));
+                let Some(port) = pod.named_port(name, *protocol) else {
+                    continue;
+                };
+                for ip in pod.ips.iter().filter(|ip| is_peer(pod, **ip)) {
+                    tuples.insert((*ip, *protocol, port));
                 }
             }
         }

@@ -3,16 +3,23 @@
 //!
 //! ```text
 //!  model     NetworkPolicy, Pod, Namespace → what enforcement reads (strict)
+//!  index     what the watches keep, converted on arrival; changes only
 //!  compile   pure: policies + pods + namespaces + this node → Compiled
 //!  addrs     address sets as interval sets hold them (except blocks cut out)
 //!  render    Compiled → nft JSON: the whole table, or the difference
 //!  apply     one nft transaction per change, in the table inet tartan-policy
+//!  watch     NetworkPolicies, Pods (field-selected), Namespaces (metadata) → index
+//!  worker    compile on change once all three listed; apply; count drops; resync
 //! ```
 
 pub mod addrs;
 pub mod apply;
 pub mod compile;
+pub mod index;
+pub mod metrics;
 pub mod model;
 #[cfg(test)]
 mod reference;
 pub mod render;
+pub mod watch;
+pub mod worker;

@@ -190,6 +190,30 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// What stands in for a policy that cannot be read: it isolates the pods
+    /// it selects, in the directions it names (both when even that cannot be
+    /// read), and allows nothing. A policy meant to protect pods must not
+    /// leave them open because one field is wrong.
+    pub fn fail_closed(policy: &KubePolicy) -> Self {
+        let spec = policy.spec.clone().unwrap_or_default();
+        let types = spec.policy_types.unwrap_or_default();
+        let known = types.iter().all(|t| t == "Ingress" || t == "Egress");
+        let has_egress = spec.egress.is_some_and(|e| !e.is_empty());
+        let ingress = !known || types.is_empty() || types.iter().any(|t| t == "Ingress");
+        let egress = !known || has_egress || types.iter().any(|t| t == "Egress");
+        Policy {
+            key: Key {
+                namespace: policy.metadata.namespace.clone().unwrap_or_default(),
+                name: policy.metadata.name.clone().unwrap_or_default(),
+            },
+            pod_selector: spec.pod_selector.unwrap_or_default(),
+            ingress: ingress.then(Vec::new),
+            egress: egress.then(Vec::new),
+        }
+    }
+}
+
 fn rule(
     namespace: &str,
     field: &str,

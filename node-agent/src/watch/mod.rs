@@ -34,12 +34,44 @@ use crate::metrics::Metrics;
 
 /// Where every watch delivers: the index, the counter bumped on each change,
 /// and what the watches report to.
-#[derive(Clone)]
-pub struct Sink {
-    pub index: Arc<Mutex<AgentIndex>>,
+pub struct Sink<I = AgentIndex> {
+    pub index: Arc<Mutex<I>>,
     pub tx: Arc<watch::Sender<u64>>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+}
+
+impl<I> Clone for Sink<I> {
+    fn clone(&self) -> Self {
+        Sink {
+            index: self.index.clone(),
+            tx: self.tx.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+impl<I> Sink<I> {
+    /// A sink around `index` and the receiver of its changes.
+    pub fn around(
+        index: I,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> (Self, watch::Receiver<u64>) {
+        let (tx, rx) = watch::channel(0);
+        let sink = Sink {
+            index: Arc::new(Mutex::new(index)),
+            tx: Arc::new(tx),
+            metrics,
+            health,
+        };
+        (sink, rx)
+    }
+
+    fn notify(&self) {
+        self.tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 impl Sink {
@@ -50,14 +82,7 @@ impl Sink {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> (Self, watch::Receiver<u64>) {
-        let (tx, rx) = watch::channel(0);
-        let sink = Sink {
-            index: Arc::new(Mutex::new(AgentIndex::new(node_name, network))),
-            tx: Arc::new(tx),
-            metrics,
-            health,
-        };
-        (sink, rx)
+        Sink::around(AgentIndex::new(node_name, network), metrics, health)
     }
 
     /// The changes since the last take, and this node's own NodeSubnet.
@@ -65,17 +90,13 @@ impl Sink {
         let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
         (index.take(), index.own())
     }
-
-    fn notify(&self) {
-        self.tx.send_modify(|n| *n = n.wrapping_add(1));
-    }
 }
 
 /// How one watched kind updates the index; each says whether an input changed.
-struct Handlers<K> {
-    apply: fn(&mut AgentIndex, K) -> bool,
-    delete: fn(&mut AgentIndex, K) -> bool,
-    reset: fn(&mut AgentIndex, Vec<K>) -> bool,
+pub(crate) struct Handlers<I, K> {
+    pub apply: fn(&mut I, K) -> bool,
+    pub delete: fn(&mut I, K) -> bool,
+    pub reset: fn(&mut I, Vec<K>) -> bool,
 }
 
 /// Starts the three watches: this Node and this OverlayNetwork by name
@@ -135,20 +156,37 @@ fn convert<K, T>(event: watcher::Event<K>, into: fn(K) -> T) -> watcher::Event<T
     }
 }
 
-fn spawn_one<K, T>(
+pub(crate) fn spawn_one<I, K, T>(
     api: Api<K>,
     config: watcher::Config,
     resource: &'static str,
-    sink: Sink,
+    sink: Sink<I>,
     into: fn(K) -> T,
-    handlers: Handlers<T>,
+    handlers: Handlers<I, T>,
 ) where
+    I: Send + 'static,
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    T: Send + 'static,
+{
+    let events = watcher(api, config).default_backoff().boxed();
+    spawn_events(events, resource, sink, into, handlers);
+}
+
+/// [`spawn_one`] over any watcher stream (a metadata watch, say).
+pub(crate) fn spawn_events<I, K, T>(
+    events: futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
+    resource: &'static str,
+    sink: Sink<I>,
+    into: fn(K) -> T,
+    handlers: Handlers<I, T>,
+) where
+    I: Send + 'static,
+    K: Send + 'static,
     T: Send + 'static,
 {
     tokio::spawn(async move {
         let mut relist = Relist::new();
-        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        let mut events = events;
         while let Some(event) = events.next().await {
             let event = match event {
                 Ok(event) => {

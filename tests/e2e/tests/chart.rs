@@ -126,6 +126,24 @@ fn rbac_is_exactly_what_the_binaries_declare() {
         triples(&rendered_rules(find(&docs, "ClusterRole", "t-agent"))),
         triples(&tartan_agent::rbac::cluster_rules())
     );
+    // NetworkPolicy off: nothing to read pods, policies or namespaces with.
+    let off = render(&["networkPolicy.enabled=false"]);
+    let expected: BTreeSet<_> = triples(&tartan_agent::rbac::cluster_rules())
+        .difference(&triples(&tartan_agent::rbac::network_policy_rules()))
+        .cloned()
+        .collect();
+    assert_eq!(
+        triples(&rendered_rules(find(&off, "ClusterRole", "t-agent"))),
+        expected
+    );
+    let env = serde_yaml::to_string(
+        &find(&off, "DaemonSet", "t-agent")["spec"]["template"]["spec"]["containers"],
+    )
+    .expect("yaml");
+    assert!(
+        env.contains("TARTAN_NETWORK_POLICY") && env.contains("'false'"),
+        "{env}"
+    );
 }
 
 #[test]

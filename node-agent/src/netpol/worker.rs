@@ -56,7 +56,9 @@ pub async fn run(
         applied: Compiled::default(),
         metrics,
     };
-    let mut resync = tokio::time::interval(config.resync);
+    // The first apply (once synced) is whole anyway: the first resync waits a period.
+    let mut resync =
+        tokio::time::interval_at(tokio::time::Instant::now() + config.resync, config.resync);
     let mut counters = tokio::time::interval(COUNTERS_EVERY);
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -138,6 +140,17 @@ impl Enforcer {
             None => "error",
         };
         self.metrics.applies.with_label_values(&[label]).inc();
+        if label == "full" || label == "incremental" {
+            tracing::info!(
+                update = label,
+                enforced,
+                unenforceable,
+                isolated_ingress = compiled.ingress.len(),
+                isolated_egress = compiled.egress.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "NetworkPolicy table applied"
+            );
+        }
         if label != "error" {
             self.metrics
                 .apply_duration

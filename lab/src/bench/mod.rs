@@ -5,6 +5,7 @@
 //! Written as Markdown and an SVG bar chart. `--scale N` is another
 //! benchmark: Tartan at N nodes on a real API server ([`scale`]).
 
+pub mod netpol;
 pub mod program;
 pub mod scale;
 
@@ -261,7 +262,8 @@ pub fn run_programming() -> anyhow::Result<String> {
     let p1000 = best_of(3, &prefix, 1_000)?;
     let p5000 = best_of(3, &prefix, 5_000)?;
     let rss_after = rss_kib();
-    Ok(programming_section(&p1000, &p5000, rss_before, rss_after))
+    let policy = netpol::run(&prefix)?;
+    Ok(programming_section(&p1000, &p5000, rss_before, rss_after) + &netpol::section(&policy))
 }
 
 fn programming_section(

@@ -49,19 +49,35 @@ pub struct GroupId(pub String);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SetElements {
-    /// Disjoint prefixes ([`addrs::normalize`]).
-    Addrs(Vec<IpNet>),
+    /// Pod addresses: a hash set. Pods come and go, and nft handles a change
+    /// to a hash set without reading the table's interval sets.
+    Hosts(BTreeSet<IpAddr>),
+    /// ipBlock prefixes, disjoint ([`addrs::normalize`]): an interval set.
+    Nets(Vec<IpNet>),
     /// Exact (peer address, protocol, port): egress named ports.
     PeerPorts(BTreeSet<(IpAddr, Protocol, u16)>),
+}
+
+/// A rule's peers: the pods its selectors match, the ipBlocks it names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerSets {
+    pub hosts: Option<SetId>,
+    pub nets: Option<SetId>,
+}
+
+impl PeerSets {
+    pub fn ids(&self) -> impl Iterator<Item = &SetId> {
+        self.hosts.iter().chain(self.nets.iter())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Allow {
     Everything,
-    /// Any port from (or to) the peers in the set.
-    Peers(SetId),
-    /// These ports, from the peers in the set (or any peer).
-    Ports(Option<SetId>, Vec<PortRange>),
+    /// Any port from (or to) the peers.
+    Peers(PeerSets),
+    /// These ports, from the peers (or any peer).
+    Ports(Option<PeerSets>, Vec<PortRange>),
     /// The (peer, protocol, port) tuples in the set.
     PeerPorts(SetId),
 }
@@ -173,14 +189,10 @@ impl RuleCompiler<'_, '_> {
         pod: &Pod,
     ) -> Vec<Allow> {
         let rule_key = (direction, &policy.key, index);
-        let peers = rule.peers.as_ref().map(|peers| {
-            let id = SetId(hash_id('a', &rule_key));
-            if !self.sets.contains_key(&id) {
-                let nets = self.peer_addresses(peers);
-                self.sets.insert(id.clone(), SetElements::Addrs(nets));
-            }
-            id
-        });
+        let peers = rule
+            .peers
+            .as_ref()
+            .map(|peers| self.peer_sets(&rule_key, peers));
         let Some(ports) = &rule.ports else {
             return vec![peers.map_or(Allow::Everything, Allow::Peers)];
         };
@@ -230,21 +242,29 @@ impl RuleCompiler<'_, '_> {
         namespace_ok && matches(pods, &pod.labels)
     }
 
-    fn peer_addresses(&self, peers: &[Peer]) -> Vec<IpNet> {
-        let mut nets = Vec::new();
-        for peer in peers {
-            match peer {
-                Peer::Block { cidr, except } => nets.extend(addrs::subtract(*cidr, except)),
-                Peer::Pods { .. } => nets.extend(
-                    self.inputs
-                        .pods
-                        .values()
-                        .filter(|p| self.pod_matches(peer, p))
-                        .flat_map(|p| p.ips.iter().map(|ip| addrs::host(*ip))),
-                ),
-            }
+    /// The rule's peer sets, computed once per rule and shared by every group.
+    fn peer_sets(&mut self, rule_key: &impl std::fmt::Debug, peers: &[Peer]) -> PeerSets {
+        let has_pods = peers.iter().any(|p| matches!(p, Peer::Pods { .. }));
+        let has_blocks = peers.iter().any(|p| matches!(p, Peer::Block { .. }));
+        let hosts = has_pods.then(|| SetId(hash_id('h', rule_key)));
+        let nets = has_blocks.then(|| SetId(hash_id('b', rule_key)));
+        if let Some(id) = hosts.as_ref().filter(|id| !self.sets.contains_key(*id)) {
+            let pods = self.inputs.pods.values();
+            let ips = pods
+                .filter(|pod| peers.iter().any(|peer| self.pod_matches(peer, pod)))
+                .flat_map(|pod| pod.ips.iter().copied())
+                .collect();
+            self.sets.insert(id.clone(), SetElements::Hosts(ips));
         }
-        addrs::normalize(nets)
+        if let Some(id) = nets.as_ref().filter(|id| !self.sets.contains_key(*id)) {
+            let blocks = peers.iter().flat_map(|peer| match peer {
+                Peer::Block { cidr, except } => addrs::subtract(*cidr, except),
+                Peer::Pods { .. } => Vec::new(),
+            });
+            let blocks = addrs::normalize(blocks.collect());
+            self.sets.insert(id.clone(), SetElements::Nets(blocks));
+        }
+        PeerSets { hosts, nets }
     }
 
     /// Every (address, protocol, port) of a peer pod that has one of `named`:
@@ -307,15 +327,18 @@ impl Compiled {
         let Some(group) = self.groups.get(group) else {
             return false;
         };
-        let in_set = |set: &SetId| match self.sets.get(set) {
-            Some(SetElements::Addrs(nets)) => addrs::contains(nets, peer),
-            _ => false,
+        let in_peers = |sets: &PeerSets| {
+            sets.ids().any(|set| match self.sets.get(set) {
+                Some(SetElements::Hosts(ips)) => ips.contains(&peer),
+                Some(SetElements::Nets(nets)) => addrs::contains(nets, peer),
+                _ => false,
+            })
         };
         group.allows.iter().any(|allow| match allow {
             Allow::Everything => true,
-            Allow::Peers(set) => in_set(set),
-            Allow::Ports(set, ranges) => {
-                set.as_ref().is_none_or(in_set)
+            Allow::Peers(sets) => in_peers(sets),
+            Allow::Ports(sets, ranges) => {
+                sets.as_ref().is_none_or(in_peers)
                     && ranges
                         .iter()
                         .any(|(p, low, high)| *p == protocol && (*low..=*high).contains(&port))

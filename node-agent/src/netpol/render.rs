@@ -183,15 +183,23 @@ fn group_rules(id: &GroupId, direction: Direction, allows: &[Allow]) -> Vec<Valu
             let mut exprs: Vec<Vec<Value>> = Vec::new();
             match allow {
                 Allow::Everything => exprs.push(vec![]),
-                Allow::Peers(set) => exprs.push(vec![in_set(peer(), set, family)]),
-                Allow::Ports(set, ranges) => {
+                Allow::Peers(sets) => {
+                    exprs.extend(sets.ids().map(|set| vec![in_set(peer(), set, family)]));
+                }
+                Allow::Ports(sets, ranges) => {
                     for (protocol, low, high) in ranges {
-                        let mut e = vec![
+                        let ports = vec![
                             matches(l4proto(), protocol.number().into()),
                             matches(destination_port(), json!({"range": [low, high]})),
                         ];
-                        e.extend(set.iter().map(|s| in_set(peer(), s, family)));
-                        exprs.push(e);
+                        match sets {
+                            None => exprs.push(ports),
+                            Some(sets) => exprs.extend(sets.ids().map(|set| {
+                                let mut e = ports.clone();
+                                e.push(in_set(peer(), set, family));
+                                e
+                            })),
+                        }
                     }
                 }
                 // `ct reply proto-src` has no fixed size, so it cannot be
@@ -235,7 +243,12 @@ fn element(net: &IpNet) -> Value {
 /// A set's elements of one family, as nft JSON values (comparable, for diffs).
 fn elements(content: &SetElements, family: Family) -> BTreeSet<String> {
     match content {
-        SetElements::Addrs(nets) => nets
+        SetElements::Hosts(ips) => ips
+            .iter()
+            .filter(|ip| Family::of(**ip) == family)
+            .map(|ip| Value::from(ip.to_string()).to_string())
+            .collect(),
+        SetElements::Nets(nets) => nets
             .iter()
             .filter(|n| Family::of(n.addr()) == family)
             .map(|n| element(n).to_string())
@@ -251,7 +264,8 @@ fn elements(content: &SetElements, family: Family) -> BTreeSet<String> {
 fn set_object(id: &SetId, content: &SetElements, family: Family) -> Value {
     let name = set_name(id, family);
     match content {
-        SetElements::Addrs(_) => {
+        SetElements::Hosts(_) => base(json!({"name": name, "type": family.addr_type()})),
+        SetElements::Nets(_) => {
             base(json!({"name": name, "type": family.addr_type(), "flags": ["interval"]}))
         }
         SetElements::PeerPorts(_) => {

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::netpol::compile::{Group, PortRange};
+use crate::netpol::compile::{Group, PeerSets, PortRange};
 use crate::netpol::model::{Key, Protocol};
 
 fn compiled(pods: &[&str], peers: &[&str]) -> Compiled {
@@ -23,12 +23,18 @@ fn compiled(pods: &[&str], peers: &[&str]) -> Compiled {
                     name: "p".into(),
                 }]
                 .into(),
-                allows: vec![Allow::Ports(Some(set.clone()), ports)],
+                allows: vec![Allow::Ports(
+                    Some(PeerSets {
+                        hosts: None,
+                        nets: Some(set.clone()),
+                    }),
+                    ports,
+                )],
             },
         )]),
         sets: BTreeMap::from([(
             set,
-            SetElements::Addrs(peers.iter().map(|p| p.parse().expect("net")).collect()),
+            SetElements::Nets(peers.iter().map(|p| p.parse().expect("net")).collect()),
         )]),
     }
 }

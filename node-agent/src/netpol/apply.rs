@@ -150,18 +150,13 @@ fn next(generation: u32) -> u32 {
     }
 }
 
-/// The generation in the running table's first forward rule, if there is one.
+/// The generation in the running table's `generation` set, if there is one.
 fn current_generation(netns: &NetNs) -> Option<u32> {
-    let text = nft(
-        netns,
-        &["-j", "list", "chain", "inet", TABLE, "forward"],
-        None,
-    )
-    .ok()?;
+    let args = ["-j", "list", "set", "inet", TABLE, "generation"];
+    let text = nft(netns, &args, None).ok()?;
     let value: Value = serde_json::from_str(&text).ok()?;
     value["nftables"].as_array()?.iter().find_map(|item| {
-        let expr = item["rule"]["expr"].as_array()?;
-        let mark = expr.first()?["match"]["right"].as_u64()?;
+        let mark = item["set"]["elem"].as_array()?.first()?.as_u64()?;
         u32::try_from(mark >> 8).ok()
     })
 }

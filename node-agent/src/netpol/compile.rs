@@ -116,11 +116,15 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
     let mut compiled = Compiled::default();
     // Each local pod's isolating policies, per direction, in policy order.
     let mut isolating: BTreeMap<(Direction, &Key), Vec<&Policy>> = BTreeMap::new();
+    // Only this node's pods can be targets: look at them alone.
+    let local: Vec<&Pod> = inputs
+        .pods
+        .values()
+        .filter(|p| p.node == inputs.node)
+        .collect();
     for policy in inputs.policies.values() {
-        let targets = inputs.pods.values().filter(|p| {
-            p.node == inputs.node
-                && p.key.namespace == policy.key.namespace
-                && matches(&policy.pod_selector, &p.labels)
+        let targets = local.iter().copied().filter(|p| {
+            p.key.namespace == policy.key.namespace && matches(&policy.pod_selector, &p.labels)
         });
         for pod in targets {
             for direction in [Direction::Ingress, Direction::Egress] {
@@ -133,8 +137,16 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
             }
         }
     }
+    let mut by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    for pod in inputs.pods.values() {
+        by_namespace
+            .entry(&pod.key.namespace)
+            .or_default()
+            .push(pod);
+    }
     let mut compiler = RuleCompiler {
         inputs,
+        by_namespace,
         sets: BTreeMap::new(),
     };
     for ((direction, pod_key), policies) in isolating {
@@ -175,6 +187,8 @@ pub fn compile(inputs: &Inputs<'_>) -> Compiled {
 
 struct RuleCompiler<'a, 'b> {
     inputs: &'a Inputs<'b>,
+    /// The pods of each namespace: a peer's selectors look at its namespaces only.
+    by_namespace: BTreeMap<&'a str, Vec<&'a Pod>>,
     sets: BTreeMap<SetId, SetElements>,
 }
 
@@ -242,6 +256,35 @@ impl RuleCompiler<'_, '_> {
         namespace_ok && matches(pods, &pod.labels)
     }
 
+    /// The pods a selector peer matches, looking only in its namespaces.
+    fn peer_pods<'p>(&'p self, peer: &'p Peer) -> impl Iterator<Item = &'p Pod> + 'p {
+        let namespaces: Vec<&Vec<&Pod>> = match peer {
+            Peer::Block { .. } => Vec::new(),
+            Peer::Pods {
+                namespaces: Namespaces::Same(ns),
+                ..
+            } => self.by_namespace.get(ns.as_str()).into_iter().collect(),
+            Peer::Pods {
+                namespaces: Namespaces::Matching(selector),
+                ..
+            } => {
+                let empty = Labels::new();
+                self.by_namespace
+                    .iter()
+                    .filter(|(ns, _)| {
+                        matches(selector, self.inputs.namespaces.get(**ns).unwrap_or(&empty))
+                    })
+                    .map(|(_, pods)| pods)
+                    .collect()
+            }
+        };
+        namespaces
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(move |pod| self.pod_matches(peer, pod))
+    }
+
     /// The rule's peer sets, computed once per rule and shared by every group.
     fn peer_sets(&mut self, rule_key: &impl std::fmt::Debug, peers: &[Peer]) -> PeerSets {
         let has_pods = peers.iter().any(|p| matches!(p, Peer::Pods { .. }));
@@ -249,9 +292,9 @@ impl RuleCompiler<'_, '_> {
         let hosts = has_pods.then(|| SetId(hash_id('h', rule_key)));
         let nets = has_blocks.then(|| SetId(hash_id('b', rule_key)));
         if let Some(id) = hosts.as_ref().filter(|id| !self.sets.contains_key(*id)) {
-            let pods = self.inputs.pods.values();
-            let ips = pods
-                .filter(|pod| peers.iter().any(|peer| self.pod_matches(peer, pod)))
+            let ips = peers
+                .iter()
+                .flat_map(|peer| self.peer_pods(peer))
                 .flat_map(|pod| pod.ips.iter().copied())
                 .collect();
             self.sets.insert(id.clone(), SetElements::Hosts(ips));

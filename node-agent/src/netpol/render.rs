@@ -4,9 +4,9 @@
 //! ```text
 //! table inet tartan-policy
 //!   chain forward  (hook forward, priority -10, policy accept)
-//!     ct mark & 0xffffff00 == GEN return       # admitted under the current rules
+//!     ct mark @generation return                # admitted under the current rules
 //!     jump check
-//!     ct mark set ct mark & 0xff | GEN          # remember: admitted at GEN
+//!     ct mark set meta nfproto map @generation_mark   # remember: admitted now
 //!   chain check
 //!     ct original ip saddr vmap @egress4        # the sending local pod's group
 //!     ct reply ip saddr vmap @ingress4          # the receiving local pod's group
@@ -22,7 +22,9 @@
 //! next packet, and one that the new rules deny is cut there. We chose the
 //! mark over deleting conntrack entries (ctnetlink): it needs no scan of the
 //! conntrack table, has no window between the rule change and the deletion,
-//! and a connection a later change allows again simply carries on.
+//! and a connection a later change allows again simply carries on. The table
+//! owns the conntrack mark of forwarded connections (kube-proxy uses the
+//! packet mark, not this one).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -33,9 +35,8 @@ use serde_json::{Value, json};
 use super::compile::{Allow, Compiled, Direction, GroupId, SetElements, SetId};
 
 pub const TABLE: &str = "tartan-policy";
-/// The mark bits this table owns: the generation, above the low byte.
-pub const GENERATION_MASK: u32 = 0xffff_ff00;
-/// Generations wrap within 24 bits; 0 means "never judged".
+/// Generations wrap within 24 bits (marks above the low byte); 0 means
+/// "never judged".
 pub const GENERATIONS: u32 = 1 << 24;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,18 +149,16 @@ fn delete(object: Value) -> Value {
     json!({"delete": object})
 }
 
-/// The base chain's rules for `generation` (replaced on every change).
-fn forward_rules(generation: u32) -> Vec<Value> {
-    let mark_value = mark(generation);
+/// The base chain's rules: they read the generation from a set and a map,
+/// so a change swaps two elements instead of rewriting rules (nft reads every
+/// rule of the table for a rule change, not for an element change).
+fn forward_rules() -> Vec<Value> {
     let ct_mark = || ct("mark", None, None);
     vec![
         add(rule(
             "forward",
             vec![
-                matches(
-                    json!({"&": [ct_mark(), GENERATION_MASK]}),
-                    mark_value.into(),
-                ),
+                matches(ct_mark(), "@generation".into()),
                 json!({"return": null}),
             ],
         )),
@@ -168,9 +167,22 @@ fn forward_rules(generation: u32) -> Vec<Value> {
             "forward",
             vec![json!({"mangle": {
                 "key": ct_mark(),
-                "value": {"|": [{"&": [ct_mark(), !GENERATION_MASK]}, mark_value]},
+                "value": {"map": {"key": {"meta": {"key": "nfproto"}}, "data": "@generation_mark"}},
             }})],
         )),
+    ]
+}
+
+/// The current generation: the one mark the fast path accepts, and the
+/// mark a judged connection gets.
+fn generation_elements(generation: u32) -> Vec<Value> {
+    let value = mark(generation);
+    vec![
+        add(json!({"element": base(json!({"name": "generation", "elem": [value]}))})),
+        add(json!({"element": base(json!({
+            "name": "generation_mark",
+            "elem": [["ipv4", value], ["ipv6", value]],
+        }))})),
     ]
 }
 

@@ -26,7 +26,12 @@ fn skeleton() -> Vec<Value> {
             "name": "forward", "type": "filter", "hook": "forward", "prio": -10, "policy": "accept",
         }))})),
         add(chain("check")),
+        add(json!({"set": base(json!({"name": "generation", "type": "mark"}))})),
+        add(
+            json!({"map": base(json!({"name": "generation_mark", "type": "nf_proto", "map": "mark"}))}),
+        ),
     ];
+    out.extend(forward_rules());
     for (direction, family) in MAPS {
         out.push(add(json!({"map": base(json!({
             "name": map_name(direction, family), "type": family.addr_type(), "map": "verdict",
@@ -78,7 +83,7 @@ pub fn full(compiled: &Compiled, generation: u32) -> Value {
         let entries = map_entries(compiled, direction, family);
         out.extend(map_command(add, &map_name(direction, family), &entries));
     }
-    out.extend(forward_rules(generation));
+    out.extend(generation_elements(generation));
     json!({"nftables": out})
 }
 
@@ -125,8 +130,9 @@ pub fn incremental(old: &Compiled, new: &Compiled, generation: u32) -> Value {
             &is.difference(&was).cloned().collect(),
         ));
     }
-    out.push(json!({"flush": chain("forward")}));
-    out.extend(forward_rules(generation));
+    out.push(json!({"flush": {"set": base(json!({"name": "generation"}))}}));
+    out.push(json!({"flush": {"map": base(json!({"name": "generation_mark"}))}}));
+    out.extend(generation_elements(generation));
     for id in old.groups.keys().filter(|id| !new.groups.contains_key(*id)) {
         out.push(delete(chain(&id.0)));
         out.push(delete(json!({"counter": base(json!({"name": id.0}))})));

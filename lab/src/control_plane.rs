@@ -3,7 +3,9 @@
 //! node namespace run as processes, each as its ServiceAccount. An agent
 //! authenticates as an agent pod does, with a token bound to a Pod on its Node,
 //! so the admission policy holds it to its own NodeSubnet. The lab only
-//! watches: it mirrors the NodeSubnets into its report for `status`, and
+//! watches: it mirrors the NodeSubnets into its report for `status`,
+//! registers the lab's pods as Pod objects (so `kubectl apply` of a
+//! NetworkPolicy selects them, and `status` shows the matrix it leaves), and
 //! renews the agents' tokens.
 
 use std::time::{Duration, Instant};
@@ -22,6 +24,28 @@ use tartan_harness::token::{TOKEN_SECONDS, agent_token_path, write_agent_token};
 
 use crate::agents::cni_config;
 use crate::state::{self, AgentsReport, LabState};
+
+/// A lab pod as kubelet would report it: in `default`, named `<node>-<pod>`,
+/// labelled `app: <pod>` and `tartan.dev/node: <node>`, with its address.
+async fn register_pod(client: &kube::Client, pod: &state::Pod) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let name = format!("{}-{}", pod.node, pod.name);
+    let object: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": pod.name, "tartan.dev/node": pod.node}},
+        "spec": {"nodeName": pod.node, "containers": [{"name": "pod", "image": "lab"}]},
+    }))?;
+    match pods.create(&Default::default(), &object).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let ip = pod.ip.to_string();
+    let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}
 
 /// Agents' tokens are renewed at a quarter of their life.
 const TOKEN_RENEWAL: Duration = Duration::from_secs(TOKEN_SECONDS as u64 / 4);
@@ -65,8 +89,15 @@ async fn watch(name: &str) -> anyhow::Result<()> {
     let networks: Api<OverlayNetwork> = Api::all(client.clone());
     let mut applied = state.generation;
     let mut tokens_renewed = Instant::now();
+    let mut registered = std::collections::BTreeSet::new();
     loop {
         let state = LabState::load(name)?;
+        // The lab's pods as Pod objects, so NetworkPolicies select them.
+        for pod in &state.pods {
+            if !registered.contains(&pod.netns) && register_pod(&client, pod).await.is_ok() {
+                registered.insert(pod.netns.clone());
+            }
+        }
         if tokens_renewed.elapsed() > TOKEN_RENEWAL {
             // As the kubelet renews a projected token: well before it expires.
             for node in &state.nodes {

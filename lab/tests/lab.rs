@@ -371,9 +371,40 @@ fn control_plane_lab_runs_the_real_operator_and_agents_and_switches_with_kubectl
     }
     let status = ok(&["status", "--name", &name]);
     assert!(status.contains("9 of 9 paths work"), "{status}");
+    // A NetworkPolicy applied with kubectl selects the lab's pods: default
+    // deny leaves only the pods' way out (and its replies).
+    let policy = std::env::temp_dir().join(format!("{name}-deny.yaml"));
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: default}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    )
+    .expect("policy file");
+    kubectl(&["apply", "-f", policy.to_str().expect("path")]);
+    let denied = until_status(&name, "3 of 9 paths work");
+    eprintln!("default deny:\n{denied}");
+    kubectl(&["delete", "networkpolicy", "deny"]);
+    until_status(&name, "9 of 9 paths work");
+    let _ = std::fs::remove_file(&policy);
     let report = ok(&["switch", "--name", &name, "--backend", "vxlan"]);
     assert!(report.contains("-> vxlan"), "{report}");
     assert_eq!(lost(&report), 0, "{report}");
+}
+
+/// `status` until it says `want` (a policy takes a moment to reach the
+/// agents; `status` exits 1 while some path does not work, denied ones too).
+fn until_status(name: &str, want: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let status = String::from_utf8_lossy(&lab(&["status", "--name", name]).stdout).into_owned();
+        if status.contains(want) {
+            return status;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "never {want}:\n{status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// Entries in host-local's default state directory for the `tartan` network.

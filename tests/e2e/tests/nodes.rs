@@ -3,6 +3,7 @@
 //! `helm install` from charts/tartan, and pods that kubelet and containerd
 //! created with the conflist the agent wrote.
 
+mod policies;
 mod real_tokens;
 mod workload;
 
@@ -305,6 +306,7 @@ async fn helm_installs_tartan_on_real_nodes_and_pods_talk_across_them() {
             .unwrap_or_else(|e| panic!("{backend}: {e:#}\n{}", cluster.diagnose()));
     }
 
+    policies::enforced_on_real_pods(&cluster, &echo);
     check_prometheus(&cluster);
 
     // A switch with traffic running: the loss is measured and named.

@@ -25,6 +25,38 @@ use tartan_harness::token::{TOKEN_SECONDS, agent_token_path, write_agent_token};
 use crate::agents::cni_config;
 use crate::state::{self, AgentsReport, LabState};
 
+/// What the lab does for the cluster that kubelets would: Pod objects for
+/// its pods, and fresh tokens for its agents.
+struct Chores {
+    tokens_renewed: Instant,
+    /// Pods (by netns) already registered.
+    registered: std::collections::BTreeSet<String>,
+}
+
+impl Chores {
+    async fn run(
+        &mut self,
+        cp: &ControlPlane,
+        client: &kube::Client,
+        state: &LabState,
+    ) -> anyhow::Result<()> {
+        // The lab's pods as Pod objects, so NetworkPolicies select them.
+        for pod in &state.pods {
+            if !self.registered.contains(&pod.netns) && register_pod(client, pod).await.is_ok() {
+                self.registered.insert(pod.netns.clone());
+            }
+        }
+        if self.tokens_renewed.elapsed() > TOKEN_RENEWAL {
+            // As the kubelet renews a projected token: well before it expires.
+            for node in &state.nodes {
+                write_agent_token(client, &node.name, &agent_token_path(cp, &node.name)).await?;
+            }
+            self.tokens_renewed = Instant::now();
+        }
+        Ok(())
+    }
+}
+
 /// A lab pod as kubelet would report it: in `default`, named `<node>-<pod>`,
 /// labelled `app: <pod>` and `tartan.dev/node: <node>`, with its address.
 async fn register_pod(client: &kube::Client, pod: &state::Pod) -> anyhow::Result<()> {
@@ -88,23 +120,13 @@ async fn watch(name: &str) -> anyhow::Result<()> {
     let subnets: Api<NodeSubnet> = Api::all(client.clone());
     let networks: Api<OverlayNetwork> = Api::all(client.clone());
     let mut applied = state.generation;
-    let mut tokens_renewed = Instant::now();
-    let mut registered = std::collections::BTreeSet::new();
+    let mut chores = Chores {
+        tokens_renewed: Instant::now(),
+        registered: Default::default(),
+    };
     loop {
         let state = LabState::load(name)?;
-        // The lab's pods as Pod objects, so NetworkPolicies select them.
-        for pod in &state.pods {
-            if !registered.contains(&pod.netns) && register_pod(&client, pod).await.is_ok() {
-                registered.insert(pod.netns.clone());
-            }
-        }
-        if tokens_renewed.elapsed() > TOKEN_RENEWAL {
-            // As the kubelet renews a projected token: well before it expires.
-            for node in &state.nodes {
-                write_agent_token(&client, &node.name, &agent_token_path(&cp, &node.name)).await?;
-            }
-            tokens_renewed = Instant::now();
-        }
+        chores.run(&cp, &client, &state).await?;
         if state.generation != applied {
             // `tartan-lab switch` does what a person does with kubectl patch.
             let patch = json!({"spec": {"backend": state.network.backend}});

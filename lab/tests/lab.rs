@@ -371,8 +371,15 @@ fn control_plane_lab_runs_the_real_operator_and_agents_and_switches_with_kubectl
     }
     let status = ok(&["status", "--name", &name]);
     assert!(status.contains("9 of 9 paths work"), "{status}");
-    // A NetworkPolicy applied with kubectl selects the lab's pods: default
-    // deny leaves only the pods' way out (and its replies).
+    a_default_deny_leaves_only_the_way_out(&name, &kubectl);
+    let report = ok(&["switch", "--name", &name, "--backend", "vxlan"]);
+    assert!(report.contains("-> vxlan"), "{report}");
+    assert_eq!(lost(&report), 0, "{report}");
+}
+
+/// A NetworkPolicy applied with kubectl selects the lab's pods: default
+/// deny leaves only the pods' way out (and its replies); deleting it opens all.
+fn a_default_deny_leaves_only_the_way_out(name: &str, kubectl: &dyn Fn(&[&str]) -> String) {
     let policy = std::env::temp_dir().join(format!("{name}-deny.yaml"));
     std::fs::write(
         &policy,
@@ -380,14 +387,11 @@ fn control_plane_lab_runs_the_real_operator_and_agents_and_switches_with_kubectl
     )
     .expect("policy file");
     kubectl(&["apply", "-f", policy.to_str().expect("path")]);
-    let denied = until_status(&name, "3 of 9 paths work");
+    let denied = until_status(name, "3 of 9 paths work");
     eprintln!("default deny:\n{denied}");
     kubectl(&["delete", "networkpolicy", "deny"]);
-    until_status(&name, "9 of 9 paths work");
+    until_status(name, "9 of 9 paths work");
     let _ = std::fs::remove_file(&policy);
-    let report = ok(&["switch", "--name", &name, "--backend", "vxlan"]);
-    assert!(report.contains("-> vxlan"), "{report}");
-    assert_eq!(lost(&report), 0, "{report}");
 }
 
 /// `status` until it says `want` (a policy takes a moment to reach the

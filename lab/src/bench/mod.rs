@@ -47,6 +47,17 @@ fn lab_throughput(
     udp: UdpDatapath,
     seconds: u32,
 ) -> anyhow::Result<f64> {
+    lab_throughput_with(name, backend, direct, udp, seconds, false)
+}
+
+fn lab_throughput_with(
+    name: &str,
+    backend: BackendType,
+    direct: bool,
+    udp: UdpDatapath,
+    seconds: u32,
+    policies: bool,
+) -> anyhow::Result<f64> {
     let mut network = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
     network.backend.type_ = backend;
     network.backend.vxlan.direct_routing = direct;
@@ -60,6 +71,9 @@ fn lab_throughput(
         control_plane: false,
         udp,
     })?;
+    if policies {
+        netpol::enforce_default_deny_and_allow(&lab)?;
+    }
     let result = iperf(
         &lab.pods[0].netns,
         &lab.pods[1].netns,
@@ -161,6 +175,24 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
             label: label.into(),
             gbps,
         });
+        if label == "tartan vxlan" {
+            // The same path with NetworkPolicy enforced on both nodes, measured now.
+            let gbps = lab_throughput_with(
+                &format!("bench{}", std::process::id() % 1000),
+                backend,
+                direct,
+                udp,
+                seconds,
+                true,
+            )?;
+            rows.push(Throughput {
+                label: format!(
+                    "tartan vxlan + NetworkPolicy (default deny + allow): {:.2} of tartan vxlan",
+                    gbps / rows[rows.len() - 1].gbps
+                ),
+                gbps,
+            });
+        }
     }
     let rss_before = rss_kib();
     let p1000 = best_of(3, &prefix, 1_000)?;
@@ -181,6 +213,7 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
         ));
     }
     md.push_str(&programming_section(&p1000, &p5000, rss_before, rss_after));
+    md.push_str(&netpol::section(&netpol::run(&prefix)?));
     std::fs::create_dir_all(out_dir)?;
     std::fs::write(out_dir.join("bench.md"), &md)?;
     chart(&out_dir.join("throughput.svg"), &rows)?;

@@ -212,6 +212,77 @@ fn measure(netns_name: &str) -> anyhow::Result<NetpolFigures> {
     })
 }
 
+/// On a bench lab of two nodes with one pod each: every pod of `default`
+/// isolated for ingress and egress, and an allow for the iperf pair (port
+/// 5201 both ways), enforced on both nodes' tables.
+pub fn enforce_default_deny_and_allow(lab: &crate::state::LabState) -> anyhow::Result<()> {
+    let pods: BTreeMap<Key, Pod> = lab
+        .pods
+        .iter()
+        .map(|p| Pod {
+            key: Key {
+                namespace: "default".into(),
+                name: format!("{}-{}", p.node, p.name),
+            },
+            node: p.node.clone(),
+            ips: vec![std::net::IpAddr::V4(p.ip)],
+            labels: labels(&[("app", "iperf".to_string())]),
+            ports: vec![],
+        })
+        .map(|p| (p.key.clone(), p))
+        .collect();
+    let iperf = LabelSelector {
+        match_labels: Some(labels(&[("app", "iperf".to_string())])),
+        ..Default::default()
+    };
+    let allow = Rule {
+        peers: Some(vec![Peer::Pods {
+            namespaces: Namespaces::Same("default".into()),
+            pods: iperf.clone(),
+        }]),
+        ports: Some(vec![PortSpec::Range(Protocol::Tcp, 5201, 5201)]),
+    };
+    let policies: BTreeMap<Key, Policy> = [
+        Policy {
+            key: Key {
+                namespace: "default".into(),
+                name: "deny".into(),
+            },
+            pod_selector: LabelSelector::default(),
+            ingress: Some(vec![]),
+            egress: Some(vec![]),
+        },
+        Policy {
+            key: Key {
+                namespace: "default".into(),
+                name: "iperf".into(),
+            },
+            pod_selector: iperf,
+            ingress: Some(vec![allow.clone()]),
+            egress: Some(vec![allow]),
+        },
+    ]
+    .into_iter()
+    .map(|p| (p.key.clone(), p))
+    .collect();
+    let namespaces = BTreeMap::from([("default".to_string(), Labels::new())]);
+    for node in &lab.nodes {
+        let compiled = compile(&Inputs {
+            node: &node.name,
+            policies: &policies,
+            pods: &pods,
+            namespaces: &namespaces,
+        });
+        anyhow::ensure!(
+            !compiled.ingress.is_empty(),
+            "{}: the pod is isolated",
+            node.name
+        );
+        PolicyTable::new(NetNs::named(&node.netns)).apply(&compiled)?;
+    }
+    Ok(())
+}
+
 pub fn section(f: &NetpolFigures) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     format!(

@@ -119,10 +119,9 @@ async fn grant_everything_on_nodesubnets(admin: &Client) {
         .expect("binding");
 }
 
-#[tokio::test]
-#[ignore = "e2e: needs the control plane that make deps builds (make test runs it)"]
-async fn an_agent_writes_only_its_own_nodes_status_and_fails_closed_without_a_node() {
-    require_binaries();
+/// A control plane with the policy, 3 Nodes and the operator, which has
+/// allocated their NodeSubnets.
+async fn cluster() -> (ControlPlane, Client, tartan_harness::process::Process) {
     let cp = ControlPlane::start("admission")
         .await
         .expect("control plane");
@@ -137,7 +136,7 @@ async fn an_agent_writes_only_its_own_nodes_status_and_fails_closed_without_a_no
             .await
             .expect("node");
     }
-    let _operator = start_operator(&cp, "tartan-operator").expect("operator");
+    let operator = start_operator(&cp, "tartan-operator").expect("operator");
     let all: Api<NodeSubnet> = Api::all(admin.clone());
     eventually(
         "the operator allocates 3 NodeSubnets",
@@ -150,8 +149,14 @@ async fn an_agent_writes_only_its_own_nodes_status_and_fails_closed_without_a_no
     .await
     .expect("allocated: the operator's creates pass the policy");
 
-    let pod = agent_pod(&admin, "n1").await.expect("agent pod on n1");
-    let token = service_account_token(&admin, AGENT_SERVICE_ACCOUNT, Some(&pod))
+    (cp, admin, operator)
+}
+
+/// A client with a token of the agent's ServiceAccount bound to its Pod on
+/// n1, once the policy is in force.
+async fn agent_on_n1(cp: &ControlPlane, admin: &Client) -> Api<NodeSubnet> {
+    let pod = agent_pod(admin, "n1").await.expect("agent pod on n1");
+    let token = service_account_token(admin, AGENT_SERVICE_ACCOUNT, Some(&pod))
         .await
         .expect("bound token");
     let agent: Api<NodeSubnet> = Api::all(
@@ -175,13 +180,19 @@ async fn an_agent_writes_only_its_own_nodes_status_and_fails_closed_without_a_no
     .await
     .expect("in force");
 
+    agent
+}
+
+/// With the chart's RBAC: n1's status is written; RBAC refuses the spec,
+/// labels, create and delete, the policy n2's status.
+async fn with_chart_rbac(agent: &Api<NodeSubnet>) {
     let own = agent
         .patch_status("n1", &PatchParams::default(), &status_patch(1400))
         .await
         .expect("n1's agent writes n1's status");
     assert_eq!(own.status.and_then(|s| s.mtu), Some(1400));
 
-    for (what, said) in write_attempts(&agent).await {
+    for (what, said) in write_attempts(agent).await {
         let said = said.unwrap_or_else(|| panic!("{what}: admitted"));
         eprintln!("RBAC as the chart grants it, {what}: {said}");
         if what == "n2 status" {
@@ -198,9 +209,11 @@ async fn an_agent_writes_only_its_own_nodes_status_and_fails_closed_without_a_no
             );
         }
     }
+}
 
-    // RBAC widened by mistake: the policy alone still holds the agent.
-    grant_everything_on_nodesubnets(&admin).await;
+/// RBAC widened by mistake: the policy alone still holds the agent.
+async fn with_rbac_widened(admin: &Client, agent: &Api<NodeSubnet>) {
+    grant_everything_on_nodesubnets(admin).await;
     eventually(
         "RBAC allows the agent everything",
         Duration::from_secs(30),
@@ -212,7 +225,7 @@ async fn an_agent_writes_only_its_own_nodes_status_and_fails_closed_without_a_no
     )
     .await
     .expect("widened");
-    for (what, said) in write_attempts(&agent).await {
+    for (what, said) in write_attempts(agent).await {
         let said = said.unwrap_or_else(|| panic!("{what}: admitted with RBAC widened"));
         eprintln!("RBAC widened, {what}: {said}");
         let rule = match what {
@@ -223,9 +236,11 @@ async fn an_agent_writes_only_its_own_nodes_status_and_fails_closed_without_a_no
         };
         assert!(said.contains(rule), "{what}: {said}");
     }
+}
 
-    // A token of the same ServiceAccount bound to no Pod: no node, no write.
-    let unbound = service_account_token(&admin, AGENT_SERVICE_ACCOUNT, None)
+/// A token of the same ServiceAccount bound to no Pod: no node, no write.
+async fn with_an_unbound_token(cp: &ControlPlane, admin: &Client) {
+    let unbound = service_account_token(admin, AGENT_SERVICE_ACCOUNT, None)
         .await
         .expect("unbound token");
     let anywhere: Api<NodeSubnet> = Api::all(
@@ -246,8 +261,11 @@ async fn an_agent_writes_only_its_own_nodes_status_and_fails_closed_without_a_no
             && said.contains("(rule node-bound-token)"),
         "{said}"
     );
+}
 
-    // The admin and the operator are not matched.
+/// The admin and the operator are not matched.
+async fn admin_and_operator_unaffected(admin: &Client) {
+    let all: Api<NodeSubnet> = Api::all(admin.clone());
     all.patch_status("n2", &PatchParams::default(), &status_patch(1450))
         .await
         .expect("the admin writes n2's status");
@@ -273,8 +291,10 @@ async fn an_agent_writes_only_its_own_nodes_status_and_fails_closed_without_a_no
     )
     .await
     .expect("the operator's status writes pass the policy");
+}
 
-    // The API server type-checks the policy against the NodeSubnet schema.
+/// The API server type-checks the policy against the NodeSubnet schema.
+async fn type_checked(admin: &Client) {
     let policies = Api::<ValidatingAdmissionPolicy>::all(admin.clone());
     let checked = eventually(
         "the policy is type-checked",
@@ -292,4 +312,17 @@ async fn an_agent_writes_only_its_own_nodes_status_and_fails_closed_without_a_no
     .expect("type checking");
     let warnings = checked.expression_warnings.unwrap_or_default();
     assert!(warnings.is_empty(), "type checking: {warnings:?}");
+}
+
+#[tokio::test]
+#[ignore = "e2e: needs the control plane that make deps builds (make test runs it)"]
+async fn an_agent_writes_only_its_own_nodes_status_and_fails_closed_without_a_node() {
+    require_binaries();
+    let (cp, admin, _operator) = cluster().await;
+    let agent = agent_on_n1(&cp, &admin).await;
+    with_chart_rbac(&agent).await;
+    with_rbac_widened(&admin, &agent).await;
+    with_an_unbound_token(&cp, &admin).await;
+    admin_and_operator_unaffected(&admin).await;
+    type_checked(&admin).await;
 }

@@ -117,11 +117,15 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-#[tokio::test]
-#[ignore = "e2e: needs root, network namespaces, the CNI plugins and the control plane that make deps builds (make test runs it)"]
-async fn policies_created_through_the_api_are_enforced_by_the_agents() {
-    require_binaries();
-    tartan_testbed::require(&["ip", "nft"]);
+/// The control plane, namespaces a and b, the operator, and two nodes each
+/// with a real agent; returns the agents' probes ports.
+async fn two_agents() -> (
+    ControlPlane,
+    Client,
+    Topology,
+    Vec<tartan_harness::process::Process>,
+    Vec<u16>,
+) {
     let cp = ControlPlane::start("netpol").await.expect("control plane");
     let client = cp.client().await.expect("client");
     install_crds(&client).await.expect("CRDs");
@@ -137,7 +141,7 @@ async fn policies_created_through_the_api_are_enforced_by_the_agents() {
             .await
             .expect("namespace");
     }
-    let _operator = start_operator(&cp, "op").expect("operator");
+    let operator = start_operator(&cp, "op").expect("operator");
     let topo = Topology::l2(&format!("tp{}", std::process::id() % 10_000), 2).expect("namespaces");
     let mut agents = Vec::new();
     let mut ports = Vec::new();
@@ -163,6 +167,46 @@ async fn policies_created_through_the_api_are_enforced_by_the_agents() {
         );
         ports.push(port);
     }
+    agents.push(operator);
+    (cp, client, topo, agents, ports)
+}
+
+/// n1's agent counts the drops of the deny policy and what it isolates.
+async fn drops_are_counted_by_policy(port: u16) {
+    let metrics = eventually("n1 counts the drops by policy", Duration::from_secs(30), || async {
+        let text = scrape(port);
+        let dropped = metric(&text, "tartan_agent_netpol_drops_total{direction=\"ingress\",namespace=\"a\",policy=\"deny\"}")?;
+        (dropped > 0.0).then_some(text)
+    })
+    .await
+    .expect("drops counted");
+    assert_eq!(
+        metric(
+            &metrics,
+            "tartan_agent_netpol_isolated_pod_addresses{direction=\"ingress\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&metrics, "tartan_agent_netpol_policies{state=\"enforced\"}"),
+        Some(2.0)
+    );
+    eprintln!(
+        "n1: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("tartan_agent_netpol"))
+            .collect::<Vec<_>>()
+            .join("\n    ")
+    );
+}
+
+#[tokio::test]
+#[ignore = "e2e: needs root, network namespaces, the CNI plugins and the control plane that make deps builds (make test runs it)"]
+async fn policies_created_through_the_api_are_enforced_by_the_agents() {
+    require_binaries();
+    tartan_testbed::require(&["ip", "nft"]);
+    let (cp, client, topo, agents, ports) = two_agents().await;
     let (_, web) = add_pod(&client, &cp, &topo, 0, ("a", "web", "web")).await;
     let (client_ns, _) = add_pod(&client, &cp, &topo, 1, ("b", "client", "client")).await;
     let (neighbour_ns, _) = add_pod(&client, &cp, &topo, 0, ("a", "neighbour", "other")).await;
@@ -205,32 +249,7 @@ async fn policies_created_through_the_api_are_enforced_by_the_agents() {
     until_connects("b may reach web's http port", &client_ns, web, true).await;
     assert!(!connects(&neighbour_ns, web), "namespace a is still denied");
 
-    let metrics = eventually("n1 counts the drops by policy", Duration::from_secs(30), || async {
-        let text = scrape(ports[0]);
-        let dropped = metric(&text, "tartan_agent_netpol_drops_total{direction=\"ingress\",namespace=\"a\",policy=\"deny\"}")?;
-        (dropped > 0.0).then_some(text)
-    })
-    .await
-    .expect("drops counted");
-    assert_eq!(
-        metric(
-            &metrics,
-            "tartan_agent_netpol_isolated_pod_addresses{direction=\"ingress\"}"
-        ),
-        Some(2.0)
-    );
-    assert_eq!(
-        metric(&metrics, "tartan_agent_netpol_policies{state=\"enforced\"}"),
-        Some(2.0)
-    );
-    eprintln!(
-        "n1: {}",
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("tartan_agent_netpol"))
-            .collect::<Vec<_>>()
-            .join("\n    ")
-    );
+    drops_are_counted_by_policy(ports[0]).await;
 
     for name in ["deny", "web-from-b"] {
         policies

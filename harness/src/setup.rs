@@ -266,6 +266,36 @@ pub async fn start_agent_from(
     .context("starting tartan-agent")
 }
 
+/// Where the agent of `node` keeps its CNI config and host-local state:
+/// under the control plane's directory.
+pub fn agent_cni(cp: &ControlPlane, node: &str) -> CniConfig {
+    CniConfig {
+        dir: cp.dir.join(node),
+        ipam_data_dir: Some(cp.dir.join(node).join("ipam")),
+    }
+}
+
+/// A Node object for each of `topo`'s nodes and a real agent programming
+/// its namespace; the agents and their probes ports.
+pub async fn agents_on(
+    cp: &ControlPlane,
+    client: &Client,
+    topo: &tartan_testbed::Topology,
+) -> anyhow::Result<(Vec<Process>, Vec<u16>)> {
+    let mut agents = Vec::new();
+    let mut ports = Vec::new();
+    for node in &topo.nodes {
+        create_node(client, &node.name, &node.ip.to_string()).await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let cni = agent_cni(cp, &node.name);
+        agents.push(start_agent(cp, &node.name, &node.netns, &cni, port).await?);
+        ports.push(port);
+    }
+    Ok((agents, ports))
+}
+
 /// A Node object with an InternalIP.
 pub async fn create_node(client: &Client, name: &str, internal_ip: &str) -> anyhow::Result<Node> {
     let api: Api<Node> = Api::all(client.clone());

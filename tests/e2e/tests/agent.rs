@@ -9,7 +9,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tartan_crds::{BackendType, NodeSubnet, OverlayNetwork};
 use tartan_harness::setup::{
-    create_network, create_node, eventually, install_crds, install_rbac, readyz, scrape,
+    agent_cni, agents_on, create_network, eventually, install_crds, install_rbac, readyz, scrape,
     start_agent, start_operator,
 };
 use tartan_harness::{ControlPlane, require_binaries};
@@ -38,29 +38,8 @@ async fn two_agents(
     let topo =
         Topology::l2(&format!("{tag}{}", std::process::id() % 10_000), 2).expect("namespaces");
     let mut processes = vec![operator];
-    let mut ports = Vec::new();
-    for node in &topo.nodes {
-        create_node(&client, &node.name, &node.ip.to_string())
-            .await
-            .expect("node");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        processes.push(
-            start_agent(
-                &cp,
-                &node.name,
-                &node.netns,
-                &cni_for(&cp, &node.name),
-                port,
-            )
-            .await
-            .expect("agent"),
-        );
-        ports.push(port);
-    }
+    let (agents, ports) = agents_on(&cp, &client, &topo).await.expect("agents");
+    processes.extend(agents);
     (cp, client, topo, processes, ports)
 }
 
@@ -267,14 +246,6 @@ async fn the_data_plane_outlives_an_unreachable_api_server_and_catches_up() {
     drop(agents);
 }
 
-/// A node's CNI config and host-local state, both under the control plane's directory.
-fn cni_for(cp: &ControlPlane, node: &str) -> tartan_agent::cni::CniConfig {
-    tartan_agent::cni::CniConfig {
-        dir: cp.dir.join(node),
-        ipam_data_dir: Some(cp.dir.join(node).join("ipam")),
-    }
-}
-
 /// A restarted agent starts from its NodeSubnet's status as the watch shows
 /// it: it writes nothing, and peers never see its nodeIP or vtepMAC go, even
 /// when its OverlayNetwork watch comes up long after its NodeSubnet watch
@@ -333,7 +304,7 @@ async fn a_restarted_agent_writes_nothing_even_when_its_network_arrives_late() {
             &cp,
             &node.name,
             &node.netns,
-            &cni_for(&cp, &node.name),
+            &agent_cni(&cp, &node.name),
             ports[0],
         )
         .await

@@ -11,21 +11,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use tartan_agent::cni::CniConfig;
 use tartan_agent::netns::NetNs;
 use tartan_harness::setup::{
-    create_network, create_node, eventually, install_crds, install_rbac, scrape, start_agent,
+    agent_cni, agents_on, create_network, eventually, install_crds, install_rbac, scrape,
     start_operator,
 };
 use tartan_harness::{ControlPlane, require_binaries};
 use tartan_testbed::{Topology, cni};
-
-fn cni_for(cp: &ControlPlane, node: &str) -> CniConfig {
-    CniConfig {
-        dir: cp.dir.join(node),
-        ipam_data_dir: Some(cp.dir.join(node).join("ipam")),
-    }
-}
 
 /// A pod on `node` through the CNI plugins with the agent's conflist, serving
 /// TCP 8080, and its Pod object as kubelet would report it.
@@ -39,7 +31,7 @@ async fn add_pod(
     let node_ns = &topo.nodes[node];
     let netns = format!("{}-{name}", topo.prefix);
     tartan_testbed::add_netns(&netns).expect("pod netns");
-    let conflist_path = cni_for(cp, &node_ns.name).path();
+    let conflist_path = agent_cni(cp, &node_ns.name).path();
     let conflist = eventually(
         "the agent writes its conflist",
         Duration::from_secs(60),
@@ -143,30 +135,7 @@ async fn two_agents() -> (
     }
     let operator = start_operator(&cp, "op").expect("operator");
     let topo = Topology::l2(&format!("tp{}", std::process::id() % 10_000), 2).expect("namespaces");
-    let mut agents = Vec::new();
-    let mut ports = Vec::new();
-    for node in &topo.nodes {
-        create_node(&client, &node.name, &node.ip.to_string())
-            .await
-            .expect("node");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        agents.push(
-            start_agent(
-                &cp,
-                &node.name,
-                &node.netns,
-                &cni_for(&cp, &node.name),
-                port,
-            )
-            .await
-            .expect("agent"),
-        );
-        ports.push(port);
-    }
+    let (mut agents, ports) = agents_on(&cp, &client, &topo).await.expect("agents");
     agents.push(operator);
     (cp, client, topo, agents, ports)
 }

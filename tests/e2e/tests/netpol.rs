@@ -14,7 +14,7 @@ use serde_json::json;
 use tartan_agent::netns::NetNs;
 use tartan_harness::setup::{
     agent_cni, agents_on, create_network, eventually, install_crds, install_rbac, scrape,
-    start_operator,
+    start_agent, start_operator,
 };
 use tartan_harness::{ControlPlane, require_binaries};
 use tartan_testbed::{Topology, cni};
@@ -170,12 +170,36 @@ async fn drops_are_counted_by_policy(port: u16) {
     );
 }
 
+/// n1's agent restarts: the policies hold all along (the kernel keeps the
+/// table until the new agent has listed everything, then replaces it whole).
+async fn restart_holds_the_policies(
+    cp: &ControlPlane,
+    topo: &Topology,
+    agents: &mut Vec<tartan_harness::process::Process>,
+    port: u16,
+    (allowed, denied): (&str, &str),
+    web: Ipv4Addr,
+) {
+    drop(agents.remove(0));
+    let cni = agent_cni(cp, &topo.nodes[0].name);
+    agents.push(
+        start_agent(cp, &topo.nodes[0].name, &topo.nodes[0].netns, &cni, port)
+            .await
+            .expect("restart"),
+    );
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        assert!(!connects(denied, web), "denied through the restart");
+        assert!(connects(allowed, web), "allowed through the restart");
+    }
+}
+
 #[tokio::test]
 #[ignore = "e2e: needs root, network namespaces, the CNI plugins and the control plane that make deps builds (make test runs it)"]
 async fn policies_created_through_the_api_are_enforced_by_the_agents() {
     require_binaries();
     tartan_testbed::require(&["ip", "nft"]);
-    let (cp, client, topo, agents, ports) = two_agents().await;
+    let (cp, client, topo, mut agents, ports) = two_agents().await;
     let (_, web) = add_pod(&client, &cp, &topo, 0, ("a", "web", "web")).await;
     let (client_ns, _) = add_pod(&client, &cp, &topo, 1, ("b", "client", "client")).await;
     let (neighbour_ns, _) = add_pod(&client, &cp, &topo, 0, ("a", "neighbour", "other")).await;
@@ -219,6 +243,16 @@ async fn policies_created_through_the_api_are_enforced_by_the_agents() {
     assert!(!connects(&neighbour_ns, web), "namespace a is still denied");
 
     drops_are_counted_by_policy(ports[0]).await;
+
+    restart_holds_the_policies(
+        &cp,
+        &topo,
+        &mut agents,
+        ports[0],
+        (&client_ns, &neighbour_ns),
+        web,
+    )
+    .await;
 
     for name in ["deny", "web-from-b"] {
         policies

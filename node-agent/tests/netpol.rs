@@ -349,6 +349,10 @@ fn the_probe_matrix_follows_each_policy_across_nodes() {
     );
     lab.enforce(&[]);
     assert_eq!(lab.assert_matrix(&[], "policies removed"), all);
+    // Their chains and sets were deleted with them: applied again, they come back.
+    let again = [default_deny_a(), allow_b_to_web_http()];
+    lab.enforce(&again);
+    lab.assert_matrix(&again, "the first two again");
 }
 
 fn ip(lab: &Lab, pod: &str) -> Ipv4Addr {

@@ -152,10 +152,10 @@ fn change(
 
 pub fn run(prefix: &str) -> anyhow::Result<NetpolFigures> {
     let netns_name = format!("{prefix}-np");
-    let _ = tartan_testbed::topology::remove_by_prefix(&netns_name);
+    let _ = tartan_testbed::ip(&["netns", "del", &netns_name]);
     tartan_testbed::add_netns(&netns_name)?;
     let result = measure(&netns_name);
-    let _ = tartan_testbed::topology::remove_by_prefix(&netns_name);
+    tartan_testbed::ip(&["netns", "del", &netns_name])?;
     result
 }
 

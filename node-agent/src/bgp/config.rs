@@ -200,10 +200,26 @@ mod tests {
         }
     }
 
-    fn scratch() -> std::path::PathBuf {
+    /// A scratch directory for `bird -p`, removed when the test is done.
+    struct Scratch(std::path::PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch() -> Scratch {
         let dir = std::env::temp_dir().join(format!("tartan-bird-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
-        dir
+        Scratch(dir)
     }
 
     #[test]
@@ -239,7 +255,8 @@ mod tests {
                 address: "192.168.0.254".into()
             }
         );
-        let dir = scratch().join("refused");
+        let scratch = scratch();
+        let dir = scratch.join("refused");
         let mut bird = Bird::new(BirdMode::Managed { dir: dir.clone() }, NetNs::Current);
         let error = bird.ensure(&spec(vec![bad])).unwrap_err();
         assert!(matches!(error, BirdError::Config(_)), "{error}");

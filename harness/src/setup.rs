@@ -27,7 +27,6 @@ use crate::token;
 
 pub const NAMESPACE: &str = "tartan-system";
 pub const OPERATOR_SA: &str = "system:serviceaccount:tartan-system:tartan-operator";
-pub const AGENT_SA: &str = "system:serviceaccount:tartan-system:tartan-agent";
 
 /// A workspace binary: beside the running executable (the lab), else where
 /// `cargo build` put it (the tests).

@@ -35,11 +35,6 @@ fn subtract_into(net: IpNet, except: &[IpNet], out: &mut Vec<IpNet>) {
     }
 }
 
-/// The host prefix of an address (/32 or /128).
-pub fn host(ip: IpAddr) -> IpNet {
-    IpNet::from(ip)
-}
-
 /// Disjoint, sorted, merged: what an interval set accepts without overlaps.
 pub fn normalize(nets: Vec<IpNet>) -> Vec<IpNet> {
     let nets: Vec<IpNet> = nets.into_iter().map(|n| n.trunc()).collect();

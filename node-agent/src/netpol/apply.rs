@@ -74,10 +74,6 @@ impl PolicyTable {
         }
     }
 
-    pub fn generation(&self) -> u32 {
-        self.generation
-    }
-
     /// Makes the kernel enforce `compiled`: nothing when it is what was last
     /// applied, else one transaction with the difference (or the whole table).
     pub fn apply(&mut self, compiled: &Compiled) -> Result<Applied, NftError> {

@@ -108,10 +108,7 @@ impl PolicyIndex {
     }
 
     pub fn apply_policy(&mut self, entry: PolicyEntry) -> bool {
-        let error_changed = match &entry.error {
-            Some(e) => put(&mut self.errors, entry.key.clone(), Some(e.clone())),
-            None => put(&mut self.errors, entry.key.clone(), None),
-        };
+        let error_changed = put(&mut self.errors, entry.key.clone(), entry.error);
         put(&mut self.policies, entry.key, Some(entry.policy)) | error_changed
     }
 
@@ -128,14 +125,14 @@ impl PolicyIndex {
 
     pub fn reset_policies(&mut self, all: Vec<PolicyEntry>) -> bool {
         let first = !std::mem::replace(&mut self.listed[0], true);
-        let before = (
+        let (policies, errors) = (
             std::mem::take(&mut self.policies),
             std::mem::take(&mut self.errors),
         );
         for entry in all {
             self.apply_policy(entry);
         }
-        first || before != (self.policies.clone(), self.errors.clone())
+        first || policies != self.policies || errors != self.errors
     }
 
     pub fn apply_pod(&mut self, entry: PodEntry) -> bool {

@@ -168,25 +168,9 @@ pub(crate) fn spawn_one<I, K, T>(
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     T: Send + 'static,
 {
-    let events = watcher(api, config).default_backoff().boxed();
-    spawn_events(events, resource, sink, into, handlers);
-}
-
-/// [`spawn_one`] over any watcher stream (a metadata watch, say).
-pub(crate) fn spawn_events<I, K, T>(
-    events: futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
-    resource: &'static str,
-    sink: Sink<I>,
-    into: fn(K) -> T,
-    handlers: Handlers<I, T>,
-) where
-    I: Send + 'static,
-    K: Send + 'static,
-    T: Send + 'static,
-{
     tokio::spawn(async move {
         let mut relist = Relist::new();
-        let mut events = events;
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
         while let Some(event) = events.next().await {
             let event = match event {
                 Ok(event) => {

@@ -16,7 +16,7 @@ use common::fixture::Fixture;
 use serde_json::json;
 use tartan_agent::netns::NetNs;
 use tartan_agent::netpol::apply::PolicyTable;
-use tartan_agent::netpol::compile::{Inputs, compile};
+use tartan_agent::netpol::compile::{Compiled, Inputs, compile};
 use tartan_agent::netpol::model::{Key, Labels, NamedPort, Pod, Policy, Protocol};
 use tartan_crds::BackendType;
 
@@ -156,8 +156,8 @@ impl Lab {
             .collect()
     }
 
-    /// Compiles `policies` for every node and applies each node's table.
-    fn enforce(&mut self, policies: &[Policy]) -> Duration {
+    /// Each node's compiled state for `policies`, by node name.
+    fn compiled(&self, policies: &[Policy]) -> BTreeMap<String, Compiled> {
         let policies: BTreeMap<Key, Policy> = policies
             .iter()
             .map(|p| (p.key.clone(), p.clone()))
@@ -168,34 +168,7 @@ impl Lab {
             .map(|(_, p)| (p.key.clone(), p.clone()))
             .collect();
         let namespaces = Self::namespaces();
-        let started = Instant::now();
-        for (i, table) in self.tables.iter_mut().enumerate() {
-            let node = format!("n{}", i + 1);
-            let compiled = compile(&Inputs {
-                node: &node,
-                policies: &policies,
-                pods: &pods,
-                namespaces: &namespaces,
-            });
-            table.apply(&compiled).expect("nft accepts the table");
-        }
-        started.elapsed()
-    }
-
-    /// Every (from, to, protocol, port): what the kernel did, next to what
-    /// the compiled states say it must do.
-    fn matrix(&self, policies: &[Policy]) -> Vec<(String, bool, bool)> {
-        let policies: BTreeMap<Key, Policy> = policies
-            .iter()
-            .map(|p| (p.key.clone(), p.clone()))
-            .collect();
-        let pods: BTreeMap<Key, Pod> = self
-            .pods
-            .values()
-            .map(|(_, p)| (p.key.clone(), p.clone()))
-            .collect();
-        let namespaces = Self::namespaces();
-        let compiled: BTreeMap<String, _> = (1..=3)
+        (1..=self.tables.len())
             .map(|i| {
                 let node = format!("n{i}");
                 let c = compile(&Inputs {
@@ -206,7 +179,23 @@ impl Lab {
                 });
                 (node, c)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Compiles `policies` for every node and applies each node's table.
+    fn enforce(&mut self, policies: &[Policy]) -> Duration {
+        let started = Instant::now();
+        let compiled = self.compiled(policies);
+        for (table, state) in self.tables.iter_mut().zip(compiled.values()) {
+            table.apply(state).expect("nft accepts the table");
+        }
+        started.elapsed()
+    }
+
+    /// Every (from, to, protocol, port): what the kernel did, next to what
+    /// the compiled states say it must do.
+    fn matrix(&self, policies: &[Policy]) -> Vec<(String, bool, bool)> {
+        let compiled = self.compiled(policies);
         let mut cases = Vec::new();
         for (from, (netns, from_pod)) in &self.pods {
             for (to, (_, to_pod)) in &self.pods {

@@ -121,6 +121,30 @@ struct World {
 }
 
 impl World {
+    /// 1,000 pods in 10 namespaces and 200 policies.
+    fn at_size() -> Self {
+        World {
+            pods: (0..1_000).map(pod).map(|p| (p.key.clone(), p)).collect(),
+            policies: (0..200).map(policy).map(|p| (p.key.clone(), p)).collect(),
+            namespaces: (0..10)
+                .map(|k| (format!("ns{k}"), labels(&[("team", format!("t{k}"))])))
+                .collect(),
+        }
+    }
+
+    /// Round `round`'s changes: a pod starts on this node (it joins
+    /// selectors, groups and peer sets), and a policy selecting some of
+    /// this node's pods is added.
+    fn start_pod(&mut self, round: usize) {
+        let new = pod(7_000 + round * 7);
+        self.pods.insert(new.key.clone(), new);
+    }
+
+    fn add_policy(&mut self, round: usize) {
+        let new = policy(1_000 + round * 7);
+        self.policies.insert(new.key.clone(), new);
+    }
+
     fn compile(&self) -> Compiled {
         compile(&Inputs {
             node: "n1",
@@ -160,13 +184,7 @@ pub fn run(prefix: &str) -> anyhow::Result<NetpolFigures> {
 }
 
 fn measure(netns_name: &str) -> anyhow::Result<NetpolFigures> {
-    let mut world = World {
-        pods: (0..1_000).map(pod).map(|p| (p.key.clone(), p)).collect(),
-        policies: (0..200).map(policy).map(|p| (p.key.clone(), p)).collect(),
-        namespaces: (0..10)
-            .map(|k| (format!("ns{k}"), labels(&[("team", format!("t{k}"))])))
-            .collect(),
-    };
+    let mut world = World::at_size();
     let mut table = PolicyTable::new(NetNs::named(netns_name));
     let started = Instant::now();
     let compiled = world.compile();
@@ -187,16 +205,12 @@ fn measure(netns_name: &str) -> anyhow::Result<NetpolFigures> {
     let (mut pod_change, mut policy_change) = (Duration::MAX, Duration::MAX);
     let mut pod_compile = Duration::MAX;
     for round in 0..5 {
-        // A pod starts on this node: it joins selectors, groups and peer sets.
-        let new = pod(7_000 + round * 7);
-        world.pods.insert(new.key.clone(), new);
+        world.start_pod(round);
         let (took, compiling) = change(&mut table, &world, "a pod")?;
         if took < pod_change {
             (pod_change, pod_compile) = (took, compiling);
         }
-        // A policy that selects some of this node's pods.
-        let new = policy(1_000 + round * 7);
-        world.policies.insert(new.key.clone(), new);
+        world.add_policy(round);
         policy_change = policy_change.min(change(&mut table, &world, "a policy")?.0);
     }
     Ok(NetpolFigures {
@@ -311,22 +325,14 @@ mod tests {
 
     #[test]
     fn every_change_the_bench_makes_changes_the_compiled_state() {
-        let mut world = World {
-            pods: (0..1_000).map(pod).map(|p| (p.key.clone(), p)).collect(),
-            policies: (0..200).map(policy).map(|p| (p.key.clone(), p)).collect(),
-            namespaces: (0..10)
-                .map(|k| (format!("ns{k}"), labels(&[("team", format!("t{k}"))])))
-                .collect(),
-        };
+        let mut world = World::at_size();
         let mut last = world.compile();
         for round in 0..5 {
-            let new = pod(7_000 + round * 7);
-            world.pods.insert(new.key.clone(), new);
+            world.start_pod(round);
             let now = world.compile();
             assert_ne!(last, now, "pod round {round}");
             last = now;
-            let new = policy(1_000 + round * 7);
-            world.policies.insert(new.key.clone(), new);
+            world.add_policy(round);
             let now = world.compile();
             assert_ne!(last, now, "policy round {round}");
             last = now;

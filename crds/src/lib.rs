@@ -1,7 +1,9 @@
 //! Tartan's API: the `OverlayNetwork` and `NodeSubnet` custom resources
 //! (group `tartan.dev`, version `v1alpha1`, both cluster-scoped), their
 //! schemas with server-side validation, and the helpers both binaries share
-//! to parse them (strict CIDRs, conditions, validation with named fields).
+//! to parse them (strict CIDRs, conditions, validation with named fields),
+//! and the strict reading of `networking.k8s.io/v1` NetworkPolicy that the
+//! agent enforces and the operator reports on.
 //!
 //! ```text
 //!   OverlayNetwork "default"          NodeSubnet "node-a"           (one per Node)
@@ -16,6 +18,7 @@ pub mod cidr;
 pub mod condition;
 pub mod error;
 pub mod generate;
+pub mod network_policy;
 pub mod node_subnet;
 pub mod overlay_network;
 pub mod selector;

@@ -46,6 +46,11 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_duration_seconds: u64,
 
+    /// Report NetworkPolicies the agents cannot enforce (a Warning Event on
+    /// each); the chart sets it with the agents' `networkPolicy.enabled`.
+    #[arg(long, env = "TARTAN_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub network_policy: bool,
+
     /// Path of a kubeconfig file (defaults to KUBECONFIG, ~/.kube/config, then in-cluster).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

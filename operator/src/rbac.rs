@@ -23,9 +23,22 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["get", "list", "watch"],
         ),
         rule("tartan.dev", &["overlaynetworks/status"], &["patch"]),
-        // Events on Nodes, NodeSubnets and the OverlayNetwork (recorder creates, then patches series).
+        // Events on Nodes, NodeSubnets, the OverlayNetwork and NetworkPolicies (recorder creates, then patches series).
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ]
+    .into_iter()
+    .chain(network_policy_rules())
+    .collect()
+}
+
+/// Reading NetworkPolicies to report the ones the agents cannot enforce
+/// (granted only with the chart's `networkPolicy.enabled`).
+pub fn network_policy_rules() -> Vec<PolicyRule> {
+    vec![rule(
+        "networking.k8s.io",
+        &["networkpolicies"],
+        &["list", "watch"],
+    )]
 }
 
 /// Rules in the leader-election namespace (a Role).

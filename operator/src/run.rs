@@ -1,4 +1,4 @@
-//! Wiring: client, metrics server, leader election, the three controllers, and
+//! Wiring: client, metrics server, leader election, the controllers, and
 //! shutdown on SIGTERM.
 
 use std::sync::atomic::Ordering;
@@ -208,7 +208,7 @@ async fn finish(server: JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
     }
 }
 
-/// The three controllers over one [`Context`], and readiness once the
+/// The controllers over one [`Context`], and readiness once the
 /// NodeSubnets are listed; returns when all have shut down.
 async fn run_controllers(
     client: Client,
@@ -240,6 +240,14 @@ async fn run_controllers(
         wake_nodes,
         status,
     });
+    let policy_check = {
+        let (ctx, shutdown, enabled) = (ctx.clone(), shutdown.clone(), args.network_policy);
+        async move {
+            if enabled {
+                controller::policy_check::run(ctx, shutdown).await
+            }
+        }
+    };
     tokio::join!(
         run_subnet_controller(
             ctx.clone(),
@@ -249,6 +257,7 @@ async fn run_controllers(
         ),
         run_network_controller(ctx.clone(), network_controller, shutdown.clone()),
         run_status_writer(ctx.clone(), status_changes, shutdown.clone()),
+        policy_check,
         run_node_controller(
             ctx.clone(),
             nodes_reader,

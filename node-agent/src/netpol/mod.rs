@@ -17,7 +17,10 @@ pub mod apply;
 pub mod compile;
 pub mod index;
 pub mod metrics;
-pub mod model;
+/// The policy model lives with the API types: the operator reads
+/// NetworkPolicies with the same strict reader, to report the ones the
+/// agents cannot enforce.
+pub use tartan_crds::network_policy as model;
 #[cfg(test)]
 mod reference;
 pub mod render;

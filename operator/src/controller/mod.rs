@@ -1,4 +1,4 @@
-//! The operator's three controllers, sharing one [`Context`]:
+//! The operator's controllers, sharing one [`Context`]:
 //!
 //! ```text
 //!   Node watch (metadata) ───▶ node::reconcile     allocate, write NodeSubnet spec (SSA)
@@ -6,6 +6,7 @@
 //!                     └─feed─▶ SubnetIndex ◀──────── (allocations, conflicts, usage)
 //!   OverlayNetwork watch ───▶ network::reconcile  pool from spec
 //!   index changed ─mark─▶ network_status::run     status (SSA), at most 1/s
+//!   NetworkPolicy watch ────▶ policy_check::reconcile Event on one the agents cannot enforce
 //! ```
 //!
 //! Writes are fenced by the leader lease: each one checks [`Leadership`] first.
@@ -13,6 +14,7 @@
 pub mod network;
 pub mod network_status;
 pub mod node;
+pub mod policy_check;
 pub mod subnet;
 pub mod throttle;
 pub mod watch;
@@ -118,6 +120,7 @@ impl Context {
         }
     }
 
+    /// An Event of the allocation controllers.
     pub async fn event(
         &self,
         reference: &ObjectReference,
@@ -125,11 +128,23 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        self.event_for(reference, type_, reason, "Allocate", note)
+            .await
+    }
+
+    pub async fn event_for(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(note),
-            action: "Allocate".into(),
+            action: action.into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, reference).await {

@@ -20,6 +20,7 @@ use crate::fixtures::{
 use crate::index::SubnetIndex;
 
 mod bounds;
+mod policy_check;
 
 const SUBNETS: &str = "/apis/tartan.dev/v1alpha1/nodesubnets";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events?";

@@ -226,11 +226,11 @@ pub struct BgpPeer {
     /// The peer's AS number.
     #[schemars(range(min = 1, max = 4294967295u32))]
     pub as_number: u32,
-    /// TCP MD5 password of the session: printable ASCII without spaces,
-    /// quotes or backslashes.
+    /// The TCP MD5 password of the session: a key of a Secret in the
+    /// namespace Tartan runs in (never the password itself: this object is
+    /// readable by every agent and every viewer of the cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 80), regex(pattern = r#"^[!#-\[\]-~]+$"#))]
-    pub password: Option<String>,
+    pub password_secret_ref: Option<SecretKeyRef>,
     /// Only nodes whose labels match peer with this router (every node when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
@@ -240,13 +240,36 @@ pub struct BgpPeer {
     pub keep_original_next_hop: bool,
 }
 
+/// A key of a Secret in Tartan's namespace.
+#[derive(
+    KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The key in the Secret's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+impl std::fmt::Display for SecretKeyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret {} key {}", self.name, self.key)
+    }
+}
+
 impl BgpPeer {
     /// A peer with only an address and an AS number.
     pub fn new(address: &str, as_number: u32) -> Self {
         Self {
             address: address.into(),
             as_number,
-            password: None,
+            password_secret_ref: None,
             node_selector: None,
             keep_original_next_hop: false,
         }

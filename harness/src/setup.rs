@@ -155,36 +155,46 @@ pub async fn install_rbac(client: &Client) -> anyhow::Result<()> {
             )
             .await?;
     }
+    let lease_rules = tartan_operator::rbac::lease_rules();
+    install_role(client, "tartan-operator", "tartan-operator", lease_rules).await?;
+    install_agent_policy(client).await
+}
+
+/// A Role named `name` in [`NAMESPACE`] with `rules`, bound to the
+/// ServiceAccount `account`.
+pub async fn install_role(
+    client: &Client,
+    name: &str,
+    account: &str,
+    rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+) -> anyhow::Result<()> {
+    let pp = PostParams::default();
     let meta = ObjectMeta {
-        name: Some("tartan-operator".into()),
+        name: Some(name.into()),
         namespace: Some(NAMESPACE.into()),
         ..Default::default()
     };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(rules),
+    };
     Api::<Role>::namespaced(client.clone(), NAMESPACE)
-        .create(
-            &pp,
-            &Role {
-                metadata: meta.clone(),
-                rules: Some(tartan_operator::rbac::lease_rules()),
-            },
-        )
+        .create(&pp, &role)
         .await?;
     let role_ref = RoleRef {
         api_group: Some("rbac.authorization.k8s.io".into()),
         kind: "Role".into(),
-        name: "tartan-operator".into(),
+        name: name.into(),
+    };
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref,
+        subjects: Some(vec![subject(account)]),
     };
     Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE)
-        .create(
-            &pp,
-            &RoleBinding {
-                metadata: meta,
-                role_ref,
-                subjects: Some(vec![subject("tartan-operator")]),
-            },
-        )
+        .create(&pp, &binding)
         .await?;
-    install_agent_policy(client).await
+    Ok(())
 }
 
 /// The ValidatingAdmissionPolicy (and binding) that holds each agent to its

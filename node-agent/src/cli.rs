@@ -81,6 +81,10 @@ pub struct Args {
     )]
     pub bird_config: PathBuf,
 
+    /// The namespace Tartan runs in: where BGP password Secrets are read.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tartan-system")]
+    pub namespace: String,
+
     /// Enforce Kubernetes NetworkPolicy at this node's pods (the nftables table
     /// `inet tartan-policy`); `false` removes the table and watches nothing.
     #[arg(long, env = "TARTAN_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]

@@ -42,6 +42,19 @@ pub fn network_policy_rules() -> Vec<PolicyRule> {
     ]
 }
 
+/// Reading the BGP password Secrets `names` (in Tartan's namespace: a Role),
+/// and no other Secret. No names, no rule: a rule without `resourceNames`
+/// would grant every Secret.
+pub fn bgp_password_rules(names: &[&str]) -> Vec<PolicyRule> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    vec![PolicyRule {
+        resource_names: Some(names.iter().map(|n| n.to_string()).collect()),
+        ..rule("", &["secrets"], &["get", "list", "watch"])
+    }]
+}
+
 pub fn render(name: &str) -> Result<String, serde_json::Error> {
     let role = ClusterRole {
         metadata: ObjectMeta {
@@ -76,6 +89,23 @@ mod tests {
             render("tartan-agent")
                 .expect("renders")
                 .contains("\"nodesubnets/status\"")
+        );
+    }
+
+    #[test]
+    fn bgp_passwords_are_read_by_name_only() {
+        assert!(bgp_password_rules(&[]).is_empty(), "never every Secret");
+        let rules = bgp_password_rules(&["bgp-tor", "bgp-rack2"]);
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0].resource_names,
+            Some(vec!["bgp-tor".to_string(), "bgp-rack2".to_string()])
+        );
+        assert_eq!(rules[0].resources, Some(vec!["secrets".to_string()]));
+        assert!(
+            cluster_rules()
+                .iter()
+                .all(|r| !r.resources.iter().flatten().any(|x| x == "secrets"))
         );
     }
 }

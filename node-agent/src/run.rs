@@ -17,6 +17,7 @@ use crate::sysctl::Sysctls;
 use crate::udp::auth::DatagramKey;
 use crate::underlay::Choice;
 use crate::watch;
+use crate::watch::secrets::BgpSecrets;
 
 /// A burst of events within this window is one apply.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -117,6 +118,11 @@ async fn run_agent(args: &Args, netns: NetNs, cni: CniConfig) -> anyhow::Result<
     .await?;
     let (sink, changes) = watch::Sink::new(&node_name, &args.network, metrics, health);
     watch::spawn(&client, &node_name, &args.network, &sink);
+    agent.secrets = Some(BgpSecrets::new(
+        client.clone(),
+        args.namespace.clone(),
+        sink.clone(),
+    ));
     tracing::info!(node = %node_name, network = %args.network, "tartan-agent started");
     reconcile_loop(&mut agent, &sink, changes, shutdown.wait()).await;
     tracing::info!("stopping; the kernel state stays as programmed");

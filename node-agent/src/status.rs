@@ -96,6 +96,18 @@ fn ready(
                     down[..down.len().min(5)].join(", ")
                 ));
             }
+            LocalProblem::BgpPasswordUnavailable { peers } => {
+                let shown: Vec<String> = (peers.iter().take(5))
+                    .map(|(address, why)| format!("BGP peer {address}: {why}"))
+                    .collect();
+                let more = if peers.len() > 5 { " and others" } else { "" };
+                return Condition::falsy(CONDITION_READY, "BGPPasswordUnavailable").message(
+                    format!(
+                        "{}{more}; not configured until it can be read",
+                        shown.join(", ")
+                    ),
+                );
+            }
             LocalProblem::MtuClamped { requested, clamped } => {
                 return Condition::falsy(CONDITION_READY, "MtuClamped").message(format!(
                     "spec.mtu {requested} does not fit the underlay; pods use {clamped}"

@@ -247,3 +247,76 @@ fn without_offloads_the_datapath_falls_back_to_plain_packets() {
         "bulk TCP over plain packets: {received} bytes"
     );
 }
+
+/// An IPv4/UDP packet from `source` to `destination`:4000 carrying `body`,
+/// with a valid header checksum (the kernel checks it once the TUN hands
+/// the packet over) and no UDP checksum (allowed over IPv4).
+fn inner_udp(source: [u8; 4], destination: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let total = (28 + body.len()) as u16;
+    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    packet[2..4].copy_from_slice(&total.to_be_bytes());
+    packet.extend_from_slice(&source);
+    packet.extend_from_slice(&destination);
+    let sum = packet
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+    packet.extend_from_slice(&[0x30, 0x39, 0x0f, 0xa0]);
+    packet.extend_from_slice(&((8 + body.len()) as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(body);
+    packet
+}
+
+/// A real peer (node 2's own address) sends node 1 two datagrams for pod a:
+/// one whose inner source is node 2's pod b, one whose inner source is pod
+/// c on node 3. Only the first reaches pod a; the second is counted as
+/// `spoofed_source`, and b's real traffic keeps flowing.
+#[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device and iperf3 (make test runs it)"]
+fn a_peer_cannot_inject_packets_from_a_third_nodes_subnet() {
+    let f = udp_fixture("sp", 3);
+    let (a, a_ip) = f.add_pod(0, "a");
+    let (b, b_ip) = f.add_pod(1, "b");
+    let (_, c_ip) = f.add_pod(2, "c");
+    eventually("b reaches a", || pings(&b, a_ip));
+    let listener = NetNs::named(&a)
+        .run(|| UdpSocket::bind((a_ip, 4000)))
+        .expect("netns")
+        .expect("bind in pod a");
+    listener
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let peer = NetNs::named(&f.topo.nodes[1].netns)
+        .run(|| UdpSocket::bind("0.0.0.0:0"))
+        .expect("netns")
+        .expect("bind on node 2");
+    let target = (f.topo.nodes[0].ip, 8285);
+    let spoofed = || {
+        sample(
+            &f.metrics.render(),
+            "tartan_agent_udp_drops_total{reason=\"spoofed_source\"}",
+        )
+    };
+    assert_eq!(spoofed(), 0.0);
+    let forged = inner_udp(c_ip.octets(), a_ip.octets(), b"forged");
+    peer.send_to(&forged, target).expect("send forged");
+    eventually("the forged datagram is counted", || spoofed() >= 1.0);
+    let genuine = inner_udp(b_ip.octets(), a_ip.octets(), b"genuine");
+    peer.send_to(&genuine, target).expect("send genuine");
+    let mut buffer = [0u8; 64];
+    let (len, from) = listener
+        .recv_from(&mut buffer)
+        .expect("the genuine datagram");
+    assert_eq!(&buffer[..len], b"genuine", "the forged one never arrived");
+    assert_eq!(from.ip(), std::net::IpAddr::V4(b_ip));
+    assert!(
+        listener.recv_from(&mut buffer).is_err(),
+        "nothing else came"
+    );
+    assert_eq!(spoofed(), 1.0);
+    assert!(pings(&b, a_ip), "b's own traffic still flows");
+}

@@ -45,8 +45,9 @@ pub struct ValidBgp {
 pub struct ValidBgpPeer {
     pub address: IpAddr,
     pub as_number: u32,
-    /// Checked by [`super::valid_bgp_password`]: safe inside BIRD's quotes.
-    pub password: Option<String>,
+    /// Where the session's password is (the agent reads it and checks it
+    /// with [`super::valid_bgp_password`] before it reaches BIRD).
+    pub password_secret_ref: Option<crate::overlay_network::SecretKeyRef>,
     pub node_selector: Option<LabelSelector>,
     pub keep_original_next_hop: bool,
 }
@@ -107,15 +108,8 @@ fn bgp_peer(i: usize, peer: &BgpPeer, seen: &mut BTreeSet<IpAddr>) -> Result<Val
         ));
     }
     in_range(&field("asNumber"), peer.as_number, 1, u32::MAX)?;
-    if let Some(password) = &peer.password
-        && !super::valid_bgp_password(password)
-    {
-        // The value is a secret: named by length, never echoed.
-        return Err(ValidationError::new(
-            field("password"),
-            format!("<{} characters>", password.len()),
-            "must be 1 to 80 printable ASCII characters without spaces, quotes or backslashes",
-        ));
+    if let Some(reference) = &peer.password_secret_ref {
+        secret_key_ref(&field("passwordSecretRef"), reference)?;
     }
     if let Some(selector) = &peer.node_selector {
         crate::selector::validate(&field("nodeSelector"), selector)?;
@@ -123,10 +117,41 @@ fn bgp_peer(i: usize, peer: &BgpPeer, seen: &mut BTreeSet<IpAddr>) -> Result<Val
     Ok(ValidBgpPeer {
         address,
         as_number: peer.as_number,
-        password: peer.password.clone(),
+        password_secret_ref: peer.password_secret_ref.clone(),
         node_selector: peer.node_selector.clone(),
         keep_original_next_hop: peer.keep_original_next_hop,
     })
+}
+
+/// A Secret's name (a DNS subdomain) and a data key, as the schema has them.
+fn secret_key_ref(field: &str, reference: &crate::overlay_network::SecretKeyRef) -> Result<()> {
+    let name = &reference.name;
+    let name_ok = (1..=253).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !name_ok {
+        return Err(ValidationError::new(
+            format!("{field}.name"),
+            name,
+            "must be a Secret name (lower-case DNS subdomain)",
+        ));
+    }
+    let key = &reference.key;
+    let key_ok = (1..=253).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !key_ok {
+        return Err(ValidationError::new(
+            format!("{field}.key"),
+            key,
+            "must be a Secret data key (letters, digits, '-', '_', '.')",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -111,6 +111,13 @@ pub struct ValidNodeSubnet {
     pub ipv6_cidr: Option<Ipv6Net>,
 }
 
+impl ValidNodeSubnet {
+    /// The node's pod subnets: IPv4, then IPv6 when dual-stack.
+    pub fn cidrs(&self) -> impl Iterator<Item = ipnet::IpNet> + use<> {
+        std::iter::once(ipnet::IpNet::V4(self.cidr)).chain(self.ipv6_cidr.map(ipnet::IpNet::V6))
+    }
+}
+
 impl NodeSubnetSpec {
     pub fn validate(&self) -> Result<ValidNodeSubnet> {
         if self.node_name.is_empty() {
@@ -279,25 +286,29 @@ mod tests {
     }
 
     #[test]
-    fn a_bgp_password_that_could_break_out_of_the_config_is_refused_unechoed() {
+    fn a_bgp_password_secret_ref_names_a_secret_and_a_key() {
         let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
-        for (password, ok) in [
-            ("s3cret!", true),
-            ("with space", false),
-            ("quote\"; protocol", false),
-            ("back\\slash", false),
-            ("", false),
+        for (name, key, refused) in [
+            ("bgp-rack1", "password", None),
+            ("bgp.rack-1", "rack_1.pw", None),
+            ("Bgp", "password", Some("name")),
+            ("-bgp", "password", Some("name")),
+            ("bgp", "pass word", Some("key")),
+            ("bgp", "", Some("key")),
         ] {
             let mut peer = crate::BgpPeer::new("192.0.2.1", 65000);
-            peer.password = Some(password.into());
+            peer.password_secret_ref = Some(crate::overlay_network::SecretKeyRef {
+                name: name.into(),
+                key: key.into(),
+            });
             spec.backend.bgp.peers = vec![peer];
-            match spec.validate() {
-                Ok(_) => assert!(ok, "{password:?} accepted"),
-                Err(e) => {
-                    assert!(!ok, "{password:?} refused: {e}");
-                    assert_eq!(e.field, "spec.backend.bgp.peers[0].password");
-                    assert!(!e.to_string().contains(password) || password.is_empty());
-                }
+            match (spec.validate(), refused) {
+                (Ok(_), None) => {}
+                (Err(e), Some(part)) => assert_eq!(
+                    e.field,
+                    format!("spec.backend.bgp.peers[0].passwordSecretRef.{part}")
+                ),
+                (result, _) => panic!("{name:?}/{key:?}: {result:?}"),
             }
         }
     }

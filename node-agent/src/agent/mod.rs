@@ -34,6 +34,7 @@ use crate::netns::NetNs;
 use crate::plan::{BgpObserved, DesiredState, LocalFacts, NodeIps, PeerDelta, plan, plan_peer};
 use crate::status::node_status;
 use crate::underlay::{self, Choice};
+use crate::watch::secrets::{self, BgpSecrets};
 use crate::watch::{Inputs, Own, PeerChange, ReadyInputs};
 
 mod bgp;
@@ -107,6 +108,8 @@ pub struct Agent<P: Programmer> {
     bgp_on: bool,
     /// When each expected BGP session was first expected.
     bgp_expected_since: BTreeMap<String, Instant>,
+    /// The watches of the BGP password Secrets (none in unit tests).
+    pub secrets: Option<BgpSecrets>,
 }
 
 /// What the last full plan was made from, and what it and the peer changes since made.
@@ -163,6 +166,7 @@ impl<P: Programmer> Agent<P> {
             bgp: BgpObserved::default(),
             bgp_on: false,
             bgp_expected_since: BTreeMap::new(),
+            secrets: None,
         }
     }
 
@@ -212,6 +216,11 @@ impl<P: Programmer> Agent<P> {
         let mut facts = self.facts(&ready)?;
         facts.node_labels = ready.node_labels.clone();
         facts.udp_tag_len = self.udp_tag_len;
+        if let Some(secrets) = &mut self.secrets {
+            secrets.follow(&ready.network);
+            facts.bgp_passwords =
+                secrets::lookup(&ready.network, &ready.bgp_secrets, secrets.namespace());
+        }
         if self.bgp_on || ready.network.backend.type_ == BackendType::Bgp {
             self.bgp = self.observe_bgp().await;
         }

@@ -70,6 +70,7 @@ fn neighbor(out: &mut String, n: &BgpNeighbor) -> Result<(), ConfigError> {
     // Single-hop sessions resolve next hops on the segment; the others through the kernel.
     let _ = writeln!(out, "  {};", if n.direct { "direct" } else { "multihop" });
     if let Some(password) = &n.password {
+        let password = password.expose();
         if !valid_bgp_password(password) {
             return Err(ConfigError::Password {
                 address: n.address.to_string(),
@@ -184,7 +185,7 @@ mod tests {
             asn: if external { 65000 } else { 64512 },
             direct: !external || ip[2] == 0,
             external,
-            password: external.then(|| "s3cret!".into()),
+            password: external.then(|| crate::plan::Password::new("s3cret!".into())),
             keep_next_hop: external && ip[3] == 253,
         }
     }
@@ -248,7 +249,9 @@ mod tests {
     #[test]
     fn a_password_that_could_escape_its_quotes_is_refused_before_any_file_is_written() {
         let mut bad = neighbor("peer_192_168_0_254", [192, 168, 0, 254], true);
-        bad.password = Some("x\"; protocol bgp evil { neighbor 1.2.3.4 as 1; }; #".into());
+        bad.password = Some(crate::plan::Password::new(
+            "x\"; protocol bgp evil { neighbor 1.2.3.4 as 1; }; #".into(),
+        ));
         assert_eq!(
             render(&spec(vec![bad.clone()])).unwrap_err(),
             ConfigError::Password {

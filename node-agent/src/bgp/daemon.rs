@@ -63,7 +63,9 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> BirdError {
 pub fn check(text: &str, scratch_dir: &Path) -> Result<(), BirdError> {
     std::fs::create_dir_all(scratch_dir).map_err(io_error("creating the BIRD directory"))?;
     let path = scratch_dir.join(format!(".bird.conf.check-{}", std::process::id()));
-    std::fs::write(&path, text).map_err(io_error("writing the BIRD config for checking"))?;
+    // The configuration may hold BGP passwords: readable by root only.
+    tartan_runtime::atomic_file::write_atomic_mode(&path, text.as_bytes(), 0o600)
+        .map_err(io_error("writing the BIRD config for checking"))?;
     let out = std::process::Command::new("bird")
         .args(["-p", "-c"])
         .arg(&path)
@@ -127,7 +129,7 @@ impl Bird {
             || std::fs::read_to_string(&config_path).ok().as_deref() != Some(text.as_str());
         if changed {
             check(&text, &dir)?;
-            tartan_runtime::atomic_file::write_atomic(&config_path, text.as_bytes())
+            tartan_runtime::atomic_file::write_atomic_mode(&config_path, text.as_bytes(), 0o600)
                 .map_err(io_error(format!("writing {}", config_path.display())))?;
         }
         match &self.mode {

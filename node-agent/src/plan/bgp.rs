@@ -3,9 +3,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
+use tartan_crds::validate::ValidBgpPeer;
 use tartan_crds::{ValidNetwork, ValidNodeSubnet};
 
-use super::{BgpNeighbor, BgpObserved, BgpSpec, LocalFacts, LocalProblem};
+use super::{BgpNeighbor, BgpObserved, BgpSpec, LocalFacts, LocalProblem, Password};
 
 /// A BIRD protocol name from an address: letters, digits and `_` only.
 fn protocol_name(prefix: &str, address: IpAddr) -> String {
@@ -40,15 +41,18 @@ pub fn spec(
             keep_next_hop: false,
         }));
     }
-    for peer in &bgp.peers {
-        let selected = peer
-            .node_selector
-            .as_ref()
-            .is_none_or(|s| tartan_crds::selector::matches(s, &facts.node_labels));
+    for peer in selected_peers(network, facts) {
         let address = peer.address;
-        if !selected || neighbors.iter().any(|n| n.address == address) {
+        if neighbors.iter().any(|n| n.address == address) {
             continue;
         }
+        // A peer that wants a password and has none would only fail to
+        // connect: it is left out and reported ([`passwords_unavailable`]).
+        let password = match password(peer, facts) {
+            None => None,
+            Some(Ok(password)) => Some(password.clone()),
+            Some(Err(_)) => continue,
+        };
         neighbors.push(BgpNeighbor {
             name: protocol_name("peer", address),
             label: "router".into(),
@@ -56,7 +60,7 @@ pub fn spec(
             asn: peer.as_number,
             direct: matches!(address, IpAddr::V4(v4) if facts.on_link(v4)),
             external: true,
-            password: peer.password.clone(),
+            password,
             keep_next_hop: peer.keep_original_next_hop,
         });
     }
@@ -69,6 +73,40 @@ pub fn spec(
         accept: vec![(IpNet::V4(network.cidr), network.node_prefix_length)],
         neighbors,
     }
+}
+
+/// The external peers whose node selector matches this node.
+fn selected_peers<'a>(
+    network: &'a ValidNetwork,
+    facts: &'a LocalFacts,
+) -> impl Iterator<Item = &'a ValidBgpPeer> {
+    network.backend.bgp.peers.iter().filter(|peer| {
+        peer.node_selector
+            .as_ref()
+            .is_none_or(|s| tartan_crds::selector::matches(s, &facts.node_labels))
+    })
+}
+
+/// The peer's password as read, when it has a `passwordSecretRef`; a ref the
+/// agent has not read yet counts as unavailable.
+fn password<'a>(
+    peer: &ValidBgpPeer,
+    facts: &'a LocalFacts,
+) -> Option<Result<&'a Password, String>> {
+    let reference = peer.password_secret_ref.as_ref()?;
+    Some(match facts.bgp_passwords.get(reference) {
+        Some(Ok(password)) => Ok(password),
+        Some(Err(why)) => Err(why.clone()),
+        None => Err(format!("{reference} not read yet")),
+    })
+}
+
+/// The selected external peers left out for want of their password.
+pub fn passwords_unavailable(network: &ValidNetwork, facts: &LocalFacts) -> Option<LocalProblem> {
+    let peers: Vec<(IpAddr, String)> = selected_peers(network, facts)
+        .filter_map(|peer| Some((peer.address, password(peer, facts)?.err()?)))
+        .collect();
+    (!peers.is_empty()).then_some(LocalProblem::BgpPasswordUnavailable { peers })
 }
 
 /// The expected sessions that are not Established, each as

@@ -54,8 +54,9 @@ pub struct Choice<'a> {
     pub peer_backends: BTreeMap<String, BackendType>,
     /// What this node sends with.
     pub backend: BackendType,
-    /// Every peer with a node IP: whose udp datagrams are accepted.
-    pub senders: BTreeSet<Ipv4Addr>,
+    /// Every peer with a node IP, by its subnets: whose udp datagrams are
+    /// accepted, and which inner sources each may send from.
+    pub senders: BTreeMap<IpNet, Ipv4Addr>,
     /// The on-link peers by name: the BGP full mesh.
     pub on_link: Vec<(String, Ipv4Addr)>,
     pub peer_problems: BTreeSet<PeerProblem>,
@@ -82,7 +83,7 @@ pub fn choose<'a>(
         sent: Vec::new(),
         peer_backends: BTreeMap::new(),
         backend: rules.target,
-        senders: BTreeSet::new(),
+        senders: BTreeMap::new(),
         on_link: Vec::new(),
         peer_problems: BTreeSet::new(),
         unavailable: rules.unavailable(),
@@ -91,7 +92,9 @@ pub fn choose<'a>(
         let Some((endpoint, node_ip)) = address(peer, &mut choice.peer_problems) else {
             continue;
         };
-        choice.senders.insert(node_ip);
+        choice
+            .senders
+            .extend(peer.subnet.cidrs().map(|cidr| (cidr, node_ip)));
         let on_link = facts.on_link(node_ip);
         if on_link {
             choice.on_link.push((peer.name.clone(), node_ip));
@@ -332,7 +335,7 @@ mod tests {
         let network = network(V, false, false);
         let choice = choose(&network, &subnet("a", 1, false), &peers, &facts());
         assert_eq!(
-            choice.senders,
+            choice.senders.values().copied().collect::<BTreeSet<_>>(),
             BTreeSet::from([Ipv4Addr::new(192, 168, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]),
             "b publishes no receive backends yet, but its datagrams are accepted"
         );

@@ -73,6 +73,8 @@ pub struct LocalFacts {
     /// Bytes of authentication tag on every udp datagram (0: not authenticated).
     /// An input, like the underlay MTU: the planner does not know the datapath.
     pub udp_tag_len: u32,
+    /// Each external BGP peer's `passwordSecretRef`, as read from its Secret.
+    pub bgp_passwords: BTreeMap<tartan_crds::SecretKeyRef, PasswordLookup>,
 }
 
 impl Default for LocalFacts {
@@ -87,6 +89,7 @@ impl Default for LocalFacts {
             node_labels: BTreeMap::new(),
             bgp: BgpObserved::default(),
             udp_tag_len: 0,
+            bgp_passwords: BTreeMap::new(),
         }
     }
 }
@@ -142,7 +145,10 @@ pub fn plan(
     let sessions_down = (paths.bgp.as_ref())
         .filter(|_| choice.target == BackendType::Bgp)
         .and_then(|spec| bgp::sessions_down(spec, &facts.bgp));
+    let passwords_missing =
+        (paths.bgp.as_ref()).and_then(|_| bgp::passwords_unavailable(network, facts));
     let (mtu, clamped) = mtu::pod_mtu(network.mtu, choice.target, facts);
+    let vxlan_device = paths.vxlan.as_ref().map(|v| v.name.clone());
     DesiredState {
         bridge: BridgeSpec {
             name: BRIDGE.into(),
@@ -159,6 +165,8 @@ pub fn plan(
             cluster: network.cidr,
             cluster_v6: network.ipv6.map(|p| p.cidr),
             masquerade: network.masquerade,
+            own: node.own.clone(),
+            vxlan_device,
         },
         backend: choice.backend,
         receive_backends: paths.receive,
@@ -167,6 +175,7 @@ pub fn plan(
         peer_problems: choice.peer_problems,
         local_problems: (choice.unavailable.into_iter())
             .chain(clamped)
+            .chain(passwords_missing)
             .chain(sessions_down)
             .collect(),
     }
@@ -185,9 +194,7 @@ struct Node<'a> {
 
 impl<'a> Node<'a> {
     fn new(network: &'a ValidNetwork, local: &'a ValidNodeSubnet, facts: &'a LocalFacts) -> Self {
-        let own = std::iter::once(IpNet::V4(local.cidr))
-            .chain(local.ipv6_cidr.map(IpNet::V6))
-            .collect();
+        let own = local.cidrs().collect();
         Self {
             network,
             local,
@@ -268,7 +275,7 @@ impl ReceivePaths {
     fn new(
         node: &Node,
         mut receive: BTreeSet<BackendType>,
-        senders: BTreeSet<Ipv4Addr>,
+        senders: BTreeMap<IpNet, Ipv4Addr>,
         on_link: &[(String, Ipv4Addr)],
         objects: &mut PeerObjects,
     ) -> Self {

@@ -140,9 +140,10 @@ pub struct UdpSpec {
     pub local: Vec<IpNet>,
     /// Each udp peer's subnets and node IP: where packets are sent.
     pub peers: BTreeMap<IpNet, std::net::Ipv4Addr>,
-    /// Every peer's node IP: whose datagrams are accepted. Wider than
-    /// `peers`, since during a switch a peer sends udp before we do.
-    pub senders: BTreeSet<std::net::Ipv4Addr>,
+    /// Every peer's subnets and node IP: whose datagrams are accepted, and
+    /// from which inner sources. Wider than `peers`, since during a switch a
+    /// peer sends udp before we do.
+    pub senders: BTreeMap<IpNet, std::net::Ipv4Addr>,
 }
 
 /// The bgp backend: what this node's BIRD is configured with.
@@ -203,9 +204,36 @@ pub struct BgpNeighbor {
     /// On this node's segment: a single-hop session.
     pub direct: bool,
     pub external: bool,
-    pub password: Option<String>,
+    pub password: Option<Password>,
     pub keep_next_hop: bool,
 }
+
+/// A BGP password, read from a Secret: compared and cloned like the string
+/// it is, but never printed (its `Debug` shows the length only), so no log
+/// line, error or test failure that formats a plan shows it.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(password: String) -> Self {
+        Password(password)
+    }
+
+    /// The password itself: for BIRD's configuration, nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<password, {} characters>", self.0.len())
+    }
+}
+
+/// What reading one `passwordSecretRef` gave: the password, or why there is
+/// none, naming the Secret and the key (never the value).
+pub type PasswordLookup = Result<Password, String>;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NeighbourSpec {
@@ -227,6 +255,11 @@ pub struct MasqueradeSpec {
     pub cluster: Ipv4Net,
     pub cluster_v6: Option<Ipv6Net>,
     pub masquerade: bool,
+    /// This node's subnets: no peer may send from them.
+    pub own: Vec<IpNet>,
+    /// The VXLAN device while it receives: what arrives decapsulated on it
+    /// is bounded by source ([`crate::masquerade`]).
+    pub vxlan_device: Option<String>,
 }
 
 /// Why a peer is not (fully) programmed.
@@ -266,6 +299,9 @@ pub enum LocalProblem {
     /// Expected BGP sessions that are not Established: (BIRD protocol name,
     /// "label address (state: error)").
     BgpSessionsDown { sessions: Vec<(String, String)> },
+    /// External peers left unconfigured for want of their password: (peer
+    /// address, why, naming the Secret and the key).
+    BgpPasswordUnavailable { peers: Vec<(IpAddr, String)> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

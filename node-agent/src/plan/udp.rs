@@ -1,6 +1,6 @@
 //! The udp part of the plan: the TUN, its routes and the datapath's peer table. Pure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::IpNet;
@@ -34,7 +34,7 @@ pub fn spec(
     facts: &LocalFacts,
     own: &[IpNet],
     peers: BTreeMap<IpNet, Ipv4Addr>,
-    senders: BTreeSet<Ipv4Addr>,
+    senders: BTreeMap<IpNet, Ipv4Addr>,
 ) -> UdpSpec {
     UdpSpec {
         device: TUN.into(),

@@ -255,6 +255,8 @@ impl Queue {
             self.metrics.drop(DropReason::Malformed, counts.malformed);
             self.metrics.drop(DropReason::NotLocal, counts.not_local);
             self.metrics.drop(DropReason::BadTag, counts.bad_tag);
+            self.metrics
+                .drop(DropReason::SpoofedSource, counts.spoofed_source);
             self.metrics.drop(DropReason::TunError, tun_errors);
         }
     }
@@ -297,6 +299,10 @@ pub(crate) fn receive_train(
             counts.not_local += 1;
             continue;
         }
+        if !table.sends_from(message.peer, layout.source(packet)) {
+            counts.spoofed_source += 1;
+            continue;
+        }
         counts.packets += 1;
         counts.bytes += packet.len() as u64;
         coalescer.push(layout, packet, write_tun);
@@ -318,6 +324,7 @@ pub(crate) struct ReceiveCounts {
     pub malformed: u64,
     pub not_local: u64,
     pub bad_tag: u64,
+    pub spoofed_source: u64,
 }
 
 /// The same messages, one datagram each.

@@ -22,10 +22,12 @@ pub enum DropReason {
     TunError,
     /// A datagram whose tag does not verify (`--udp-key-file`).
     BadTag,
+    /// An inner packet whose source is outside the sending peer's subnets.
+    SpoofedSource,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::UnknownPeer,
         DropReason::NotLocal,
         DropReason::Malformed,
@@ -33,6 +35,7 @@ impl DropReason {
         DropReason::SendError,
         DropReason::TunError,
         DropReason::BadTag,
+        DropReason::SpoofedSource,
     ];
 
     pub fn label(self) -> &'static str {
@@ -44,6 +47,7 @@ impl DropReason {
             DropReason::SendError => "send_error",
             DropReason::TunError => "tun_error",
             DropReason::BadTag => "bad_tag",
+            DropReason::SpoofedSource => "spoofed_source",
         }
     }
 }

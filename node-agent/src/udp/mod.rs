@@ -247,7 +247,8 @@ impl Engine {
 fn widened(old: &UdpSpec, new: &UdpSpec) -> PeerTable {
     let mut peers = old.peers.clone();
     peers.extend(new.peers.iter().map(|(k, v)| (*k, *v)));
-    let senders = old.senders.union(&new.senders).copied().collect();
+    let mut senders = old.senders.clone();
+    senders.extend(new.senders.iter().map(|(k, v)| (*k, *v)));
     PeerTable::new(&peers, &senders, &new.local)
 }
 

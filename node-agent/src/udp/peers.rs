@@ -3,21 +3,18 @@
 //! place) when NodeSubnets change, through an atomic pointer swap: readers
 //! never wait and never see half an update.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
-/// One immutable generation of the table.
+/// Pod subnets by prefix length (longest first): masked network → node IP.
 #[derive(Debug, Default)]
-pub struct PeerTable {
-    /// Per prefix length (longest first): masked network → node IP.
+struct SubnetMap {
     v4: Vec<(u8, HashMap<u32, Ipv4Addr>)>,
     v6: Vec<(u8, HashMap<u128, Ipv4Addr>)>,
-    nodes: HashSet<Ipv4Addr>,
-    local: Vec<IpNet>,
 }
 
 fn mask_v4(ip: u32, prefix: u8) -> u32 {
@@ -28,18 +25,11 @@ fn mask_v6(ip: u128, prefix: u8) -> u128 {
     ip & u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
 }
 
-impl PeerTable {
-    /// `peers`: each remote pod subnet and the node IP that owns it;
-    /// `senders`: nodes whose datagrams are accepted (besides those in `peers`);
-    /// `local`: this node's own subnets (what it accepts from peers).
-    pub fn new(
-        peers: &BTreeMap<IpNet, Ipv4Addr>,
-        senders: &BTreeSet<Ipv4Addr>,
-        local: &[IpNet],
-    ) -> Self {
+impl SubnetMap {
+    fn new<'a>(subnets: impl Iterator<Item = (&'a IpNet, &'a Ipv4Addr)>) -> Self {
         let mut v4: BTreeMap<u8, HashMap<u32, Ipv4Addr>> = BTreeMap::new();
         let mut v6: BTreeMap<u8, HashMap<u128, Ipv4Addr>> = BTreeMap::new();
-        for (subnet, node) in peers {
+        for (subnet, node) in subnets {
             match subnet {
                 IpNet::V4(n) => {
                     v4.entry(n.prefix_len())
@@ -56,14 +46,11 @@ impl PeerTable {
         Self {
             v4: v4.into_iter().rev().collect(),
             v6: v6.into_iter().rev().collect(),
-            nodes: peers.values().chain(senders).copied().collect(),
-            local: local.to_vec(),
         }
     }
 
-    /// The node to send a packet for `destination` to.
-    pub fn lookup(&self, destination: IpAddr) -> Option<Ipv4Addr> {
-        match destination {
+    fn owner(&self, address: IpAddr) -> Option<Ipv4Addr> {
+        match address {
             IpAddr::V4(ip) => {
                 let ip = u32::from(ip);
                 self.v4
@@ -77,6 +64,49 @@ impl PeerTable {
                     .find_map(|(prefix, map)| map.get(&mask_v6(ip, *prefix)).copied())
             }
         }
+    }
+}
+
+/// One immutable generation of the table.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    /// Where packets are sent: the udp peers' subnets.
+    routes: SubnetMap,
+    /// Whose inner sources are whose: every peer's subnets, udp or not.
+    sources: SubnetMap,
+    nodes: HashSet<Ipv4Addr>,
+    local: Vec<IpNet>,
+}
+
+impl PeerTable {
+    /// `peers`: each remote pod subnet sent to over udp, and the node IP that
+    /// owns it; `senders`: every peer's subnets and node IP (a peer may send
+    /// udp before we send to it): whose datagrams are accepted, and from
+    /// which inner sources; `local`: this node's own subnets (the only
+    /// destinations accepted from peers).
+    pub fn new(
+        peers: &BTreeMap<IpNet, Ipv4Addr>,
+        senders: &BTreeMap<IpNet, Ipv4Addr>,
+        local: &[IpNet],
+    ) -> Self {
+        Self {
+            routes: SubnetMap::new(peers.iter()),
+            sources: SubnetMap::new(senders.iter().chain(peers)),
+            nodes: peers.values().chain(senders.values()).copied().collect(),
+            local: local.to_vec(),
+        }
+    }
+
+    /// The node to send a packet for `destination` to.
+    pub fn lookup(&self, destination: IpAddr) -> Option<Ipv4Addr> {
+        self.routes.owner(destination)
+    }
+
+    /// Whether `node` owns the subnet `source` is in: a peer may send only
+    /// from its own pods (and its own TUN address, in its subnet), as
+    /// WireGuard's AllowedIPs allow a peer only its own addresses.
+    pub fn sends_from(&self, node: Ipv4Addr, source: IpAddr) -> bool {
+        self.sources.owner(source) == Some(node)
     }
 
     /// Whether datagrams from `node` are accepted.
@@ -127,7 +157,7 @@ mod tests {
             (net("10.244.2.0/24"), Ipv4Addr::new(192, 168, 0, 3)),
             (net("fd00:10:244:1::/64"), Ipv4Addr::new(192, 168, 0, 2)),
         ]);
-        let senders = BTreeSet::from([Ipv4Addr::new(192, 168, 0, 9)]);
+        let senders = BTreeMap::from([(net("10.244.9.0/24"), Ipv4Addr::new(192, 168, 0, 9))]);
         let table = PeerTable::new(&peers, &senders, &[net("10.244.0.0/24")]);
         let ip = |s: &str| s.parse::<IpAddr>().expect("test IP");
         assert_eq!(
@@ -151,13 +181,44 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_sends_only_from_its_own_subnets() {
+        let (n2, n3, n9) = (
+            Ipv4Addr::new(192, 168, 0, 2),
+            Ipv4Addr::new(192, 168, 0, 3),
+            Ipv4Addr::new(192, 168, 0, 9),
+        );
+        let peers = BTreeMap::from([
+            (net("10.244.1.0/24"), n2),
+            (net("fd00:10:244:1::/64"), n2),
+            (net("10.244.2.0/24"), n3),
+        ]);
+        let senders = BTreeMap::from([(net("10.244.9.0/24"), n9)]);
+        let table = PeerTable::new(&peers, &senders, &[net("10.244.0.0/24")]);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test IP");
+        assert!(table.sends_from(n2, ip("10.244.1.7")));
+        assert!(table.sends_from(n2, ip("10.244.1.0")), "its TUN address");
+        assert!(table.sends_from(n2, ip("fd00:10:244:1::7")));
+        assert!(!table.sends_from(n2, ip("10.244.2.7")), "n3's pod");
+        assert!(!table.sends_from(n2, ip("10.244.0.7")), "our own pod");
+        assert!(
+            !table.sends_from(n2, ip("192.168.0.2")),
+            "outside the cluster"
+        );
+        assert!(
+            table.sends_from(n9, ip("10.244.9.7")),
+            "a peer we do not send to yet"
+        );
+        assert!(!table.sends_from(n9, ip("10.244.1.7")));
+    }
+
+    #[test]
     fn an_update_is_seen_by_every_reader() {
         let shared = Peers::default();
         let reader = shared.clone();
         assert!(reader.load().is_empty());
         shared.store(PeerTable::new(
             &BTreeMap::from([(net("10.244.1.0/24"), Ipv4Addr::new(192, 168, 0, 2))]),
-            &BTreeSet::new(),
+            &BTreeMap::new(),
             &[],
         ));
         assert_eq!(reader.load().len(), 1);

@@ -179,10 +179,16 @@ fn segments_of_different_flows_are_not_merged() {
 }
 
 fn table() -> PeerTable {
-    let peers = BTreeMap::from([(
-        "10.244.1.0/24".parse().expect("cidr"),
-        Ipv4Addr::new(192, 168, 0, 2),
-    )]);
+    let peers = BTreeMap::from([
+        (
+            "10.244.1.0/24".parse().expect("cidr"),
+            Ipv4Addr::new(192, 168, 0, 2),
+        ),
+        (
+            "10.244.3.0/24".parse().expect("cidr"),
+            Ipv4Addr::new(192, 168, 0, 3),
+        ),
+    ]);
     PeerTable::new(
         &peers,
         &Default::default(),
@@ -230,6 +236,29 @@ fn the_receiver_drops_strangers_foreign_destinations_and_garbage() {
     assert_eq!((counts.malformed, frames), (1, 0));
 }
 
+/// A known peer's datagram carrying an inner source from another node's
+/// subnet (or from outside the cluster) is dropped as spoofed; the peer's
+/// genuine packets still pass, before and after it.
+#[test]
+fn a_peer_cannot_send_from_another_nodes_subnet() {
+    let peer = Ipv4Addr::new(192, 168, 0, 2);
+    let good = ipv4(TCP, &tcp(0, &payload(100)));
+    for forged_source in [[10, 244, 3, 9], [10, 244, 2, 9], [192, 168, 0, 2]] {
+        let mut forged = good.clone();
+        forged[12..16].copy_from_slice(&forged_source);
+        super::packet::refresh_ipv4_checksum(&mut forged[..20]);
+        let mut train = good.clone();
+        train.extend_from_slice(&forged);
+        train.extend_from_slice(&good);
+        let (counts, _) = receive(peer, &train, good.len());
+        assert_eq!(
+            (counts.packets, counts.spoofed_source),
+            (2, 1),
+            "inner source {forged_source:?}"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -247,7 +276,10 @@ proptest! {
             data[16..20].copy_from_slice(&DST);
         }
         let (counts, _) = receive(Ipv4Addr::new(192, 168, 0, 2), &data, segment);
-        prop_assert!(counts.packets + counts.malformed + counts.not_local >= 1 || data.is_empty());
+        prop_assert!(
+            counts.packets + counts.malformed + counts.not_local + counts.spoofed_source >= 1
+                || data.is_empty()
+        );
     }
 
     /// Arbitrary TCP-looking packets (valid IPv4 header, any TCP bytes, one
@@ -326,7 +358,10 @@ fn a_peer_leaving_udp_keeps_its_entry_until_the_routes_have_moved() {
             .iter()
             .map(|(net, ip)| (net.parse().expect("cidr"), Ipv4Addr::from(*ip)))
             .collect(),
-        senders: peers.iter().map(|(_, ip)| Ipv4Addr::from(*ip)).collect(),
+        senders: peers
+            .iter()
+            .map(|(net, ip)| (net.parse().expect("cidr"), Ipv4Addr::from(*ip)))
+            .collect(),
     };
     let old = spec(&[
         ("10.244.2.0/24", [192, 168, 0, 2]),

@@ -20,6 +20,7 @@ use tartan_crds::{
     ValidNodeSubnet,
 };
 
+use super::secrets::SecretState;
 use crate::plan::Peer;
 
 #[cfg(test)]
@@ -53,6 +54,8 @@ pub struct ReadyInputs {
     pub node_ip: Option<Ipv4Addr>,
     /// The Node's labels (which external BGP peers apply).
     pub node_labels: BTreeMap<String, String>,
+    /// The BGP password Secrets the network refers to, by name.
+    pub bgp_secrets: BTreeMap<String, SecretState>,
 }
 
 impl ReadyInputs {
@@ -147,6 +150,7 @@ pub struct AgentIndex {
     network: Option<OverlayNetworkSpec>,
     own: Option<SubnetEntry>,
     peers: BTreeMap<String, PeerEntry>,
+    bgp_secrets: BTreeMap<String, SecretState>,
     /// Changed since the last `take`: the global inputs, and peers by name.
     global_changed: bool,
     changed_peers: BTreeSet<String>,
@@ -179,6 +183,27 @@ impl AgentIndex {
         *field(self) = value;
         self.global_changed = true;
         true
+    }
+
+    pub fn secret(&self, name: &str) -> Option<&SecretState> {
+        self.bgp_secrets.get(name)
+    }
+
+    /// A BGP password Secret as its watch last saw it.
+    pub fn set_secret(&mut self, name: &str, state: SecretState) -> bool {
+        if self.bgp_secrets.get(name) == Some(&state) {
+            return false;
+        }
+        self.bgp_secrets.insert(name.to_string(), state);
+        self.global_changed = true;
+        true
+    }
+
+    /// A Secret no longer referred to (its watch has stopped).
+    pub fn forget_secret(&mut self, name: &str) {
+        if self.bgp_secrets.remove(name).is_some() {
+            self.global_changed = true;
+        }
     }
 
     /// This node's Node: only its InternalIP and labels are inputs.
@@ -344,6 +369,7 @@ impl AgentIndex {
                 .collect(),
             node_ip: self.node_ip,
             node_labels: self.node_labels.clone(),
+            bgp_secrets: self.bgp_secrets.clone(),
         }))
     }
 }

@@ -5,7 +5,8 @@
 //! ```text
 //!   Node (this one, by name) ───────────────┐
 //!   NodeSubnet (label tartan.dev/network) ──┼─▶ AgentIndex (apply / delete / reset) ─▶ bump if changed
-//!   OverlayNetwork (by name) ───────────────┘
+//!   OverlayNetwork (by name) ───────────────┤
+//!   Secret (by name, each BGP password) ────┘  (secrets: only those referred to)
 //! ```
 //!
 //! The watches carry only what is used: NodeSubnets of this agent's network
@@ -15,6 +16,7 @@
 //! stays as last programmed.
 
 pub mod index;
+pub mod secrets;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -67,6 +69,10 @@ impl<I> Sink<I> {
             health,
         };
         (sink, rx)
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, I> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn notify(&self) {

@@ -109,6 +109,41 @@ fn lint_strict_passes_with_the_defaults_and_every_backend() {
     }
 }
 
+/// The agents may read the BGP password Secrets the values name, by name,
+/// and no Secret at all when none is named.
+#[test]
+#[ignore = "e2e: needs the control plane that make deps builds (make test runs it)"]
+fn bgp_password_secrets_are_granted_by_name_only() {
+    require_binaries();
+    let none = render(&[]);
+    assert!(
+        !none
+            .iter()
+            .any(|d| d["kind"] == "Role" && d["metadata"]["name"] == "t-agent-bgp-passwords"),
+        "no Secret named, no Role"
+    );
+    let docs = render(&[
+        "network.backend.bgp.peers[0].address=192.0.2.1",
+        "network.backend.bgp.peers[0].asNumber=65000",
+        "network.backend.bgp.peers[0].passwordSecretRef.name=bgp-tor",
+        "network.backend.bgp.peers[0].passwordSecretRef.key=password",
+        "agent.bgpPasswordSecrets={bgp-rack2,bgp-tor}",
+    ]);
+    let role = find(&docs, "Role", "t-agent-bgp-passwords");
+    assert_eq!(
+        rendered_rules(role),
+        tartan_agent::rbac::bgp_password_rules(&["bgp-tor", "bgp-rack2"])
+    );
+    let network = find(&docs, "OverlayNetwork", "default");
+    let reference = &network["spec"]["backend"]["bgp"]["peers"][0]["passwordSecretRef"];
+    assert_eq!(
+        (&reference["name"], &reference["key"]),
+        (&"bgp-tor".into(), &"password".into())
+    );
+    let binding = find(&docs, "RoleBinding", "t-agent-bgp-passwords");
+    assert_eq!(binding["subjects"][0]["name"], "t-agent");
+}
+
 #[test]
 #[ignore = "e2e: needs the control plane that make deps builds (make test runs it)"]
 fn rbac_is_exactly_what_the_binaries_declare() {
@@ -136,14 +171,24 @@ fn rbac_is_exactly_what_the_binaries_declare() {
         triples(&rendered_rules(find(&off, "ClusterRole", "t-agent"))),
         expected
     );
-    let env = serde_yaml::to_string(
-        &find(&off, "DaemonSet", "t-agent")["spec"]["template"]["spec"]["containers"],
-    )
-    .expect("yaml");
-    assert!(
-        env.contains("TARTAN_NETWORK_POLICY") && env.contains("'false'"),
-        "{env}"
+    let expected: BTreeSet<_> = triples(&tartan_operator::rbac::cluster_rules())
+        .difference(&triples(&tartan_operator::rbac::network_policy_rules()))
+        .cloned()
+        .collect();
+    assert_eq!(
+        triples(&rendered_rules(find(&off, "ClusterRole", "t-operator"))),
+        expected
     );
+    for (kind, name) in [("DaemonSet", "t-agent"), ("Deployment", "t-operator")] {
+        let env = serde_yaml::to_string(
+            &find(&off, kind, name)["spec"]["template"]["spec"]["containers"],
+        )
+        .expect("yaml");
+        assert!(
+            env.contains("TARTAN_NETWORK_POLICY") && env.contains("'false'"),
+            "{kind} {name}: {env}"
+        );
+    }
 }
 
 #[test]

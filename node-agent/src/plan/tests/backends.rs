@@ -178,7 +178,11 @@ fn external_peers_follow_node_selectors_and_off_link_nodes_are_left_to_them() {
             ..Default::default()
         },
     );
-    rack1.password = Some("s3cret".into());
+    let reference = tartan_crds::SecretKeyRef {
+        name: "bgp-rack1".into(),
+        key: "password".into(),
+    };
+    rack1.password_secret_ref = Some(reference.clone());
     let mut rack2 = tartan_crds::BgpPeer::new("192.168.9.254", 65000);
     rack2.node_selector = Some(
         k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
@@ -190,6 +194,8 @@ fn external_peers_follow_node_selectors_and_off_link_nodes_are_left_to_them() {
     let network = spec.validate().expect("valid");
     let mut f = facts();
     f.node_labels = BTreeMap::from([("rack".into(), "r1".into())]);
+    f.bgp_passwords
+        .insert(reference, Ok(Password::new("s3cret".into())));
     let peers = [
         peer("b", 2, [192, 168, 0, 2], &[B]),
         peer("c", 3, [192, 168, 9, 3], &[B]),
@@ -199,7 +205,10 @@ fn external_peers_follow_node_selectors_and_off_link_nodes_are_left_to_them() {
     let sessions: Vec<(&str, bool, bool, Option<&str>)> = spec
         .neighbors
         .iter()
-        .map(|n| (n.name.as_str(), n.direct, n.external, n.password.as_deref()))
+        .map(|n| {
+            let password = n.password.as_ref().map(Password::expose);
+            (n.name.as_str(), n.direct, n.external, password)
+        })
         .collect();
     assert_eq!(
         sessions,
@@ -266,4 +275,47 @@ fn a_dual_stack_node_stays_off_bgp_and_says_why() {
         [LocalProblem::BackendUnavailable { backend: BackendType::Bgp, why }] if why.contains("dual-stack")
     ));
     assert_eq!(state.routes.len(), 2, "IPv4 and IPv6 still over vxlan");
+}
+
+/// A peer whose password Secret cannot be read is left out (it could only
+/// fail to connect) and reported, naming the Secret and the key; the rest of
+/// BGP goes on. Neither the plan's nor the problem's text shows a password.
+#[test]
+fn a_peer_without_its_password_is_left_out_and_reported() {
+    let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+    spec.backend.type_ = B;
+    let reference = tartan_crds::SecretKeyRef {
+        name: "bgp-tor".into(),
+        key: "password".into(),
+    };
+    let mut tor = tartan_crds::BgpPeer::new("192.168.0.254", 65000);
+    tor.password_secret_ref = Some(reference.clone());
+    spec.backend.bgp.peers = vec![tor];
+    let network = spec.validate().expect("valid");
+    let peers = [peer("b", 2, [192, 168, 0, 2], &[B])];
+    let mut f = facts();
+    let why = "Secret tartan-system/bgp-tor has no key password".to_string();
+    f.bgp_passwords.insert(reference.clone(), Err(why.clone()));
+    let state = plan(&network, &subnet("a", 1, false), &peers, &f);
+    let names: Vec<&str> = (state.bgp.as_ref().expect("BIRD runs").neighbors.iter())
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(names, vec!["mesh_192_168_0_2"], "the router is left out");
+    assert!(
+        state
+            .local_problems
+            .contains(&LocalProblem::BgpPasswordUnavailable {
+                peers: vec![("192.168.0.254".parse().expect("ip"), why)]
+            })
+    );
+    f.bgp_passwords
+        .insert(reference, Ok(Password::new("hunter2-x".into())));
+    let state = plan(&network, &subnet("a", 1, false), &peers, &f);
+    assert!(
+        !(state.local_problems.iter())
+            .any(|p| matches!(p, LocalProblem::BgpPasswordUnavailable { .. }))
+    );
+    let printed = format!("{state:?}");
+    assert!(!printed.contains("hunter2-x"), "{printed}");
+    assert!(printed.contains("<password, 9 characters>"), "{printed}");
 }

@@ -290,7 +290,17 @@ impl RuleCompiler<'_, '_> {
         let has_pods = peers.iter().any(|p| matches!(p, Peer::Pods { .. }));
         let has_blocks = peers.iter().any(|p| matches!(p, Peer::Block { .. }));
         let hosts = has_pods.then(|| SetId(hash_id('h', rule_key)));
-        let nets = has_blocks.then(|| SetId(hash_id('b', rule_key)));
+        // ipBlocks do not change with pods, so their set is named by its
+        // content: every rule with the same blocks shares one interval set
+        // (nft reads every interval set of the table on each change).
+        let blocks = has_blocks.then(|| {
+            let blocks = peers.iter().flat_map(|peer| match peer {
+                Peer::Block { cidr, except } => addrs::subtract(*cidr, except),
+                Peer::Pods { .. } => Vec::new(),
+            });
+            addrs::normalize(blocks.collect())
+        });
+        let nets = blocks.as_ref().map(|b| SetId(hash_id('b', b)));
         if let Some(id) = hosts.as_ref().filter(|id| !self.sets.contains_key(*id)) {
             let ips = peers
                 .iter()
@@ -299,12 +309,7 @@ impl RuleCompiler<'_, '_> {
                 .collect();
             self.sets.insert(id.clone(), SetElements::Hosts(ips));
         }
-        if let Some(id) = nets.as_ref().filter(|id| !self.sets.contains_key(*id)) {
-            let blocks = peers.iter().flat_map(|peer| match peer {
-                Peer::Block { cidr, except } => addrs::subtract(*cidr, except),
-                Peer::Pods { .. } => Vec::new(),
-            });
-            let blocks = addrs::normalize(blocks.collect());
+        if let (Some(id), Some(blocks)) = (&nets, blocks) {
             self.sets.insert(id.clone(), SetElements::Nets(blocks));
         }
         PeerSets { hosts, nets }

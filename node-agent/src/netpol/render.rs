@@ -26,7 +26,7 @@
 //! owns the conntrack mark of forwarded connections (kube-proxy uses the
 //! packet mark, not this one).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -187,16 +187,33 @@ fn generation_elements(generation: u32) -> Vec<Value> {
 }
 
 /// The rules of a group's chain, for both families.
-fn group_rules(id: &GroupId, direction: Direction, allows: &[Allow]) -> Vec<Value> {
+/// Whether a set has a table object in `family`: pod sets always (pods
+/// come and go), an ipBlock set only when it holds a prefix of that family,
+/// so an IPv4-only block costs no IPv6 set and no rule.
+fn exists(content: &SetElements, family: Family) -> bool {
+    match content {
+        SetElements::Nets(nets) => nets.iter().any(|n| Family::of(n.addr()) == family),
+        SetElements::Hosts(_) | SetElements::PeerPorts(_) => true,
+    }
+}
+
+fn group_rules(
+    id: &GroupId,
+    direction: Direction,
+    allows: &[Allow],
+    sets: &BTreeMap<SetId, SetElements>,
+) -> Vec<Value> {
     let mut rules = Vec::new();
     for family in Family::BOTH {
         let peer = || peer(direction, family);
+        let usable = |set: &&SetId| sets.get(*set).is_none_or(|c| exists(c, family));
         for allow in allows {
             let mut exprs: Vec<Vec<Value>> = Vec::new();
             match allow {
                 Allow::Everything => exprs.push(vec![]),
                 Allow::Peers(sets) => {
-                    exprs.extend(sets.ids().map(|set| vec![in_set(peer(), set, family)]));
+                    let sets = sets.ids().filter(usable);
+                    exprs.extend(sets.map(|set| vec![in_set(peer(), set, family)]));
                 }
                 Allow::Ports(sets, ranges) => {
                     for (protocol, low, high) in ranges {
@@ -206,7 +223,7 @@ fn group_rules(id: &GroupId, direction: Direction, allows: &[Allow]) -> Vec<Valu
                         ];
                         match sets {
                             None => exprs.push(ports),
-                            Some(sets) => exprs.extend(sets.ids().map(|set| {
+                            Some(sets) => exprs.extend(sets.ids().filter(usable).map(|set| {
                                 let mut e = ports.clone();
                                 e.push(in_set(peer(), set, family));
                                 e

@@ -258,6 +258,36 @@ fn an_ip_block_admits_its_cidr_but_not_its_except_blocks() {
     );
 }
 
+/// Rules with the same blocks share one interval set, however they differ
+/// otherwise (ports here); different blocks get their own.
+#[test]
+fn rules_with_the_same_ip_blocks_share_one_set() {
+    let block = |cidr: &str| Peer::Block {
+        cidr: cidr.parse().expect("cidr"),
+        except: vec![],
+    };
+    let mut policies = Vec::new();
+    for (name, cidr, port) in [
+        ("p1", "10.0.0.0/8", 80),
+        ("p2", "10.0.0.0/8", 443),
+        ("p3", "172.16.0.0/12", 80),
+    ] {
+        let mut p = policy("a", name, selector(&[("app", "web")]));
+        p.ingress = Some(vec![Rule {
+            peers: Some(vec![block(cidr)]),
+            ports: Some(vec![PortSpec::Range(Protocol::Tcp, port, port)]),
+        }]);
+        policies.push(p);
+    }
+    let c = Cluster::new(pods_ab(), policies);
+    let nets = (c.compiled("n1").sets.values())
+        .filter(|s| matches!(s, SetElements::Nets(_)))
+        .count();
+    assert_eq!(nets, 2);
+    assert!(c.admits("10.2.3.4", "web", 443) && c.admits("172.16.0.1", "web", 80));
+    assert!(!c.admits("172.16.0.1", "web", 443));
+}
+
 #[test]
 fn named_ports_resolve_on_each_destination_pod() {
     let servers = vec![

@@ -50,7 +50,7 @@ fn skeleton() -> Vec<Value> {
 
 fn add_set(id: &SetId, content: &SetElements) -> Vec<Value> {
     let mut out = Vec::new();
-    for family in Family::BOTH {
+    for family in Family::BOTH.into_iter().filter(|f| exists(content, *f)) {
         out.push(add(json!({"set": set_object(id, content, family)})));
         out.extend(element_command(
             add,
@@ -61,13 +61,24 @@ fn add_set(id: &SetId, content: &SetElements) -> Vec<Value> {
     out
 }
 
-fn add_group(id: &GroupId, direction: Direction, allows: &[Allow]) -> Vec<Value> {
+fn add_group(
+    id: &GroupId,
+    direction: Direction,
+    allows: &[Allow],
+    sets: &BTreeMap<SetId, SetElements>,
+) -> Vec<Value> {
     let mut out = vec![
         add(json!({"counter": base(json!({"name": id.0}))})),
         add(chain(&id.0)),
     ];
-    out.extend(group_rules(id, direction, allows));
+    out.extend(group_rules(id, direction, allows, sets));
     out
+}
+
+fn delete_set(id: &SetId, content: &SetElements) -> impl Iterator<Item = Value> {
+    (Family::BOTH.into_iter())
+        .filter(|family| exists(content, *family))
+        .map(|family| delete(json!({"set": base(json!({"name": set_name(id, family)}))})))
 }
 
 /// The whole table, replacing whatever is there, in one transaction.
@@ -77,7 +88,12 @@ pub fn full(compiled: &Compiled, generation: u32) -> Value {
         out.extend(add_set(id, content));
     }
     for (id, group) in &compiled.groups {
-        out.extend(add_group(id, group.direction, &group.allows));
+        out.extend(add_group(
+            id,
+            group.direction,
+            &group.allows,
+            &compiled.sets,
+        ));
     }
     for (direction, family) in MAPS {
         let entries = map_entries(compiled, direction, family);
@@ -95,6 +111,8 @@ pub fn incremental(old: &Compiled, new: &Compiled, generation: u32) -> Value {
     for (id, content) in &new.sets {
         match old.sets.get(id) {
             None => out.extend(add_set(id, content)),
+            // An ipBlock set is named by its content, so only pod sets change
+            // here, and those exist in both families.
             Some(before) if before != content => {
                 for family in Family::BOTH {
                     let (was, is) = (elements(before, family), elements(content, family));
@@ -110,7 +128,7 @@ pub fn incremental(old: &Compiled, new: &Compiled, generation: u32) -> Value {
     }
     for (id, group) in &new.groups {
         if !old.groups.contains_key(id) {
-            out.extend(add_group(id, group.direction, &group.allows));
+            out.extend(add_group(id, group.direction, &group.allows, &new.sets));
         }
     }
     for (direction, family) in MAPS {
@@ -137,12 +155,12 @@ pub fn incremental(old: &Compiled, new: &Compiled, generation: u32) -> Value {
         out.push(delete(chain(&id.0)));
         out.push(delete(json!({"counter": base(json!({"name": id.0}))})));
     }
-    for id in old.sets.keys().filter(|id| !new.sets.contains_key(*id)) {
-        for family in Family::BOTH {
-            out.push(delete(
-                json!({"set": base(json!({"name": set_name(id, family)}))}),
-            ));
-        }
+    for (id, content) in old
+        .sets
+        .iter()
+        .filter(|(id, _)| !new.sets.contains_key(*id))
+    {
+        out.extend(delete_set(id, content));
     }
     json!({"nftables": out})
 }

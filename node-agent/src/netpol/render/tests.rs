@@ -56,7 +56,10 @@ fn the_rule_count_does_not_grow_with_pods_or_peers() {
             .filter(|c| c.contains("\"rule\""))
             .count()
     };
-    let small = full(&compiled(&["10.244.1.2"], &["10.244.2.0/24"]), 1);
+    let small = full(
+        &compiled(&["10.244.1.2"], &["10.244.2.0/24", "fd00::/64"]),
+        1,
+    );
     let pods: Vec<String> = (2..250).map(|i| format!("10.244.1.{i}")).collect();
     let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
     let large = full(
@@ -69,6 +72,37 @@ fn the_rule_count_does_not_grow_with_pods_or_peers() {
         text.contains("\"proto-src\"") && text.contains("\"vmap\""),
         "{text}"
     );
+}
+
+/// An IPv4-only ipBlock costs no IPv6 interval set and no IPv6 rule (nft
+/// reads every interval set of the table on each change, empty or not).
+#[test]
+fn an_ipv4_block_makes_no_ipv6_set_or_rule() {
+    let text = full(&compiled(&["10.244.1.2"], &["10.244.2.0/24"]), 1).to_string();
+    assert!(text.contains("\"a1-4\""), "{text}");
+    assert!(
+        !text.contains("\"a1-6\"") && !text.contains("@a1-6"),
+        "{text}"
+    );
+    let dual = full(
+        &compiled(&["10.244.1.2"], &["10.244.2.0/24", "fd00::/64"]),
+        1,
+    );
+    assert!(dual.to_string().contains("@a1-6"));
+    // Removing the set removes only what exists, or nft refuses the whole transaction.
+    let mut none = compiled(&["10.244.1.2"], &["10.244.2.0/24"]);
+    none.sets.clear();
+    none.groups.clear();
+    let gone = commands(&incremental(
+        &compiled(&["10.244.1.2"], &["10.244.2.0/24"]),
+        &none,
+        2,
+    ));
+    let deleted: Vec<&String> = gone
+        .iter()
+        .filter(|c| c.contains("\"delete\"") && c.contains("\"set\""))
+        .collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
 }
 
 #[test]

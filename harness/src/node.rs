@@ -6,7 +6,7 @@
 //! ```text
 //!   host ns: control plane on the switch's host port ─────────┐
 //!   node ns (net + mount, propagation slave) ───────────────── │ ──┐
-//!     /etc/cni/net.d  /opt/cni/bin  /var/lib/cni  /var/lib/kubelet  /var/log/pods
+//!     /etc/cni/net.d  /opt/cni/bin  /var/lib/cni  /var/lib/kubelet  /var/log/pods  /run/tartan/cni
 //!        └── bind mounts of <dir>/… (the agent's conflist lands here)
 //!     containerd (own root, state, socket, runc root; native snapshotter)
 //!     kubelet (cgroupfs under /<cgroup root>, cgroup v1 allowed, image GC off)
@@ -31,7 +31,7 @@ use crate::process::Process;
 pub const SANDBOX_IMAGE: &str = "localhost/tartan/pause:3.10.2";
 
 /// Where a node's standard paths really live, under its own directory.
-const BIND_MOUNTS: [(&str, &str); 6] = [
+const BIND_MOUNTS: [(&str, &str); 7] = [
     // The pods' network namespaces (containerd's cni-* files) stay the node's own.
     ("netns", "/run/netns"),
     ("cni/net.d", "/etc/cni/net.d"),
@@ -39,6 +39,8 @@ const BIND_MOUNTS: [(&str, &str); 6] = [
     ("cni/state", "/var/lib/cni"),
     ("kubelet", "/var/lib/kubelet"),
     ("pod-logs", "/var/log/pods"),
+    // The agent's socket for the tartan CNI plugin (a hostPath of the chart).
+    ("tartan-cni", "/run/tartan/cni"),
 ];
 
 /// What a node is.

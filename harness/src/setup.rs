@@ -281,6 +281,7 @@ pub fn agent_cni(cp: &ControlPlane, node: &str) -> CniConfig {
     CniConfig {
         dir: cp.dir.join(node),
         ipam_data_dir: Some(cp.dir.join(node).join("ipam")),
+        source_check: None,
     }
 }
 

@@ -31,6 +31,7 @@ pub fn cni_config(lab: &str, node: &str) -> CniConfig {
     CniConfig {
         dir: node_dir(lab, node).join("net.d"),
         ipam_data_dir: Some(node_dir(lab, node).join("ipam")),
+        source_check: None,
     }
 }
 

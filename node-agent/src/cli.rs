@@ -81,6 +81,17 @@ pub struct Args {
     )]
     pub bird_config: PathBuf,
 
+    /// Bind each local pod's bridge port to its addresses (the pod source
+    /// check): the conflist chains the `tartan` CNI plugin (this binary,
+    /// installed as `tartan` in the CNI bin directory) after `bridge`, and
+    /// the plugin asks the agent on --cni-socket. `false` removes the table.
+    #[arg(long, env = "TARTAN_POD_SOURCE_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub pod_source_check: bool,
+
+    /// Where the agent listens for the `tartan` CNI plugin.
+    #[arg(long, env = "TARTAN_CNI_SOCKET", default_value = crate::guard::DEFAULT_SOCKET)]
+    pub cni_socket: PathBuf,
+
     /// The namespace Tartan runs in: where BGP password Secrets are read.
     #[arg(long, env = "POD_NAMESPACE", default_value = "tartan-system")]
     pub namespace: String,

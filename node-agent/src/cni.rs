@@ -22,6 +22,9 @@ pub struct CniConfig {
     pub dir: PathBuf,
     /// host-local's state directory; `None` keeps the plugin's default.
     pub ipam_data_dir: Option<PathBuf>,
+    /// The agent's socket when the pod source check is on: the `tartan`
+    /// plugin is chained after `bridge` and binds each pod's port there.
+    pub source_check: Option<PathBuf>,
 }
 
 impl Default for CniConfig {
@@ -29,6 +32,7 @@ impl Default for CniConfig {
         Self {
             dir: PathBuf::from("/etc/cni/net.d"),
             ipam_data_dir: None,
+            source_check: None,
         }
     }
 }
@@ -54,22 +58,31 @@ impl CniConfig {
         if let Some(dir) = &self.ipam_data_dir {
             ipam["dataDir"] = json!(dir);
         }
+        let bridge = json!({
+            "type": "bridge",
+            "bridge": BRIDGE,
+            "isGateway": true,
+            "isDefaultGateway": true,
+            "hairpinMode": true,
+            "ipMasq": false,
+            "mtu": mtu,
+            "ipam": ipam,
+        });
+        let mut plugins = vec![bridge];
+        if let Some(socket) = &self.source_check {
+            plugins.push(json!({
+                "type": crate::guard::PLUGIN,
+                "bridge": BRIDGE,
+                "socket": socket,
+            }));
+        }
+        plugins.push(
+            json!({ "type": "portmap", "capabilities": { "portMappings": true }, "snat": true }),
+        );
         json!({
             "cniVersion": "1.0.0",
             "name": NETWORK_NAME,
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": BRIDGE,
-                    "isGateway": true,
-                    "isDefaultGateway": true,
-                    "hairpinMode": true,
-                    "ipMasq": false,
-                    "mtu": mtu,
-                    "ipam": ipam,
-                },
-                { "type": "portmap", "capabilities": { "portMappings": true }, "snat": true },
-            ],
+            "plugins": plugins,
         })
     }
 
@@ -108,6 +121,7 @@ mod tests {
         let config = CniConfig {
             dir: "/x".into(),
             ipam_data_dir: Some("/var/lib/tartan/ipam".into()),
+            source_check: None,
         };
         let conf = config.render(&subnet(true), 1450);
         assert_eq!(conf["cniVersion"], "1.0.0");
@@ -132,6 +146,16 @@ mod tests {
         );
         assert_eq!(bridge["ipam"]["dataDir"], "/var/lib/tartan/ipam");
         assert_eq!(conf["plugins"][1]["type"], "portmap");
+        let checked = CniConfig {
+            source_check: Some("/run/tartan/cni.sock".into()),
+            ..config
+        };
+        let conf = checked.render(&subnet(false), 1450);
+        let types: Vec<&str> = (conf["plugins"].as_array().expect("plugins").iter())
+            .filter_map(|p| p["type"].as_str())
+            .collect();
+        assert_eq!(types, vec!["bridge", "tartan", "portmap"]);
+        assert_eq!(conf["plugins"][1]["socket"], "/run/tartan/cni.sock");
     }
 
     #[test]
@@ -140,6 +164,7 @@ mod tests {
         let config = CniConfig {
             dir: dir.clone(),
             ipam_data_dir: None,
+            source_check: None,
         };
         assert!(config.write(&subnet(false), 1450).expect("write"));
         assert!(!config.write(&subnet(false), 1450).expect("same"));

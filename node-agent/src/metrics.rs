@@ -26,6 +26,8 @@ pub struct Metrics {
     pub netpol: crate::netpol::metrics::NetpolMetrics,
     pub bgp_sessions: IntGaugeVec,
     pub bgp_routes_learned: IntGauge,
+    pub pod_source_drops: prometheus::IntCounter,
+    pub pod_bindings: IntGauge,
 }
 
 /// Builds a metric and registers it in one step, so each field of
@@ -124,6 +126,14 @@ impl Metrics {
             bgp_routes_learned: r.add(IntGauge::new(
                 "tartan_agent_bgp_routes_learned",
                 "Routes BGP peers sent this node that passed the import filter.",
+            )?)?,
+            pod_source_drops: r.add(prometheus::IntCounter::new(
+                "tartan_agent_pod_source_drops_total",
+                "Frames from a local pod's port whose source is not that pod's address (the pod source check).",
+            )?)?,
+            pod_bindings: r.add(IntGauge::new(
+                "tartan_agent_pod_source_bindings",
+                "Local pod ports bound to their addresses by the pod source check.",
             )?)?,
             registry,
         };

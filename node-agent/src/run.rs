@@ -48,6 +48,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let cni = CniConfig {
         dir: args.cni_conf_dir.clone(),
         ipam_data_dir: args.cni_ipam_data_dir.clone(),
+        source_check: args.pod_source_check.then(|| args.cni_socket.clone()),
     };
     if args.cleanup {
         return run_cleanup(&args, &netns, &cni).await;
@@ -106,6 +107,7 @@ async fn run_agent(args: &Args, netns: NetNs, cni: CniConfig) -> anyhow::Result<
         agent.udp_tag_len = crate::udp::auth::TAG_LEN as u32;
     }
 
+    start_pod_source_check(args, &policy_netns, &metrics).await?;
     start_network_policy(
         args,
         &client,
@@ -175,6 +177,31 @@ async fn start_network_policy(
         shutdown.wait(),
     ));
     Ok(())
+}
+
+/// The pod source check's table and the CNI plugin's socket, before the
+/// conflist that names the plugin is written; off: the table is removed.
+async fn start_pod_source_check(
+    args: &Args,
+    netns: &NetNs,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<()> {
+    if !args.pod_source_check {
+        let netns = netns.clone();
+        tokio::task::spawn_blocking(move || crate::guard::table::remove(&netns))
+            .await
+            .context("removing the pod source check table")?
+            .context("removing the pod source check table")?;
+        return Ok(());
+    }
+    let config = crate::guard::server::GuardConfig {
+        netns: netns.clone(),
+        socket: args.cni_socket.clone(),
+        sweep: Duration::from_secs(args.resync_seconds),
+    };
+    crate::guard::server::start(config, metrics.clone())
+        .await
+        .context("starting the pod source check")
 }
 
 /// The udp datagram key from `--udp-key-file`, when given.

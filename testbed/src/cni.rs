@@ -82,6 +82,20 @@ pub fn add(inv: &Invocation<'_>) -> io::Result<Value> {
     result.ok_or_else(|| io::Error::other("conflist has no plugins"))
 }
 
+/// CNI DEL through every plugin, last first (no prevResult: every plugin
+/// must cope without one).
+pub fn del(inv: &Invocation<'_>) -> io::Result<()> {
+    let plugins: Vec<&Value> = inv.conflist["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    for plugin in plugins.into_iter().rev() {
+        run_plugin(inv, "DEL", plugin, None)?;
+    }
+    Ok(())
+}
+
 /// The pod's addresses from a CNI result.
 pub fn addresses(result: &Value) -> Vec<IpAddr> {
     result["ips"]

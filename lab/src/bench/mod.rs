@@ -5,6 +5,7 @@
 //! Written as Markdown and an SVG bar chart. `--scale N` is another
 //! benchmark: Tartan at N nodes on a real API server ([`scale`]).
 
+pub mod guard;
 pub mod netpol;
 pub mod program;
 pub mod scale;
@@ -47,7 +48,17 @@ fn lab_throughput(
     udp: UdpDatapath,
     seconds: u32,
 ) -> anyhow::Result<f64> {
-    lab_throughput_with(name, backend, direct, udp, seconds, false)
+    lab_throughput_with(name, backend, direct, udp, seconds, Extra::None)
+}
+
+/// What a throughput row adds on top of the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    None,
+    /// Default deny plus an allow for the pair, on both nodes.
+    Policies,
+    /// Each pod's port bound to its address (the pod source check).
+    SourceCheck,
 }
 
 fn lab_throughput_with(
@@ -56,7 +67,7 @@ fn lab_throughput_with(
     direct: bool,
     udp: UdpDatapath,
     seconds: u32,
-    policies: bool,
+    extra: Extra,
 ) -> anyhow::Result<f64> {
     let mut network = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
     network.backend.type_ = backend;
@@ -71,8 +82,10 @@ fn lab_throughput_with(
         control_plane: false,
         udp,
     })?;
-    if policies {
-        netpol::enforce_default_deny_and_allow(&lab)?;
+    match extra {
+        Extra::None => {}
+        Extra::Policies => netpol::enforce_default_deny_and_allow(&lab)?,
+        Extra::SourceCheck => guard::bind_all(&lab)?,
     }
     let result = iperf(
         &lab.pods[0].netns,
@@ -176,22 +189,20 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
             gbps,
         });
         if label == "tartan vxlan" {
-            // The same path with NetworkPolicy enforced on both nodes, measured now.
-            let gbps = lab_throughput_with(
-                &format!("bench{}", std::process::id() % 1000),
-                backend,
-                direct,
-                udp,
-                seconds,
-                true,
-            )?;
-            rows.push(Throughput {
-                label: format!(
-                    "tartan vxlan + NetworkPolicy (default deny + allow): {:.2} of tartan vxlan",
-                    gbps / rows[rows.len() - 1].gbps
-                ),
-                gbps,
-            });
+            // The same path with NetworkPolicy, then with the pod source
+            // check, on both nodes, measured now.
+            let plain = gbps;
+            for (extra, what) in [
+                (Extra::Policies, "NetworkPolicy (default deny + allow)"),
+                (Extra::SourceCheck, "pod source check"),
+            ] {
+                let name = format!("bench{}", std::process::id() % 1000);
+                let gbps = lab_throughput_with(&name, backend, direct, udp, seconds, extra)?;
+                rows.push(Throughput {
+                    label: format!("tartan vxlan + {what}: {:.2} of tartan vxlan", gbps / plain),
+                    gbps,
+                });
+            }
         }
     }
     let rss_before = rss_kib();

@@ -75,6 +75,8 @@ pub enum DataplaneError {
     Nftables(#[from] nftables::helper::NftablesError),
     #[error("NetworkPolicy table: {0}")]
     Policy(#[from] crate::netpol::apply::NftError),
+    #[error("pod source check table: {0}")]
+    Guard(#[source] crate::nft::NftError),
     #[error("CNI config: {0}")]
     Cni(std::io::Error),
     #[error("udp datapath: {0}")]
@@ -93,7 +95,9 @@ impl DataplaneError {
         match self {
             DataplaneError::Apply(_) => "netlink",
             DataplaneError::Sysctl(_) => "sysctl",
-            DataplaneError::Nftables(_) | DataplaneError::Policy(_) => "nftables",
+            DataplaneError::Nftables(_) | DataplaneError::Policy(_) | DataplaneError::Guard(_) => {
+                "nftables"
+            }
             DataplaneError::Cni(_) => "cni",
             DataplaneError::Udp(_) => "udp",
             DataplaneError::Bgp(_) => "bgp",
@@ -236,6 +240,7 @@ pub fn cleanup(netns: &NetNs, cni: Option<&CniConfig>) -> Result<ApplyReport, Da
     crate::bgp::remove_routes(netns).map_err(|e| DataplaneError::Apply(e.into()))?;
     masquerade::apply(netns, None)?;
     crate::netpol::apply::remove(netns)?;
+    crate::guard::table::remove(netns).map_err(DataplaneError::Guard)?;
     if let Some(cni) = cni {
         cni.remove().map_err(DataplaneError::Cni)?;
     }

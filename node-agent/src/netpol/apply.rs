@@ -4,49 +4,14 @@
 //! transaction, replaces the table whole).
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::process::Stdio;
 
 use serde_json::Value;
 
 use super::compile::Compiled;
 use super::render::{self, GENERATIONS, TABLE};
 use crate::netns::NetNs;
-
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    #[error("running nft: {0}")]
-    Spawn(#[source] std::io::Error),
-    #[error("nft refused the transaction ({status}): {stderr}")]
-    Refused { status: String, stderr: String },
-    #[error("nft printed what is not JSON: {0}")]
-    Output(#[source] serde_json::Error),
-}
-
-fn nft(netns: &NetNs, args: &[&str], input: Option<&str>) -> Result<String, NftError> {
-    let mut command = netns.command("nft").map_err(NftError::Spawn)?;
-    command
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().map_err(NftError::Spawn)?;
-    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(input.as_bytes()).map_err(NftError::Spawn)?;
-    }
-    let output = child.wait_with_output().map_err(NftError::Spawn)?;
-    if !output.status.success() {
-        return Err(NftError::Refused {
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
+pub use crate::nft::NftError;
+use crate::nft::nft;
 
 /// What an apply did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -90,6 +90,7 @@ impl Fixture {
             let cni = CniConfig {
                 dir: fixture.dir.join(format!("n{}/net.d", i + 1)),
                 ipam_data_dir: Some(fixture.dir.join(format!("n{}/ipam", i + 1))),
+                source_check: None,
             };
             fixture.cni.push(cni);
             let plane = fixture.start_plane(i);

@@ -109,6 +109,34 @@ fn lint_strict_passes_with_the_defaults_and_every_backend() {
     }
 }
 
+/// The pod source check: the init container installs this release's agent
+/// as the `tartan` CNI plugin, the agent is told to bind pods, and the
+/// plugin's socket directory is the same path on the host and in the pod.
+/// Off: none of the three.
+#[test]
+#[ignore = "e2e: needs the control plane that make deps builds (make test runs it)"]
+fn the_pod_source_check_installs_its_plugin_and_shares_its_socket() {
+    require_binaries();
+    for (sets, on) in [
+        (&[][..], true),
+        (&["podSourceCheck.enabled=false"][..], false),
+    ] {
+        let docs = render(sets);
+        let spec = &find(&docs, "DaemonSet", "t-agent")["spec"]["template"]["spec"];
+        let text = serde_yaml::to_string(spec).expect("yaml");
+        assert_eq!(text.contains("/host/cni/bin/tartan"), on, "{text}");
+        assert_eq!(text.contains("path: /run/tartan/cni"), on, "{text}");
+        let env = serde_yaml::to_string(&spec["containers"][0]["env"]).expect("yaml");
+        let expected = if on { "'true'" } else { "'false'" };
+        assert!(
+            env.contains(&format!(
+                "name: TARTAN_POD_SOURCE_CHECK\n  value: {expected}"
+            )),
+            "{env}"
+        );
+    }
+}
+
 /// The agents may read the BGP password Secrets the values name, by name,
 /// and no Secret at all when none is named.
 #[test]

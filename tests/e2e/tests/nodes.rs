@@ -229,6 +229,25 @@ fn check_prometheus(cluster: &KubeletCluster) {
     }
 }
 
+/// The chart's pod source check: each echo pod's port was bound to its
+/// address by the `tartan` CNI plugin through its node's agent.
+fn every_pod_is_bound_to_its_address(cluster: &KubeletCluster, echo: &Echo) {
+    for pod in &echo.pods {
+        let node = (cluster.nodes.iter())
+            .find(|n| n.spec.name == pod.node)
+            .expect("the pod's node");
+        let netns = tartan_agent::netns::NetNs::named(&node.spec.netns);
+        let bindings = tartan_agent::guard::table::bindings(&netns).expect("the guard table");
+        let ip: std::net::IpAddr = pod.ip.parse().expect("pod IP");
+        assert!(
+            bindings.iter().any(|b| b.ips.contains(&ip)),
+            "{} ({ip}) is bound on {}: {bindings:?}",
+            pod.name,
+            pod.node
+        );
+    }
+}
+
 #[tokio::test]
 #[ignore = "e2e: needs root, network namespaces, buildah and the node components make deps builds (make test runs it)"]
 async fn helm_installs_tartan_on_real_nodes_and_pods_talk_across_them() {
@@ -298,6 +317,7 @@ async fn helm_installs_tartan_on_real_nodes_and_pods_talk_across_them() {
     real_tokens::an_agent_pod_token_writes_only_its_own_node(&cluster);
 
     let echo = Echo::deploy(&cluster).expect("echo workload");
+    every_pod_is_bound_to_its_address(&cluster, &echo);
     for backend in ["vxlan", "host-gw", "udp"] {
         if backend != "vxlan" {
             switch(&cluster, backend);

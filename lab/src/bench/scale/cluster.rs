@@ -97,6 +97,7 @@ impl Cluster {
             let cni = tartan_agent::cni::CniConfig {
                 dir: cp.dir.join(&node.name),
                 ipam_data_dir: Some(cp.dir.join(&node.name).join("ipam")),
+                source_check: None,
             };
             let process =
                 start_agent_from(&sources.agent, &cp, &node.name, &node.netns, &cni, port).await?;

@@ -7,6 +7,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have ip      || need_apt+=(iproute2)
 have nft     || need_apt+=(nftables)
 have ping    || need_apt+=(iputils-ping)
+have arping  || need_apt+=(iputils-arping)  # forged ARP in the pod source check test
 have iperf3  || need_apt+=(iperf3)
 have ethtool || need_apt+=(ethtool)
 have iptables || need_apt+=(iptables)        # the CNI portmap plugin

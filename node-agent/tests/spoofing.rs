@@ -166,7 +166,8 @@ fn udp_arrives(from_netns: &str, source: Ipv4Addr, to_netns: &str, to: Ipv4Addr)
 }
 
 /// Pod a (node 0, bound by the real plugin) takes pod b's address and sends
-/// from it: nothing reaches pod c on node 1, and node 0 counts the drop. From its own address a still reaches both. CNI DEL of a removes
+/// from it: nothing reaches pod c on node 1, and node 0 counts the drop. Its
+/// ARP announcements of b's address are dropped and counted too. From its own address a still reaches both. CNI DEL of a removes
 /// exactly a's binding.
 #[test]
 #[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
@@ -222,6 +223,43 @@ fn a_pod_sending_from_another_pods_address_reaches_nobody_and_is_counted() {
         "a from its own address, still"
     );
     assert!(pings(&b, c_ip), "b is untouched");
+
+    // ARP: a announces b's address as its own. Node 0 keeps b's MAC for it.
+    let neighbour = |ip: Ipv4Addr| {
+        let out = exec(
+            &f.topo.nodes[0].netns,
+            &["ip", "neigh", "show", &ip.to_string()],
+        )
+        .expect("ip neigh");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mac = |netns: &str| {
+        let out = exec(netns, &["cat", "/sys/class/net/eth0/address"]).expect("mac");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(
+        exec(
+            &f.topo.nodes[0].netns,
+            &["ping", "-c", "1", "-W", "1", &b_ip.to_string()]
+        )
+        .is_ok()
+    );
+    assert!(neighbour(b_ip).contains(&mac(&b)), "{}", neighbour(b_ip));
+    let before = table::drops(&node0).expect("counter");
+    let ip = b_ip.to_string();
+    let arp = [
+        "arping", "-U", "-c", "2", "-w", "2", "-I", "eth0", "-s", &ip, &ip,
+    ];
+    let _ = exec(&a, &arp);
+    assert!(
+        table::drops(&node0).expect("counter") >= before + 2,
+        "both forged announcements are counted"
+    );
+    let seen = neighbour(b_ip);
+    assert!(
+        seen.contains(&mac(&b)) && !seen.contains(&mac(&a)),
+        "node 0 still maps {b_ip} to b: {seen}"
+    );
 
     // An agent restart rebuilds the table around the kernel's bindings.
     let again = GuardConfig {

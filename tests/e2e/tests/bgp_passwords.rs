@@ -35,6 +35,44 @@ async fn bgp_with_router(client: &Client) {
         .expect("bgp with a router");
 }
 
+/// `bgp-tor` with the password under `password`, newline-terminated as
+/// `--from-file` makes it.
+fn password_secret() -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("bgp-tor".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "password".to_string(),
+            ByteString(format!("{PASSWORD}\n").into_bytes()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The rendered file holds the password, is root's only, and BIRD parses it.
+fn check_rendered(config_path: &std::path::Path, config: &str) {
+    assert!(
+        config.contains("neighbor 192.0.2.254 as 65000;"),
+        "{config}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(config_path).expect("stat").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "root only: it holds a password");
+    let parsed = std::process::Command::new("bird")
+        .args(["-p", "-c"])
+        .arg(config_path)
+        .output()
+        .expect("bird -p");
+    assert!(
+        parsed.status.success(),
+        "bird -p: {}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+}
+
 /// n1's Ready condition: (status, reason, message).
 async fn ready_of_n1(client: &Client) -> Option<(String, String, String)> {
     let subnet = Api::<NodeSubnet>::all(client.clone())
@@ -63,19 +101,8 @@ async fn a_bgp_password_comes_from_its_secret_and_a_missing_secret_is_named() {
         .await
         .expect("network");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("bgp-tor".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "password".to_string(),
-            ByteString(format!("{PASSWORD}\n").into_bytes()),
-        )])),
-        ..Default::default()
-    };
     secrets
-        .create(&PostParams::default(), &secret)
+        .create(&PostParams::default(), &password_secret())
         .await
         .expect("Secret");
     let _operator = start_operator(&cp, "op").expect("operator");
@@ -95,24 +122,7 @@ async fn a_bgp_password_comes_from_its_secret_and_a_missing_secret_is_named() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
-    assert!(
-        config.contains("neighbor 192.0.2.254 as 65000;"),
-        "{config}"
-    );
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&config_path).expect("stat").permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o600, "root only: it holds a password");
-    let parsed = std::process::Command::new("bird")
-        .args(["-p", "-c"])
-        .arg(&config_path)
-        .output()
-        .expect("bird -p");
-    assert!(
-        parsed.status.success(),
-        "bird -p: {}",
-        String::from_utf8_lossy(&parsed.stderr)
-    );
+    check_rendered(&config_path, &config);
 
     // Nothing readable through the API or the agent shows the password.
     let yaml = cp

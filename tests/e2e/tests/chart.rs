@@ -416,6 +416,7 @@ fn operator_is_hardened_and_images_follow_app_version() {
         "tartan_agent_udp_drops_total",
         "tartan_agent_bgp_sessions",
         "tartan_agent_status_writes_total",
+        "tartan_agent_pod_source_drops_total",
     ] {
         assert!(exprs.contains(metric), "dashboard uses {metric}");
     }

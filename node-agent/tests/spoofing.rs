@@ -113,7 +113,23 @@ struct CheckedNode<'a> {
     plugins: PathBuf,
 }
 
-impl CheckedNode<'_> {
+impl<'a> CheckedNode<'a> {
+    /// Node 0 with the fixture's conflist and `tartan` chained after bridge.
+    fn new(fixture: &'a Fixture, socket: &Path) -> Self {
+        let text = std::fs::read_to_string(fixture.cni[0].path()).expect("the conflist");
+        let mut conflist: Value = serde_json::from_str(&text).expect("JSON");
+        let plugins = conflist["plugins"].as_array_mut().expect("plugins");
+        plugins.insert(
+            1,
+            json!({"type": "tartan", "bridge": "cni0", "socket": socket}),
+        );
+        CheckedNode {
+            fixture,
+            conflist,
+            plugins: plugin_dir(&fixture.dir),
+        }
+    }
+
     fn invocation<'b>(&'b self, pod_path: &'b Path, netns: &'b str) -> cni::Invocation<'b> {
         cni::Invocation {
             conflist: &self.conflist,
@@ -144,6 +160,67 @@ impl CheckedNode<'_> {
     }
 }
 
+/// The agent's side of the check on node 0, serving `socket_name` in the
+/// fixture's directory; the socket's path.
+fn start_guard(
+    runtime: &tokio::runtime::Runtime,
+    f: &Fixture,
+    socket_name: &str,
+    metrics: Arc<Metrics>,
+) -> PathBuf {
+    let socket = f.dir.join(socket_name);
+    let config = GuardConfig {
+        netns: NetNs::named(&f.topo.nodes[0].netns),
+        socket: socket.clone(),
+        sweep: Duration::from_secs(300),
+    };
+    runtime
+        .block_on(start(config, metrics))
+        .expect("the guard starts");
+    socket
+}
+
+/// Pod a announces b's address as its own (gratuitous ARP): node 0 drops
+/// and counts both announcements and keeps b's MAC for it.
+fn arp_claims_are_dropped(f: &Fixture, a: &str, b: &str, b_ip: Ipv4Addr) {
+    let node0 = NetNs::named(&f.topo.nodes[0].netns);
+    let neighbour = |ip: Ipv4Addr| {
+        let out = exec(
+            &f.topo.nodes[0].netns,
+            &["ip", "neigh", "show", &ip.to_string()],
+        )
+        .expect("ip neigh");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mac = |netns: &str| {
+        let out = exec(netns, &["cat", "/sys/class/net/eth0/address"]).expect("mac");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(
+        exec(
+            &f.topo.nodes[0].netns,
+            &["ping", "-c", "1", "-W", "1", &b_ip.to_string()]
+        )
+        .is_ok()
+    );
+    assert!(neighbour(b_ip).contains(&mac(b)), "{}", neighbour(b_ip));
+    let before = table::drops(&node0).expect("counter");
+    let ip = b_ip.to_string();
+    let arp = [
+        "arping", "-U", "-c", "2", "-w", "2", "-I", "eth0", "-s", &ip, &ip,
+    ];
+    let _ = exec(a, &arp);
+    assert!(
+        table::drops(&node0).expect("counter") >= before + 2,
+        "both forged announcements are counted"
+    );
+    let seen = neighbour(b_ip);
+    assert!(
+        seen.contains(&mac(b)) && !seen.contains(&mac(a)),
+        "node 0 still maps {b_ip} to b: {seen}"
+    );
+}
+
 /// Whether `to`:4000 (a listener in `to_netns`) gets a datagram that
 /// `from_netns` sends from `source`.
 fn udp_arrives(from_netns: &str, source: Ipv4Addr, to_netns: &str, to: Ipv4Addr) -> bool {
@@ -167,38 +244,19 @@ fn udp_arrives(from_netns: &str, source: Ipv4Addr, to_netns: &str, to: Ipv4Addr)
 
 /// Pod a (node 0, bound by the real plugin) takes pod b's address and sends
 /// from it: nothing reaches pod c on node 1, and node 0 counts the drop. Its
-/// ARP announcements of b's address are dropped and counted too. From its own address a still reaches both. CNI DEL of a removes
-/// exactly a's binding.
+/// ARP announcements of b's address are dropped and counted too. From its
+/// own address a still reaches c. The check survives an agent restart, and
+/// CNI DEL of a removes exactly a's binding.
 #[test]
 #[ignore = "kernel test: needs root, network namespaces, iproute2, nft and the CNI plugins (make test runs it)"]
 fn a_pod_sending_from_another_pods_address_reaches_nobody_and_is_counted() {
     let f = Fixture::new("ps", 2, BackendType::Vxlan, false);
     f.program_all();
     let node0 = NetNs::named(&f.topo.nodes[0].netns);
-    let socket = f.dir.join("cni.sock");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let config = GuardConfig {
-        netns: node0.clone(),
-        socket: socket.clone(),
-        sweep: Duration::from_secs(300),
-    };
-    runtime
-        .block_on(start(config, metrics.clone()))
-        .expect("the guard starts");
-    let mut conflist: Value =
-        serde_json::from_str(&std::fs::read_to_string(f.cni[0].path()).expect("the conflist"))
-            .expect("JSON");
-    let plugins = conflist["plugins"].as_array_mut().expect("plugins");
-    plugins.insert(
-        1,
-        json!({"type": "tartan", "bridge": "cni0", "socket": socket}),
-    );
-    let node = CheckedNode {
-        fixture: &f,
-        conflist,
-        plugins: plugin_dir(&f.dir),
-    };
+    let socket = start_guard(&runtime, &f, "cni.sock", metrics.clone());
+    let node = CheckedNode::new(&f, &socket);
     let (a, a_ip) = node.add_pod("a");
     let (b, b_ip) = node.add_pod("b");
     let (c, c_ip) = f.add_pod(1, "c");
@@ -224,52 +282,15 @@ fn a_pod_sending_from_another_pods_address_reaches_nobody_and_is_counted() {
     );
     assert!(pings(&b, c_ip), "b is untouched");
 
-    // ARP: a announces b's address as its own. Node 0 keeps b's MAC for it.
-    let neighbour = |ip: Ipv4Addr| {
-        let out = exec(
-            &f.topo.nodes[0].netns,
-            &["ip", "neigh", "show", &ip.to_string()],
-        )
-        .expect("ip neigh");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let mac = |netns: &str| {
-        let out = exec(netns, &["cat", "/sys/class/net/eth0/address"]).expect("mac");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    assert!(
-        exec(
-            &f.topo.nodes[0].netns,
-            &["ping", "-c", "1", "-W", "1", &b_ip.to_string()]
-        )
-        .is_ok()
-    );
-    assert!(neighbour(b_ip).contains(&mac(&b)), "{}", neighbour(b_ip));
-    let before = table::drops(&node0).expect("counter");
-    let ip = b_ip.to_string();
-    let arp = [
-        "arping", "-U", "-c", "2", "-w", "2", "-I", "eth0", "-s", &ip, &ip,
-    ];
-    let _ = exec(&a, &arp);
-    assert!(
-        table::drops(&node0).expect("counter") >= before + 2,
-        "both forged announcements are counted"
-    );
-    let seen = neighbour(b_ip);
-    assert!(
-        seen.contains(&mac(&b)) && !seen.contains(&mac(&a)),
-        "node 0 still maps {b_ip} to b: {seen}"
-    );
+    arp_claims_are_dropped(&f, &a, &b, b_ip);
 
     // An agent restart rebuilds the table around the kernel's bindings.
-    let again = GuardConfig {
-        netns: node0.clone(),
-        socket: f.dir.join("cni-again.sock"),
-        sweep: Duration::from_secs(300),
-    };
-    runtime
-        .block_on(start(again, Arc::new(Metrics::new().expect("metrics"))))
-        .expect("the guard restarts");
+    start_guard(
+        &runtime,
+        &f,
+        "cni-again.sock",
+        Arc::new(Metrics::new().expect("metrics")),
+    );
     assert_eq!(table::bindings(&node0).expect("bindings").len(), 2);
     assert!(
         !udp_arrives(&a, b_ip, &c, c_ip),

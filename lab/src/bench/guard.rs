@@ -59,39 +59,3 @@ pub fn bind_all(lab: &LabState) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Pod-to-pod TCP on one vxlan lab, `rounds` times without the check and
-/// with it, alternating, so both see the same noise: the best of each.
-pub fn paired_throughput(name: &str, seconds: u32, rounds: usize) -> anyhow::Result<(f64, f64)> {
-    let _ = crate::lifecycle::down(name);
-    let lab = crate::lifecycle::up(crate::lifecycle::UpOptions {
-        name: name.into(),
-        nodes: 2,
-        pods_per_node: 1,
-        network: tartan_crds::OverlayNetworkSpec::with_cidr("10.244.0.0/16"),
-        routed: false,
-        control_plane: false,
-        udp: crate::state::UdpDatapath::Batched,
-    })?;
-    let (client, server) = (&lab.pods[0], &lab.pods[1]);
-    let run = || {
-        super::iperf(
-            &client.netns,
-            &server.netns,
-            &server.ip.to_string(),
-            seconds,
-        )
-    };
-    let (mut plain, mut checked) = (0f64, 0f64);
-    let result = (|| -> anyhow::Result<()> {
-        for _ in 0..rounds {
-            unbind_all(&lab)?;
-            plain = plain.max(run()?);
-            bind_all(&lab)?;
-            checked = checked.max(run()?);
-        }
-        Ok(())
-    })();
-    crate::lifecycle::down(name)?;
-    result.map(|()| (plain, checked))
-}

@@ -297,6 +297,14 @@ pub fn enforce_default_deny_and_allow(lab: &crate::state::LabState) -> anyhow::R
     Ok(())
 }
 
+/// Removes the policy table from every node of `lab`.
+pub fn remove_all(lab: &crate::state::LabState) -> anyhow::Result<()> {
+    for node in &lab.nodes {
+        tartan_agent::netpol::apply::remove(&NetNs::named(&node.netns))?;
+    }
+    Ok(())
+}
+
 pub fn section(f: &NetpolFigures) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     format!(

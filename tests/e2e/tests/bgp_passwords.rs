@@ -73,6 +73,23 @@ fn check_rendered(config_path: &std::path::Path, config: &str) {
     );
 }
 
+/// Neither the OverlayNetwork nor the NodeSubnets (through kubectl) nor the
+/// agent's metrics show the password.
+fn nothing_readable_shows_the_password(cp: &ControlPlane, metrics_port: u16) {
+    let yaml = cp
+        .kubectl(&["get", "overlaynetwork", "default", "-o", "yaml"])
+        .expect("kubectl");
+    let yaml = String::from_utf8_lossy(&yaml.stdout);
+    assert!(yaml.contains("passwordSecretRef"), "{yaml}");
+    assert!(!yaml.contains(PASSWORD), "{yaml}");
+    let subnets = cp
+        .kubectl(&["get", "nodesubnets", "-o", "yaml"])
+        .expect("kubectl");
+    assert!(!String::from_utf8_lossy(&subnets.stdout).contains(PASSWORD));
+    let metrics = scrape(metrics_port);
+    assert!(!metrics.contains(PASSWORD));
+}
+
 /// n1's Ready condition: (status, reason, message).
 async fn ready_of_n1(client: &Client) -> Option<(String, String, String)> {
     let subnet = Api::<NodeSubnet>::all(client.clone())
@@ -124,19 +141,7 @@ async fn a_bgp_password_comes_from_its_secret_and_a_missing_secret_is_named() {
     .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
     check_rendered(&config_path, &config);
 
-    // Nothing readable through the API or the agent shows the password.
-    let yaml = cp
-        .kubectl(&["get", "overlaynetwork", "default", "-o", "yaml"])
-        .expect("kubectl");
-    let yaml = String::from_utf8_lossy(&yaml.stdout);
-    assert!(yaml.contains("passwordSecretRef"), "{yaml}");
-    assert!(!yaml.contains(PASSWORD), "{yaml}");
-    let subnets = cp
-        .kubectl(&["get", "nodesubnets", "-o", "yaml"])
-        .expect("kubectl");
-    assert!(!String::from_utf8_lossy(&subnets.stdout).contains(PASSWORD));
-    let metrics = scrape(ports[0]);
-    assert!(!metrics.contains(PASSWORD));
+    nothing_readable_shows_the_password(&cp, ports[0]);
 
     // The Secret goes: the router is left out, and n1 says which Secret and key.
     secrets

@@ -3,9 +3,9 @@
 
 CARGO ?= cargo
 
-.PHONY: test root deps control-plane fmt-check clippy cargo-test crds lab lab-cluster lab-down bench bench-scale
+.PHONY: test root deps control-plane wireguard-go fmt-check clippy cargo-test crds lab lab-cluster lab-down bench bench-scale
 
-test: root deps control-plane fmt-check clippy cargo-test
+test: root deps control-plane wireguard-go fmt-check clippy cargo-test
 
 root:
 	@if [ "$$(id -u)" -ne 0 ]; then \
@@ -20,6 +20,10 @@ deps:
 # The Kubernetes control plane for the end-to-end tests and `tartan-lab up --control-plane`.
 control-plane:
 	bash tests/control-plane/build.sh
+
+# wireguard-go, the stock WireGuard peer of the wireguard backend's interop test.
+wireguard-go:
+	bash tests/wireguard-go/build.sh
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -20,6 +20,8 @@ have buildah  || need_apt+=(buildah)        # node and pod images
 have mmdebstrap || need_apt+=(mmdebstrap)   # Debian root filesystems for images
 have newuidmap || need_apt+=(uidmap)        # buildah's user namespaces
 have pkg-config || need_apt+=(pkg-config)   # runc's cgo build finds libseccomp
+have wg       || need_apt+=(wireguard-tools) # configures the stock WireGuard peer in the interop test
+have tcpdump  || need_apt+=(tcpdump)        # captures the underlay in the no-plaintext test
 
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need_apt+=(containernetworking-plugins)
 [ -e /usr/include/seccomp.h ] || need_apt+=(libseccomp-dev)  # runc built with seccomp

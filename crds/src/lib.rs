@@ -29,7 +29,7 @@ pub use error::ValidationError;
 pub use node_subnet::{NodeSubnet, NodeSubnetSpec, NodeSubnetStatus};
 pub use overlay_network::{
     Backend, BackendType, BgpConfig, BgpPeer, OverlayNetwork, OverlayNetworkSpec,
-    OverlayNetworkStatus, SecretKeyRef, UdpConfig, VxlanConfig,
+    OverlayNetworkStatus, SecretKeyRef, UdpConfig, VxlanConfig, WireguardConfig,
 };
 pub use validate::{ValidBackend, ValidNetwork, ValidNodeSubnet};
 

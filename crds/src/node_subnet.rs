@@ -73,12 +73,17 @@ pub struct NodeSubnetStatus {
     #[serde(rename = "vtepMAC", default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"))]
     pub vtep_mac: Option<String>,
+    /// The node's WireGuard public key (base64, as `wg` prints it), when it
+    /// receives on the wireguard backend. The private key never leaves the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"))]
+    pub wireguard_public_key: Option<String>,
     /// The backend this node sends with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<BackendType>,
     /// The backends this node can receive on right now (make-before-break switch).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 4))]
+    #[schemars(length(max = 5))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub receive_backends: Vec<BackendType>,
     /// MTU of the node's pod interfaces.

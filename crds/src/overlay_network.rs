@@ -107,6 +107,8 @@ pub struct Backend {
     pub udp: UdpConfig,
     #[serde(default)]
     pub bgp: BgpConfig,
+    #[serde(default)]
+    pub wireguard: WireguardConfig,
 }
 
 /// The data plane a node sends with.
@@ -135,10 +137,19 @@ pub enum BackendType {
     Udp,
     /// Routes exchanged over BGP (BIRD); works across L3.
     Bgp,
+    /// The udp backend's TUN datapath speaking WireGuard: encrypted, no
+    /// kernel module needed.
+    Wireguard,
 }
 
 impl BackendType {
-    pub const ALL: [BackendType; 4] = [Self::Vxlan, Self::HostGw, Self::Udp, Self::Bgp];
+    pub const ALL: [BackendType; 5] = [
+        Self::Vxlan,
+        Self::HostGw,
+        Self::Udp,
+        Self::Bgp,
+        Self::Wireguard,
+    ];
 
     /// The name used in the API, metrics labels and logs.
     pub fn as_str(self) -> &'static str {
@@ -147,6 +158,7 @@ impl BackendType {
             Self::HostGw => "host-gw",
             Self::Udp => "udp",
             Self::Bgp => "bgp",
+            Self::Wireguard => "wireguard",
         }
     }
 }
@@ -167,7 +179,7 @@ impl std::str::FromStr for BackendType {
                 crate::ValidationError::new(
                     "spec.backend.type",
                     s,
-                    "must be one of vxlan, host-gw, udp, bgp",
+                    "must be one of vxlan, host-gw, udp, bgp, wireguard",
                 )
             })
     }
@@ -187,6 +199,18 @@ pub struct VxlanConfig {
     /// Route directly (host-gw style) to peers on the same L2 segment.
     #[serde(default)]
     pub direct_routing: bool,
+}
+
+/// The wireguard backend. Keys are per node: each agent makes its own pair,
+/// keeps the private key in a file on the node and publishes the public key
+/// in its NodeSubnet status; nothing secret is in this object.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WireguardConfig {
+    /// UDP port WireGuard listens on (51820 is WireGuard's default).
+    #[serde(default = "default_wireguard_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -317,6 +341,9 @@ fn default_vxlan_port() -> u32 {
 fn default_udp_port() -> u32 {
     8285
 }
+fn default_wireguard_port() -> u32 {
+    51820
+}
 fn default_as_number() -> u32 {
     64512
 }
@@ -335,6 +362,14 @@ impl Default for UdpConfig {
     fn default() -> Self {
         Self {
             port: default_udp_port(),
+        }
+    }
+}
+
+impl Default for WireguardConfig {
+    fn default() -> Self {
+        Self {
+            port: default_wireguard_port(),
         }
     }
 }

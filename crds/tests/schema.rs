@@ -175,8 +175,12 @@ fn overlay_network_defaults_and_bounds() {
         json!({"vni": 1, "port": 8472, "directRouting": false})
     );
     assert_eq!(backend["default"]["udp"], json!({"port": 8285}));
+    assert_eq!(backend["default"]["wireguard"], json!({"port": 51820}));
     let ty = at(&schema, &["spec", "backend", "type"]);
-    assert_eq!(ty["enum"], json!(["vxlan", "host-gw", "udp", "bgp"]));
+    assert_eq!(
+        ty["enum"],
+        json!(["vxlan", "host-gw", "udp", "bgp", "wireguard"])
+    );
     let vni = at(&schema, &["spec", "backend", "vxlan", "vni"]);
     assert_eq!(
         (vni["minimum"].as_f64(), vni["maximum"].as_f64()),
@@ -185,6 +189,7 @@ fn overlay_network_defaults_and_bounds() {
     for port in [
         &["spec", "backend", "vxlan", "port"][..],
         &["spec", "backend", "udp", "port"][..],
+        &["spec", "backend", "wireguard", "port"][..],
     ] {
         let port = at(&schema, port);
         assert_eq!(

@@ -259,6 +259,11 @@ pub async fn start_agent_from(
         format!("--cni-conf-dir={}", cni.dir.display()),
         format!("--metrics-addr=127.0.0.1:{metrics_port}"),
         format!("--bird-dir={}", cni.dir.join("bird").display()),
+        // One key per node, not the host's default path shared by every agent here.
+        format!(
+            "--wireguard-key-file={}",
+            cni.dir.join("wireguard/private.key").display()
+        ),
     ];
     // host-local's allocations stay under the caller's directory, so
     // removing it leaves nothing behind (a lab's `down`).

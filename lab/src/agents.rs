@@ -21,6 +21,7 @@ use tartan_crds::{BackendType, NodeSubnet};
 
 use crate::state::{AgentsReport, LAB_UDP_SECRET, LabNode, LabState, UdpDatapath, node_dir};
 use tartan_agent::udp::auth::DatagramKey;
+use tartan_agent::wireguard::keys::NodeKey;
 
 /// Most rounds a rollout may take before the daemon reports it stuck.
 const MAX_ROUNDS: usize = 10;
@@ -84,10 +85,13 @@ pub fn run(name: &str) -> anyhow::Result<()> {
         return crate::control_plane::run(name);
     }
     let metrics = Arc::new(Metrics::new().context("metrics")?);
-    let planes: Vec<Dataplane> = state
-        .nodes
-        .iter()
-        .map(|n| {
+    // Each node's WireGuard key, kept in its directory as an agent keeps it on the node.
+    let keys: Vec<NodeKey> = (state.nodes.iter())
+        .map(|n| NodeKey::load_or_create(&node_dir(name, &n.name).join("wireguard/private.key")))
+        .collect::<Result<_, _>>()
+        .context("the nodes' WireGuard keys")?;
+    let planes: Vec<Dataplane> = (state.nodes.iter().zip(&keys))
+        .map(|(n, key)| {
             let config = DataplaneConfig {
                 netns: NetNs::named(&n.netns),
                 cni: Some(cni_config(name, &n.name)),
@@ -102,6 +106,7 @@ pub fn run(name: &str) -> anyhow::Result<()> {
                     ..Default::default()
                 },
                 bird: bird_mode(name, &n.name),
+                wireguard_key: Some(key.clone()),
             };
             Dataplane::start(config, metrics.clone())
                 .with_context(|| format!("data plane of {}", n.name))
@@ -122,7 +127,7 @@ pub fn run(name: &str) -> anyhow::Result<()> {
         let bgp = observe_bgp(&state, &bgp_on);
         let bgp_moved = bgp_on.iter().any(|on| *on) && bgp != last_bgp;
         if report.converged_generation != Some(state.generation) || bgp_moved {
-            match converge(&state, &planes, &mut report, &mut bgp_on) {
+            match converge(&state, &planes, &keys, &mut report, &mut bgp_on) {
                 Ok(()) => {
                     report.converged_generation = Some(state.generation);
                     report.error = None;
@@ -142,6 +147,7 @@ pub fn run(name: &str) -> anyhow::Result<()> {
 fn converge(
     state: &LabState,
     planes: &[Dataplane],
+    keys: &[NodeKey],
     report: &mut AgentsReport,
     bgp_on: &mut [bool],
 ) -> anyhow::Result<()> {
@@ -167,7 +173,7 @@ fn converge(
                 .spec
                 .validate()
                 .with_context(|| format!("NodeSubnet {}", node.name))?;
-            let facts = facts(
+            let mut facts = facts(
                 node,
                 bgp[i].clone(),
                 if state.udp == UdpDatapath::Authenticated {
@@ -176,6 +182,7 @@ fn converge(
                     0
                 },
             );
+            facts.wireguard_public_key = Some(keys[i].public());
             let desired = plan(&network, &local, &peers, &facts);
             bgp_on[i] = desired.bgp.is_some();
             waiting_for_bgp |= network.backend.type_ == BackendType::Bgp

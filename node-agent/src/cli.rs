@@ -59,6 +59,15 @@ pub struct Args {
     #[arg(long, env = "TARTAN_UDP_KEY_FILE")]
     pub udp_key_file: Option<PathBuf>,
 
+    /// wireguard backend: this node's private key, made on first start (mode
+    /// 0600) and kept across restarts; only its public key leaves the node.
+    #[arg(
+        long,
+        env = "TARTAN_WIREGUARD_KEY_FILE",
+        default_value = "/var/lib/tartan/wireguard/private.key"
+    )]
+    pub wireguard_key_file: PathBuf,
+
     /// bgp backend: `managed` runs `bird` itself (files in --bird-dir); with
     /// --bird-socket the agent drives a BIRD that is already running.
     #[arg(long, env = "TARTAN_BIRD", default_value = "managed", value_parser = ["managed"])]

@@ -32,3 +32,4 @@ pub mod sysctl;
 pub mod udp;
 pub mod underlay;
 pub mod watch;
+pub mod wireguard;

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub watch_errors: IntCounterVec,
     pub status_writes: IntCounterVec,
     pub udp: crate::udp::metrics::UdpMetrics,
+    pub wireguard: crate::wireguard::metrics::WireguardMetrics,
     pub netpol: crate::netpol::metrics::NetpolMetrics,
     pub bgp_sessions: IntGaugeVec,
     pub bgp_routes_learned: IntGauge,
@@ -117,6 +118,7 @@ impl Metrics {
                 "result",
             )?,
             udp: crate::udp::metrics::UdpMetrics::register(&registry)?,
+            wireguard: crate::wireguard::metrics::WireguardMetrics::register(&registry)?,
             netpol: crate::netpol::metrics::NetpolMetrics::register(&registry)?,
             bgp_sessions: r.gauges(
                 "tartan_agent_bgp_sessions",

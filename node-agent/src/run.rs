@@ -18,6 +18,7 @@ use crate::udp::auth::DatagramKey;
 use crate::underlay::Choice;
 use crate::watch;
 use crate::watch::secrets::BgpSecrets;
+use crate::wireguard::keys::NodeKey;
 use tables::{start_network_policy, start_pod_source_check};
 
 mod tables;
@@ -91,7 +92,13 @@ async fn run_agent(args: &Args, netns: NetNs, cni: CniConfig) -> anyhow::Result<
         shutdown.wait(),
     ));
     let udp_key = read_udp_key(args)?;
-    let config = dataplane_config(args, &netns, cni, udp_key);
+    let mut config = dataplane_config(args, &netns, cni, udp_key);
+    // Without a key the node still runs every other backend; a network that
+    // asks for wireguard then says why on the node's Ready condition.
+    config.wireguard_key = NodeKey::load_or_create(&args.wireguard_key_file)
+        .inspect_err(|e| tracing::error!(error = %e, "the wireguard backend is unavailable"))
+        .ok();
+    let wireguard_public_key = config.wireguard_key.as_ref().map(NodeKey::public);
     let bird_socket = config.bird.socket();
     let dataplane =
         Arc::new(Dataplane::start(config, metrics.clone()).context("opening netlink sockets")?);
@@ -106,6 +113,7 @@ async fn run_agent(args: &Args, netns: NetNs, cni: CniConfig) -> anyhow::Result<
         health.clone(),
     );
     agent.bird_socket = Some(bird_socket);
+    agent.wireguard_public_key = wireguard_public_key;
     if udp_key.is_some() {
         agent.udp_tag_len = crate::udp::auth::TAG_LEN as u32;
     }
@@ -183,6 +191,7 @@ fn dataplane_config(
             batched: true,
             key: udp_key,
         },
+        wireguard_key: None,
         bird: match &args.bird_socket {
             Some(socket) => crate::bgp::BirdMode::External {
                 socket: socket.clone(),

@@ -11,8 +11,9 @@
 
 use std::collections::BTreeSet;
 
+use tartan_crds::BackendType;
 use tartan_crds::condition::{self, Condition};
-use tartan_crds::validate::format_mac;
+use tartan_crds::validate::{format_mac, format_wireguard_key};
 use tartan_crds::{CONDITION_READY, NodeSubnetStatus};
 
 use crate::plan::{DesiredState, LocalFacts, LocalProblem, PeerProblem, vtep_mac};
@@ -44,6 +45,11 @@ pub fn node_status(
         node_ip: Some(facts.node_ip.to_string()),
         node_ipv6: facts.node_ipv6.map(|(ip, _)| ip.to_string()),
         vtep_mac: Some(format_mac(&vtep_mac(facts.node_ip))),
+        // Published while this node receives on wireguard, so peers can.
+        wireguard_public_key: (receive_backends.contains(&BackendType::Wireguard))
+            .then_some(facts.wireguard_public_key)
+            .flatten()
+            .map(|key| format_wireguard_key(&key)),
         backend,
         receive_backends,
         mtu: Some(desired.mtu),

@@ -19,6 +19,7 @@ pub struct ValidBackend {
     pub vxlan: ValidVxlan,
     pub udp: ValidUdp,
     pub bgp: ValidBgp,
+    pub wireguard: ValidWireguard,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,11 @@ pub struct ValidVxlan {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValidUdp {
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidWireguard {
     pub port: u16,
 }
 
@@ -58,6 +64,7 @@ impl Backend {
         in_range("spec.backend.vxlan.vni", self.vxlan.vni, 1, 16_777_215)?;
         let vxlan_port = port("spec.backend.vxlan.port", self.vxlan.port)?;
         let udp_port = port("spec.backend.udp.port", self.udp.port)?;
+        let wireguard_port = port("spec.backend.wireguard.port", self.wireguard.port)?;
         in_range("spec.backend.bgp.asNumber", self.bgp.as_number, 1, u32::MAX)?;
         let mut seen = BTreeSet::new();
         let peers = (self.bgp.peers.iter().enumerate())
@@ -70,6 +77,19 @@ impl Backend {
                 "must differ from spec.backend.vxlan.port so both can run during a switch",
             ));
         }
+        // The target's port may not clash with a backend a switch runs beside it.
+        let clash = match self.type_ {
+            BackendType::Wireguard => [vxlan_port, udp_port].contains(&wireguard_port),
+            BackendType::Udp => wireguard_port == udp_port,
+            _ => false,
+        };
+        if clash {
+            return Err(ValidationError::new(
+                "spec.backend.wireguard.port",
+                wireguard_port,
+                "must differ from spec.backend.vxlan.port and spec.backend.udp.port so they can run together during a switch",
+            ));
+        }
         Ok(ValidBackend {
             type_: self.type_,
             vxlan: ValidVxlan {
@@ -78,6 +98,9 @@ impl Backend {
                 direct_routing: self.vxlan.direct_routing,
             },
             udp: ValidUdp { port: udp_port },
+            wireguard: ValidWireguard {
+                port: wireguard_port,
+            },
             bgp: ValidBgp {
                 as_number: self.bgp.as_number,
                 node_to_node_mesh: self.bgp.node_to_node_mesh,
@@ -203,6 +226,27 @@ mod tests {
         let err = spec.validate().unwrap_err();
         assert_eq!(err.field, "spec.backend.bgp.peers[1].address");
         assert_eq!(err.value, "router");
+    }
+
+    #[test]
+    fn wireguard_shares_no_port_with_a_backend_it_runs_beside() {
+        let mut spec = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+        spec.backend.type_ = BackendType::Wireguard;
+        assert_eq!(
+            spec.validate().expect("defaults").backend.wireguard.port,
+            51820
+        );
+        spec.backend.wireguard.port = 8285;
+        let err = spec.validate().unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.value.as_str()),
+            ("spec.backend.wireguard.port", "8285")
+        );
+        spec.backend.wireguard.port = 70_000;
+        assert_eq!(
+            spec.validate().unwrap_err().field,
+            "spec.backend.wireguard.port"
+        );
     }
 
     #[test]

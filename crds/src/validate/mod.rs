@@ -16,7 +16,7 @@ use crate::overlay_network::OverlayNetworkSpec;
 
 mod backend;
 
-pub use backend::{ValidBackend, ValidBgp, ValidBgpPeer, ValidUdp, ValidVxlan};
+pub use backend::{ValidBackend, ValidBgp, ValidBgpPeer, ValidUdp, ValidVxlan, ValidWireguard};
 
 /// Longest IPv4 node prefix: a /30 still holds the gateway and one pod.
 pub const MAX_IPV4_NODE_PREFIX: u8 = 30;
@@ -146,6 +146,8 @@ pub struct ValidEndpoint {
     pub node_ip: Option<Ipv4Addr>,
     pub node_ipv6: Option<Ipv6Addr>,
     pub vtep_mac: Option<[u8; 6]>,
+    /// The peer's WireGuard public key.
+    pub wireguard_key: Option<[u8; 32]>,
 }
 
 impl NodeSubnetStatus {
@@ -186,12 +188,44 @@ impl NodeSubnetStatus {
                 })
             })
             .transpose()?;
+        let wireguard_key = self
+            .wireguard_public_key
+            .as_deref()
+            .map(|v| {
+                parse_wireguard_key(v).ok_or_else(|| {
+                    ValidationError::new(
+                        "status.wireguardPublicKey",
+                        v,
+                        "not a WireGuard public key (32 bytes in base64, as `wg pubkey` prints it)",
+                    )
+                })
+            })
+            .transpose()?;
         Ok(ValidEndpoint {
             node_ip,
             node_ipv6,
             vtep_mac,
+            wireguard_key,
         })
     }
+}
+
+/// Parses a WireGuard key as `wg` writes it: 32 bytes in padded base64.
+pub fn parse_wireguard_key(value: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    if value.len() != 44 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+/// Formats a WireGuard key as `wg` writes it.
+pub fn format_wireguard_key(key: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(key)
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` (lower or upper case).
@@ -331,6 +365,36 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.endpoint().unwrap_err().field, "status.vtepMAC");
+    }
+
+    #[test]
+    fn a_wireguard_key_is_32_bytes_of_base64_or_named_as_bad() {
+        let key = "wC9tySw4N4KB5Ig2p963bWrfIhZOFsfz1jGeY3pb1gQ=";
+        let status = NodeSubnetStatus {
+            wireguard_public_key: Some(key.into()),
+            ..Default::default()
+        };
+        let parsed = status
+            .endpoint()
+            .expect("valid")
+            .wireguard_key
+            .expect("key");
+        assert_eq!(format_wireguard_key(&parsed), key);
+        for bad in [
+            "",
+            "wC9tySw4N4KB5Ig2p963bWrfIhZOFsfz1jGeY3pb1g=",
+            "not base64 at all, but forty-four chars!!!=",
+        ] {
+            let status = NodeSubnetStatus {
+                wireguard_public_key: Some(bad.into()),
+                ..Default::default()
+            };
+            let err = status.endpoint().unwrap_err();
+            assert_eq!(
+                (err.field.as_str(), err.value.as_str()),
+                ("status.wireguardPublicKey", bad)
+            );
+        }
     }
 
     #[test]

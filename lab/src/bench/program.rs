@@ -51,6 +51,7 @@ fn peer(i: usize) -> Peer {
             node_ip: Some(ip),
             node_ipv6: None,
             vtep_mac: Some(vtep_mac(ip)),
+            wireguard_key: None,
         }),
         backend: Some(BackendType::Vxlan),
         receive,

@@ -101,6 +101,8 @@ pub struct Agent<P: Programmer> {
     /// Bytes of authentication tag per udp datagram (0: not authenticated);
     /// the planner shrinks the MTU by it.
     pub udp_tag_len: u32,
+    /// This node's WireGuard public key, when the agent has a key.
+    pub wireguard_public_key: Option<[u8; 32]>,
     /// How long a new BGP session may take to come up before Ready says so.
     pub bgp_grace: Duration,
     /// BGP as last observed, and whether the last plan ran BGP.
@@ -162,6 +164,7 @@ impl<P: Programmer> Agent<P> {
             started: Timestamp::now(),
             bird_socket: None,
             udp_tag_len: 0,
+            wireguard_public_key: None,
             bgp_grace: BGP_GRACE,
             bgp: BgpObserved::default(),
             bgp_on: false,
@@ -216,6 +219,7 @@ impl<P: Programmer> Agent<P> {
         let mut facts = self.facts(&ready)?;
         facts.node_labels = ready.node_labels.clone();
         facts.udp_tag_len = self.udp_tag_len;
+        facts.wireguard_public_key = self.wireguard_public_key;
         if let Some(secrets) = &mut self.secrets {
             secrets.follow(&ready.network);
             facts.bgp_passwords =

@@ -46,6 +46,8 @@ pub struct DataplaneConfig {
     pub udp: EngineOptions,
     /// The bgp backend's BIRD.
     pub bird: BirdMode,
+    /// This node's WireGuard key; without one the wireguard backend is off.
+    pub wireguard_key: Option<crate::wireguard::keys::NodeKey>,
 }
 
 impl DataplaneConfig {
@@ -59,6 +61,7 @@ impl DataplaneConfig {
             bird: BirdMode::Managed {
                 dir: std::path::PathBuf::from("/run/tartan/bird"),
             },
+            wireguard_key: None,
         }
     }
 }
@@ -81,6 +84,8 @@ pub enum DataplaneError {
     Cni(std::io::Error),
     #[error("udp datapath: {0}")]
     Udp(std::io::Error),
+    #[error("wireguard datapath: {0}")]
+    Wireguard(std::io::Error),
     #[error("bgp: {0}")]
     Bgp(#[from] BirdError),
     #[error("the data plane worker has stopped")]
@@ -100,6 +105,7 @@ impl DataplaneError {
             }
             DataplaneError::Cni(_) => "cni",
             DataplaneError::Udp(_) => "udp",
+            DataplaneError::Wireguard(_) => "wireguard",
             DataplaneError::Bgp(_) => "bgp",
             DataplaneError::Stopped => "stopped",
             DataplaneError::NoTarget => "no_target",
@@ -164,6 +170,7 @@ impl Dataplane {
             target: None,
             masquerade: None,
             udp: None,
+            wireguard: None,
             metrics,
             last: last.clone(),
         };

@@ -16,7 +16,7 @@ use crate::netlink::diff::peer_ops;
 use crate::netlink::monitor::Change;
 use crate::netlink::repair::repairs;
 use crate::netlink::{Applier, ApplyReport};
-use crate::plan::{MasqueradeSpec, PeerDelta, UdpSpec};
+use crate::plan::{MasqueradeSpec, PeerDelta, UdpSpec, WireguardSpec};
 use crate::sysctl;
 use crate::udp::Engine;
 
@@ -28,6 +28,8 @@ pub(super) struct Worker {
     pub(super) masquerade: Option<Option<MasqueradeSpec>>,
     /// The udp backend's datapath, while the state has a TUN.
     pub(super) udp: Option<Engine>,
+    /// The wireguard backend's datapath, while the state has its TUN.
+    pub(super) wireguard: Option<crate::wireguard::Engine>,
     pub(super) bird: Bird,
     /// BIRD runs this node's BGP (else it is stopped or idle).
     pub(super) bgp_on: bool,
@@ -121,6 +123,9 @@ impl Worker {
         if let Some(spec) = &state.udp {
             self.ensure_udp(spec)?;
         }
+        if let Some(spec) = &state.wireguard {
+            self.ensure_wireguard(spec)?;
+        }
         let report = self.applier.apply(state);
         if let Ok(report) = &report {
             self.count(report, false);
@@ -131,6 +136,15 @@ impl Worker {
             (Some(spec), Some(engine)) => engine.update(spec),
             (None, Some(_)) => {
                 if let Some(engine) = self.udp.take() {
+                    engine.stop();
+                }
+            }
+            _ => {}
+        }
+        match (&state.wireguard, self.wireguard.as_mut()) {
+            (Some(spec), Some(engine)) => engine.update(spec),
+            (None, Some(_)) => {
+                if let Some(engine) = self.wireguard.take() {
                     engine.stop();
                 }
             }
@@ -162,7 +176,7 @@ impl Worker {
             ("fdb", state.fdb.len()),
             (
                 "link",
-                1 + usize::from(state.vxlan.is_some()) + usize::from(state.udp.is_some()),
+                1 + usize::from(state.vxlan.is_some()) + state.tuns().count(),
             ),
         ] {
             self.metrics
@@ -249,6 +263,42 @@ impl Worker {
             Err(e) => return Err(DataplaneError::Udp(e)),
         };
         self.udp = Some(engine);
+        Ok(())
+    }
+
+    /// Runs the wireguard datapath for `spec`, as [`Worker::ensure_udp`] does
+    /// the udp one: widened first, (re)started when missing or moved.
+    fn ensure_wireguard(&mut self, spec: &WireguardSpec) -> Result<(), DataplaneError> {
+        let device_present = self
+            .applier
+            .observe_links()
+            .map_err(DataplaneError::Wireguard)?
+            .links
+            .contains_key(&spec.tun.device);
+        if let Some(engine) = &self.wireguard
+            && device_present
+            && engine.serves(spec)
+        {
+            engine.widen(spec);
+            return Ok(());
+        }
+        if let Some(engine) = self.wireguard.take() {
+            engine.stop();
+        }
+        let Some(key) = &self.config.wireguard_key else {
+            return Err(DataplaneError::Wireguard(std::io::Error::other(
+                "this agent has no WireGuard key",
+            )));
+        };
+        let engine = crate::wireguard::Engine::start(
+            &self.config.netns,
+            spec,
+            key,
+            self.config.udp.queues,
+            &self.metrics.wireguard,
+        )
+        .map_err(DataplaneError::Wireguard)?;
+        self.wireguard = Some(engine);
         Ok(())
     }
 

@@ -19,11 +19,12 @@ use super::{LocalFacts, LocalProblem, Peer, PeerProblem};
 
 /// Backends this agent can program, in the order a peer's fallback is picked
 /// when the target does not reach it: the planner's one list of backends.
-pub const SUPPORTED: [BackendType; 4] = [
+pub const SUPPORTED: [BackendType; 5] = [
     BackendType::Vxlan,
     BackendType::HostGw,
     BackendType::Udp,
     BackendType::Bgp,
+    BackendType::Wireguard,
 ];
 
 /// A peer this node sends to, how it is reached and the backend chosen.
@@ -59,6 +60,8 @@ pub struct Choice<'a> {
     pub senders: BTreeMap<IpNet, Ipv4Addr>,
     /// The on-link peers by name: the BGP full mesh.
     pub on_link: Vec<(String, Ipv4Addr)>,
+    /// Every peer's published WireGuard public key, by node IP.
+    pub keys: BTreeMap<Ipv4Addr, [u8; 32]>,
     pub peer_problems: BTreeSet<PeerProblem>,
     /// Why the target cannot run on this node, when it cannot.
     pub unavailable: Option<LocalProblem>,
@@ -85,6 +88,7 @@ pub fn choose<'a>(
         backend: rules.target,
         senders: BTreeMap::new(),
         on_link: Vec::new(),
+        keys: BTreeMap::new(),
         peer_problems: BTreeSet::new(),
         unavailable: rules.unavailable(),
     };
@@ -95,6 +99,9 @@ pub fn choose<'a>(
         choice
             .senders
             .extend(peer.subnet.cidrs().map(|cidr| (cidr, node_ip)));
+        if let Some(key) = endpoint.wireguard_key {
+            choice.keys.insert(node_ip, key);
+        }
         let on_link = facts.on_link(node_ip);
         if on_link {
             choice.on_link.push((peer.name.clone(), node_ip));
@@ -153,16 +160,22 @@ impl Rules<'_> {
     /// only: a dual-stack node keeps its old backend rather than lose its
     /// pods' IPv6 traffic.
     fn available(&self, backend: BackendType) -> bool {
-        SUPPORTED.contains(&backend) && !(backend == BackendType::Bgp && self.dual_stack)
+        SUPPORTED.contains(&backend)
+            && !(backend == BackendType::Bgp && self.dual_stack)
+            && !(backend == BackendType::Wireguard && self.facts.wireguard_public_key.is_none())
     }
 
     fn unavailable(&self) -> Option<LocalProblem> {
         (!self.available(self.target)).then_some(LocalProblem::BackendUnavailable {
             backend: self.target,
-            why: if self.target == BackendType::Bgp && self.dual_stack {
-                "the bgp backend carries IPv4 pod subnets only and this cluster is dual-stack"
-            } else {
-                "it is not available in this agent"
+            why: match self.target {
+                BackendType::Bgp if self.dual_stack => {
+                    "the bgp backend carries IPv4 pod subnets only and this cluster is dual-stack"
+                }
+                BackendType::Wireguard => {
+                    "this agent has no WireGuard key (see --wireguard-key-file and its log)"
+                }
+                _ => "it is not available in this agent",
             },
         })
     }
@@ -242,6 +255,12 @@ impl Rules<'_> {
                 Some(PeerProblem::Pending {
                     peer: peer_name(),
                     missing: "vtepMAC",
+                })
+            }
+            BackendType::Wireguard if reach.endpoint.wireguard_key.is_none() => {
+                Some(PeerProblem::Pending {
+                    peer: peer_name(),
+                    missing: "wireguardPublicKey",
                 })
             }
             _ => None,

@@ -12,6 +12,9 @@
 //!              metric 4096, below every Tartan route), used once it is there
 //!     udp      route S_P dev tartan0    (+ route C dev tartan0 while the TUN exists;
 //!              the datapath sends S_P's packets to IP_P:<port>)
+//!     wireguard route S_P dev tartan-wg (+ route C dev tartan-wg while that TUN
+//!              exists, in preference to tartan0; the datapath encrypts S_P's
+//!              packets to P's published public key and sends them to IP_P:<port>)
 //! ```
 //!
 //! A node sends to a peer over the target backend only once the peer lists it
@@ -25,6 +28,7 @@
 //!   vxlan     the VTEP device; route + neighbour + FDB entry per vxlan peer
 //!   host_gw   which peers are on-link; the routed peer route
 //!   udp, bgp  the TUN and its routes; BIRD's sessions and filters
+//!   wireguard the wireguard TUN and the peers' public keys
 //!   mtu       each backend's overhead; the pods' MTU, clamped and reported
 //!   model     the output (DesiredState); inputs: peers from their NodeSubnets
 //! ```
@@ -38,6 +42,7 @@ pub mod model;
 mod mtu;
 mod udp;
 mod vxlan;
+mod wireguard;
 
 #[cfg(test)]
 mod tests;
@@ -52,7 +57,7 @@ use tartan_crds::{BackendType, ValidNetwork, ValidNodeSubnet};
 pub use choose::SUPPORTED;
 pub use delta::{NodeIps, PeerDelta, PeerKernelObjects, plan_peer};
 pub use model::*;
-pub use mtu::{UDP_OVERHEAD_V4, VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6};
+pub use mtu::{UDP_OVERHEAD_V4, VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6, WIREGUARD_OVERHEAD_V4};
 pub use vxlan::vtep_mac;
 
 /// What the agent knows about its own node that is not in the API.
@@ -75,6 +80,8 @@ pub struct LocalFacts {
     pub udp_tag_len: u32,
     /// Each external BGP peer's `passwordSecretRef`, as read from its Secret.
     pub bgp_passwords: BTreeMap<tartan_crds::SecretKeyRef, PasswordLookup>,
+    /// This node's WireGuard public key (its private key stays with the agent).
+    pub wireguard_public_key: Option<[u8; 32]>,
 }
 
 impl Default for LocalFacts {
@@ -90,6 +97,7 @@ impl Default for LocalFacts {
             bgp: BgpObserved::default(),
             udp_tag_len: 0,
             bgp_passwords: BTreeMap::new(),
+            wireguard_public_key: None,
         }
     }
 }
@@ -135,13 +143,7 @@ pub fn plan(
     for sent in &choice.sent {
         objects.add(&node, sent);
     }
-    let paths = ReceivePaths::new(
-        &node,
-        choice.receive,
-        choice.senders,
-        &choice.on_link,
-        &mut objects,
-    );
+    let paths = ReceivePaths::new(&node, &choice, &mut objects);
     let sessions_down = (paths.bgp.as_ref())
         .filter(|_| choice.target == BackendType::Bgp)
         .and_then(|spec| bgp::sessions_down(spec, &facts.bgp));
@@ -157,6 +159,7 @@ pub fn plan(
         },
         vxlan: paths.vxlan,
         udp: paths.udp,
+        wireguard: paths.wireguard,
         bgp: paths.bgp,
         routes: objects.routes,
         neighbours: objects.neighbours,
@@ -213,6 +216,8 @@ struct PeerObjects {
     fdb: BTreeSet<FdbSpec>,
     /// Each udp peer's subnets and node IP: the datapath's peer table.
     udp_peers: BTreeMap<IpNet, Ipv4Addr>,
+    /// The same for the wireguard peers.
+    wireguard_peers: BTreeMap<IpNet, Ipv4Addr>,
 }
 
 impl PeerObjects {
@@ -240,7 +245,11 @@ impl PeerObjects {
                 BackendType::Bgp => {}
                 BackendType::Udp => {
                     self.udp_peers.insert(subnet, reach.node_ip);
-                    self.routes.insert(udp::tun_route(subnet));
+                    self.routes.insert(udp::tun_route(TUN, subnet));
+                }
+                BackendType::Wireguard => {
+                    self.wireguard_peers.insert(subnet, reach.node_ip);
+                    self.routes.insert(udp::tun_route(WIREGUARD_TUN, subnet));
                 }
                 BackendType::HostGw => self.routes.extend(routed()),
                 // vxlan + directRouting: host-gw for on-link peers.
@@ -266,19 +275,15 @@ struct ReceivePaths {
     receive: BTreeSet<BackendType>,
     vxlan: Option<VxlanSpec>,
     udp: Option<UdpSpec>,
+    wireguard: Option<WireguardSpec>,
     bgp: Option<BgpSpec>,
 }
 
 impl ReceivePaths {
-    /// While the TUN stays, the cluster's routes into it join `objects.routes`
-    /// and the udp peer table moves into its spec.
-    fn new(
-        node: &Node,
-        mut receive: BTreeSet<BackendType>,
-        senders: BTreeMap<IpNet, Ipv4Addr>,
-        on_link: &[(String, Ipv4Addr)],
-        objects: &mut PeerObjects,
-    ) -> Self {
+    /// While a TUN stays, the cluster's routes into it join `objects.routes`
+    /// (into the wireguard TUN when both stay, so nothing falls back to clear
+    /// text) and its peer table moves into its spec.
+    fn new(node: &Node, choice: &choose::Choice, objects: &mut PeerObjects) -> Self {
         let Node {
             network,
             local,
@@ -286,26 +291,55 @@ impl ReceivePaths {
             own,
             ..
         } = node;
+        let mut receive = choice.receive.clone();
+        let wanted =
+            |receive: &BTreeSet<BackendType>, backend, peers: &BTreeMap<IpNet, Ipv4Addr>| {
+                receive.contains(&backend) || !peers.is_empty()
+            };
         let vxlan = (receive.contains(&BackendType::Vxlan) || !objects.fdb.is_empty())
             .then(|| vxlan::spec(network, facts, own));
-        if vxlan.is_some() {
-            receive.insert(BackendType::Vxlan);
-        }
-        let udp =
-            (receive.contains(&BackendType::Udp) || !objects.udp_peers.is_empty()).then(|| {
-                objects.routes.extend(udp::cluster_routes(network, local));
-                let peers = std::mem::take(&mut objects.udp_peers);
-                udp::spec(network, facts, own, peers, senders)
+        let wireguard =
+            wanted(&receive, BackendType::Wireguard, &objects.wireguard_peers).then(|| {
+                let peers = std::mem::take(&mut objects.wireguard_peers);
+                wireguard::spec(
+                    network,
+                    facts,
+                    own,
+                    peers,
+                    choice.senders.clone(),
+                    &choice.keys,
+                )
             });
-        if udp.is_some() {
-            receive.insert(BackendType::Udp);
+        let udp = wanted(&receive, BackendType::Udp, &objects.udp_peers).then(|| {
+            let peers = std::mem::take(&mut objects.udp_peers);
+            udp::TunPlan::udp(network).spec(facts, own, peers, choice.senders.clone())
+        });
+        let catch_all = match (&wireguard, &udp) {
+            (Some(w), _) => Some(w.tun.device.as_str()),
+            (None, Some(u)) => Some(u.device.as_str()),
+            (None, None) => None,
+        };
+        if let Some(device) = catch_all {
+            objects
+                .routes
+                .extend(udp::cluster_routes(device, network, local));
+        }
+        for (backend, on) in [
+            (BackendType::Vxlan, vxlan.is_some()),
+            (BackendType::Udp, udp.is_some()),
+            (BackendType::Wireguard, wireguard.is_some()),
+        ] {
+            if on {
+                receive.insert(backend);
+            }
         }
         let bgp = (receive.contains(&BackendType::Bgp))
-            .then(|| bgp::spec(network, local, facts, on_link));
+            .then(|| bgp::spec(network, local, facts, &choice.on_link));
         Self {
             receive,
             vxlan,
             udp,
+            wireguard,
             bgp,
         }
     }

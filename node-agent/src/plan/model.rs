@@ -28,10 +28,17 @@ pub fn is_vxlan_device(name: &str) -> bool {
 
 /// The udp backend's TUN device.
 pub const TUN: &str = "tartan0";
+/// The wireguard backend's TUN device.
+pub const WIREGUARD_TUN: &str = "tartan-wg";
+
+/// Whether a device name is one of Tartan's TUN devices.
+pub fn is_tun_device(name: &str) -> bool {
+    name == TUN || name == WIREGUARD_TUN
+}
 
 /// Whether a device name is one Tartan owns (and may delete).
 pub fn is_tartan_device(name: &str) -> bool {
-    name == BRIDGE || is_vxlan_device(name) || name == TUN
+    name == BRIDGE || is_vxlan_device(name) || is_tun_device(name)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +84,7 @@ impl Device {
     pub fn from_name(name: &str) -> Device {
         if is_vxlan_device(name) {
             Device::Vxlan(name.into())
-        } else if name == TUN {
+        } else if is_tun_device(name) {
             Device::Tun(name.into())
         } else {
             Device::Underlay(name.into())
@@ -144,6 +151,15 @@ pub struct UdpSpec {
     /// from which inner sources. Wider than `peers`, since during a switch a
     /// peer sends udp before we do.
     pub senders: BTreeMap<IpNet, std::net::Ipv4Addr>,
+}
+
+/// The wireguard backend: the udp backend's TUN and peer table, and each
+/// peer's public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireguardSpec {
+    pub tun: UdpSpec,
+    /// The public key of every peer that sends or is sent to (by node IP).
+    pub keys: BTreeMap<std::net::Ipv4Addr, [u8; 32]>,
 }
 
 /// The bgp backend: what this node's BIRD is configured with.
@@ -309,6 +325,7 @@ pub struct DesiredState {
     pub bridge: BridgeSpec,
     pub vxlan: Option<VxlanSpec>,
     pub udp: Option<UdpSpec>,
+    pub wireguard: Option<WireguardSpec>,
     pub bgp: Option<BgpSpec>,
     pub routes: BTreeSet<RouteSpec>,
     pub neighbours: BTreeSet<NeighbourSpec>,
@@ -326,10 +343,18 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
+    /// The TUN devices this state has: the udp and the wireguard backend's.
+    pub fn tuns(&self) -> impl Iterator<Item = &UdpSpec> {
+        self.udp
+            .iter()
+            .chain(self.wireguard.as_ref().map(|w| &w.tun))
+    }
+
     /// How many kernel objects this state consists of (metrics, benchmarks).
     pub fn object_count(&self) -> usize {
         1 + usize::from(self.vxlan.is_some())
             + usize::from(self.udp.is_some())
+            + usize::from(self.wireguard.is_some())
             + self.routes.len()
             + self.neighbours.len()
             + self.fdb.len()

@@ -12,6 +12,8 @@ pub const VXLAN_OVERHEAD_V4: u32 = 50;
 pub const VXLAN_OVERHEAD_V6: u32 = 70;
 /// udp backend overhead: outer IPv4 20 + UDP 8.
 pub const UDP_OVERHEAD_V4: u32 = 28;
+/// wireguard overhead: outer IPv4 20 + UDP 8 + WireGuard's data header 16 and tag 16.
+pub const WIREGUARD_OVERHEAD_V4: u32 = 60;
 
 /// Bytes `backend` adds to every packet on this node's underlay.
 pub fn overhead(backend: BackendType, facts: &LocalFacts) -> u32 {
@@ -19,6 +21,7 @@ pub fn overhead(backend: BackendType, facts: &LocalFacts) -> u32 {
         BackendType::Vxlan => VXLAN_OVERHEAD_V4,
         // The authentication tag, when there is one, rides in the same datagram.
         BackendType::Udp => UDP_OVERHEAD_V4 + facts.udp_tag_len,
+        BackendType::Wireguard => WIREGUARD_OVERHEAD_V4,
         BackendType::HostGw | BackendType::Bgp => 0,
     }
 }
@@ -72,6 +75,7 @@ mod tests {
                 (BackendType::HostGw, 9000),
                 (BackendType::Udp, 8972),
                 (BackendType::Bgp, 9000),
+                (BackendType::Wireguard, 8940),
             ]
         );
     }

@@ -10,9 +10,8 @@
 //! Both loops block in `poll` with a short timeout when idle, so a stop is
 //! seen within a fraction of a second.
 
-use std::io;
 use std::net::SocketAddrV4;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -24,6 +23,7 @@ use super::packet::Layout;
 use super::peers::{PeerTable, Peers};
 use super::segment::segment_into;
 use super::socket::{Incoming, RECV_BUFFER, UdpSocket};
+use super::sys::{IDLE_POLL_MS, read, split, wait_readable, wait_writable, would_block, write};
 use super::vnet::{self, VnetHeader};
 
 /// Frames read from the TUN before a send.
@@ -32,7 +32,6 @@ const READS_PER_BATCH: usize = 64;
 const BATCH_BYTES: usize = 1 << 20;
 /// Messages per recvmmsg.
 const RECEIVE_MESSAGES: usize = 8;
-const IDLE_POLL_MS: i32 = 200;
 
 #[derive(Clone)]
 pub struct Queue {
@@ -47,43 +46,6 @@ pub struct Queue {
     pub key: Option<DatagramKey>,
     pub metrics: UdpMetrics,
     pub stop: Arc<AtomicBool>,
-}
-
-/// Waits until `fd` is ready for `events` or the idle timeout passes.
-fn wait(fd: &OwnedFd, events: libc::c_short) {
-    let mut poll = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, count 1.
-    unsafe { libc::poll(&mut poll, 1, IDLE_POLL_MS) };
-}
-
-fn wait_readable(fd: &OwnedFd) {
-    wait(fd, libc::POLLIN);
-}
-
-fn read(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: reads at most buffer.len() bytes into the buffer.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-fn write(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
-    // SAFETY: writes frame.len() bytes from the frame.
-    let n = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn would_block(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
 }
 
 impl Queue {
@@ -325,26 +287,4 @@ pub(crate) struct ReceiveCounts {
     pub not_local: u64,
     pub bad_tag: u64,
     pub spoofed_source: u64,
-}
-
-/// The same messages, one datagram each.
-fn split(messages: &[super::socket::Outgoing]) -> Vec<super::socket::Outgoing> {
-    messages
-        .iter()
-        .flat_map(|m| {
-            (0..m.datagrams()).map(move |i| {
-                let offset = m.offset + i * m.segment;
-                super::socket::Outgoing {
-                    peer: m.peer,
-                    offset,
-                    len: m.segment.min(m.offset + m.len - offset),
-                    segment: m.segment,
-                }
-            })
-        })
-        .collect()
-}
-
-fn wait_writable(fd: &OwnedFd) {
-    wait(fd, libc::POLLOUT);
 }

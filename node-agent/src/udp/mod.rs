@@ -18,7 +18,7 @@
 //! ```
 
 pub mod auth;
-mod batch;
+pub mod batch;
 pub mod checksum;
 pub mod coalesce;
 mod datapath;
@@ -27,6 +27,7 @@ pub mod packet;
 pub mod peers;
 pub mod segment;
 pub mod socket;
+pub mod sys;
 pub mod tun;
 pub mod vnet;
 
@@ -96,7 +97,7 @@ impl Default for EngineOptions {
 }
 
 impl Features {
-    fn of(tun: &tun::Tun, sockets: &[UdpSocket]) -> Features {
+    pub(crate) fn of(tun: &tun::Tun, sockets: &[UdpSocket]) -> Features {
         Features {
             tun: tun.features,
             gso: sockets.iter().all(|s| s.gso),
@@ -104,8 +105,9 @@ impl Features {
         }
     }
 
-    /// Sets `tartan_agent_udp_offload`, so a missing offload shows on a dashboard.
-    fn record(&self, metrics: &UdpMetrics) {
+    /// Sets an offload gauge (`tartan_agent_udp_offload`), so a missing
+    /// offload shows on a dashboard.
+    pub(crate) fn record(&self, offload: &prometheus::IntGaugeVec) {
         for (feature, on) in [
             ("vnet_hdr", self.tun.vnet_hdr),
             ("tso", self.tun.tso),
@@ -113,13 +115,9 @@ impl Features {
             ("udp_gso", self.gso),
             ("udp_gro", self.gro),
         ] {
-            metrics
-                .offload
-                .with_label_values(&[feature])
-                .set(i64::from(on));
+            offload.with_label_values(&[feature]).set(i64::from(on));
         }
-        metrics
-            .offload
+        offload
             .with_label_values(&["queues"])
             .set(self.tun.queues as i64);
     }
@@ -141,7 +139,7 @@ impl Features {
 
 /// Opens `spec`'s TUN with up to `queues` queues in `netns`, and one socket
 /// on `spec`'s port for each queue the kernel granted.
-fn open_queues(
+pub(crate) fn open_queues(
     netns: &NetNs,
     spec: &UdpSpec,
     queues: usize,
@@ -180,7 +178,7 @@ impl Engine {
         let queues = if batched { options.queues } else { 1 };
         let (tun, sockets) = open_queues(netns, spec, queues, batched)?;
         let features = Features::of(&tun, &sockets);
-        features.record(metrics);
+        features.record(&metrics.offload);
         features.log_started(spec);
         let peers = Peers::default();
         peers.store(PeerTable::new(&spec.peers, &spec.senders, &spec.local));

@@ -22,6 +22,7 @@ use tartan_agent::netns::NetNs;
 use tartan_agent::plan::{self, LocalFacts, Peer, vtep_mac};
 use tartan_agent::sysctl::Sysctls;
 use tartan_agent::underlay::Underlay;
+use tartan_agent::wireguard::keys::NodeKey;
 use tartan_testbed::{Topology, cni, exec};
 
 pub const TOOLS: &[&str] = &["ip", "nft", "ping", "nsenter"];
@@ -34,6 +35,8 @@ pub struct Fixture {
     pub planes: Vec<Dataplane>,
     pub dir: PathBuf,
     pub metrics: Arc<Metrics>,
+    /// Each node's WireGuard key, as its agent would have made it.
+    pub keys: Vec<NodeKey>,
 }
 
 pub fn network(backend: BackendType, direct: bool) -> ValidNetwork {
@@ -76,6 +79,9 @@ impl Fixture {
             planes: Vec::new(),
             dir,
             metrics,
+            keys: (0..nodes)
+                .map(|_| NodeKey::generate().expect("WireGuard key"))
+                .collect(),
         };
         for i in 0..nodes {
             fixture.subnets.push(ValidNodeSubnet {
@@ -113,6 +119,7 @@ impl Fixture {
             resync: Duration::from_secs(300),
             udp,
             bird: self.bird(i),
+            wireguard_key: Some(self.keys[i].clone()),
         };
         Dataplane::start(config, self.metrics.clone()).expect("data plane starts")
     }
@@ -131,6 +138,7 @@ impl Fixture {
                         node_ip: Some(ip),
                         node_ipv6: None,
                         vtep_mac: Some(vtep_mac(ip)),
+                        wireguard_key: Some(self.keys[j].public()),
                     }),
                     backend: Some(backend),
                     receive: BTreeSet::from([backend]),
@@ -140,7 +148,11 @@ impl Fixture {
     }
 
     pub fn target(&self, i: usize, peers: &[Peer]) -> Target {
-        self.target_with(i, peers, facts(&self.topo, i))
+        let facts = LocalFacts {
+            wireguard_public_key: Some(self.keys[i].public()),
+            ..facts(&self.topo, i)
+        };
+        self.target_with(i, peers, facts)
     }
 
     pub fn target_with(&self, i: usize, peers: &[Peer], facts: LocalFacts) -> Target {

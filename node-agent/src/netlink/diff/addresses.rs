@@ -18,7 +18,7 @@ pub(super) fn diff(desired: &DesiredState, observed: &Observed, gone: &Gone) -> 
     if let Some(v) = &desired.vxlan {
         wanted.extend(v.addresses.iter().map(|a| (v.name.as_str(), *a)));
     }
-    if let Some(u) = &desired.udp {
+    for u in desired.tuns() {
         wanted.extend(u.addresses.iter().map(|a| (u.device.as_str(), *a)));
     }
     let mut ops = Vec::new();
@@ -36,11 +36,10 @@ pub(super) fn diff(desired: &DesiredState, observed: &Observed, gone: &Gone) -> 
         }
     }
     let desired_vxlan = desired.vxlan.as_ref().map(|v| v.name.as_str());
-    let desired_tun = desired.udp.as_ref().map(|u| u.device.as_str());
     for (device, addresses) in &observed.addresses {
         let ours = device == &bridge.name
             || Some(device.as_str()) == desired_vxlan
-            || Some(device.as_str()) == desired_tun;
+            || desired.tuns().any(|t| &t.device == device);
         if gone.contains(device) || !ours {
             continue;
         }

@@ -6,7 +6,7 @@ use netlink_packet_route::link::InfoKind;
 
 use super::super::observe::{Observed, VxlanAttrs};
 use super::{Gone, Op};
-use crate::plan::{BridgeSpec, DesiredState, TUN, VxlanSpec, is_vxlan_device};
+use crate::plan::{BridgeSpec, DesiredState, TUN, VxlanSpec, WIREGUARD_TUN, is_vxlan_device};
 
 /// The link operations of one diff.
 #[derive(Debug, Default)]
@@ -93,24 +93,25 @@ impl Links {
         }
     }
 
-    /// The TUN is created by the udp datapath; here it only gets its MTU and
-    /// state, and is removed once the udp backend is no longer wanted.
+    /// A TUN is created by its datapath (udp or wireguard); here it only gets
+    /// its MTU and state, and is removed once its backend is no longer wanted.
     fn tun(&mut self, desired: &DesiredState, observed: &Observed) {
-        match &desired.udp {
-            Some(want) => {
-                if let Some(link) = observed.links.get(&want.device)
-                    && (link.mtu != Some(want.mtu) || !link.up)
-                {
-                    self.ops.push(Op::SetLink {
-                        name: want.device.clone(),
-                        mtu: Some(want.mtu),
-                        mac: None,
-                        up: true,
-                    });
-                }
+        for want in desired.tuns() {
+            if let Some(link) = observed.links.get(&want.device)
+                && (link.mtu != Some(want.mtu) || !link.up)
+            {
+                self.ops.push(Op::SetLink {
+                    name: want.device.clone(),
+                    mtu: Some(want.mtu),
+                    mac: None,
+                    up: true,
+                });
             }
-            None if observed.links.contains_key(TUN) => self.retire(TUN),
-            None => {}
+        }
+        for name in [TUN, WIREGUARD_TUN] {
+            if observed.links.contains_key(name) && !desired.tuns().any(|t| t.device == name) {
+                self.retire(name);
+            }
         }
     }
 

@@ -152,6 +152,7 @@ fn desired(backend: BackendType, direct: bool, peers: &[(u8, bool, u8)]) -> Desi
                     node_ip: Some(ip),
                     node_ipv6: None,
                     vtep_mac: Some(vtep_mac(ip)),
+                    wireguard_key: None,
                 }),
                 backend: receive.iter().next().copied(),
                 receive,

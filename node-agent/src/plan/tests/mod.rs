@@ -1,4 +1,5 @@
 mod backends;
+mod wireguard;
 
 use super::*;
 
@@ -45,6 +46,7 @@ pub(super) fn peer(name: &str, third: u8, ip: [u8; 4], receive: &[BackendType]) 
             node_ip: Some(node_ip),
             node_ipv6: None,
             vtep_mac: Some(vtep_mac(node_ip)),
+            wireguard_key: None,
         }),
         backend: receive.first().copied(),
         receive: receive.iter().copied().collect(),

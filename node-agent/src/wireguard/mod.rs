@@ -1,0 +1,189 @@
+//! The wireguard backend: the udp backend's TUN datapath (vnet headers,
+//! GSO/GRO trains, sendmmsg/recvmmsg, one queue per core, a lock-free peer
+//! table) speaking the WireGuard protocol, so pod traffic between nodes is
+//! encrypted on kernels without the WireGuard module.
+//!
+//! The protocol (Noise IK handshake, sessions, replay window, timers, cookie
+//! rate limit) is boringtun's `noise` module (Cloudflare, maintained, used by
+//! their WARP clients), without its device layer: Tartan brings its own.
+//!
+//! ```text
+//!  keys                 this node's key pair, in a file on the node
+//!  peers                subnet table + one state machine per peer, kept across updates
+//!  receive              one datagram through a state machine: pure, property-tested
+//!  datapath  timers     the per-queue loops; the clock and first handshakes
+//!  metrics              bounded labels only
+//! ```
+
+pub mod datapath;
+pub mod keys;
+pub mod metrics;
+pub mod peers;
+pub mod receive;
+mod timers;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::thread::JoinHandle;
+
+use crate::netns::NetNs;
+use crate::plan::WireguardSpec;
+use crate::udp::{Features, open_queues};
+use datapath::Queue;
+use keys::NodeKey;
+use metrics::WireguardMetrics;
+use peers::{Factory, WgPeers, WgTable};
+
+/// A running wireguard datapath.
+pub struct Engine {
+    device: String,
+    port: u16,
+    peers: WgPeers,
+    current: WireguardSpec,
+    factory: Arc<Factory>,
+    fresh: Sender<Vec<Arc<peers::WgPeer>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pub features: Features,
+}
+
+impl Engine {
+    /// Opens the TUN and the sockets in `netns`, starts the loops and the
+    /// clock, and starts a handshake with every peer.
+    pub fn start(
+        netns: &NetNs,
+        spec: &WireguardSpec,
+        key: &NodeKey,
+        queues: usize,
+        metrics: &WireguardMetrics,
+    ) -> io::Result<Engine> {
+        let (tun, sockets) = open_queues(netns, &spec.tun, queues, true)?;
+        let features = Features::of(&tun, &sockets);
+        features.record(&metrics.offload);
+        tracing::info!(
+            device = %spec.tun.device,
+            port = spec.tun.port,
+            queues = features.tun.queues,
+            public_key = %key.public_base64(),
+            "wireguard datapath started"
+        );
+        let factory = Arc::new(Factory::new(key.clone()));
+        let peers = WgPeers::default();
+        let (table, fresh_peers) =
+            WgTable::build(spec, &spec.tun.peers, &WgTable::default(), &factory);
+        peers.store(table);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let sockets: Vec<_> = sockets.into_iter().map(Arc::new).collect();
+        let (fresh, fresh_rx) = channel();
+        let clock = timers::Clock {
+            peers: peers.clone(),
+            socket: sockets[0].clone(),
+            factory: factory.clone(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+            fresh: fresh_rx,
+        };
+        threads.push(spawn("tartan-wg-clock", move || clock.run())?);
+        for (i, (fd, socket)) in tun.queues.into_iter().zip(sockets).enumerate() {
+            let queue = Queue {
+                tun: Arc::new(fd),
+                socket,
+                vnet: features.tun.vnet_hdr,
+                peers: peers.clone(),
+                metrics: metrics.clone(),
+                stop: stop.clone(),
+            };
+            let sender = queue.clone();
+            threads.push(spawn(&format!("tartan-wg-tx{i}"), move || {
+                sender.send_loop()
+            })?);
+            threads.push(spawn(&format!("tartan-wg-rx{i}"), move || {
+                queue.receive_loop()
+            })?);
+        }
+        let _ = fresh.send(fresh_peers);
+        Ok(Engine {
+            device: spec.tun.device.clone(),
+            port: spec.tun.port,
+            peers,
+            current: spec.clone(),
+            factory,
+            fresh,
+            stop,
+            threads,
+            features,
+        })
+    }
+
+    /// Whether this engine serves `spec` (else it must be restarted).
+    pub fn serves(&self, spec: &WireguardSpec) -> bool {
+        self.device == spec.tun.device && self.port == spec.tun.port
+    }
+
+    /// Swaps in exactly `spec`'s peers; sessions of unchanged peers stay.
+    pub fn update(&mut self, spec: &WireguardSpec) {
+        self.install(spec, &spec.tun.peers);
+        self.current = spec.clone();
+    }
+
+    /// Before the routes change: packets for the old and the new peers both
+    /// find their node (see the udp engine's `widen`).
+    pub fn widen(&self, spec: &WireguardSpec) {
+        let mut routes = self.current.tun.peers.clone();
+        routes.extend(spec.tun.peers.iter().map(|(k, v)| (*k, *v)));
+        let mut wide = spec.clone();
+        for (node, key) in &self.current.keys {
+            wide.keys.entry(*node).or_insert(*key);
+        }
+        for (subnet, node) in &self.current.tun.senders {
+            wide.tun.senders.entry(*subnet).or_insert(*node);
+        }
+        self.install(&wide, &routes);
+    }
+
+    fn install(
+        &self,
+        spec: &WireguardSpec,
+        routes: &std::collections::BTreeMap<ipnet::IpNet, std::net::Ipv4Addr>,
+    ) {
+        let previous = self.peers.load_full();
+        let (table, fresh) = WgTable::build(spec, routes, &previous, &self.factory);
+        self.peers.store(table);
+        if !fresh.is_empty() {
+            let _ = self.fresh.send(fresh);
+        }
+    }
+
+    /// How many peers the table holds.
+    pub fn peer_count(&self) -> usize {
+        self.peers.load().len()
+    }
+
+    /// Stops the loops and closes the queues; the (persistent) device stays.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(f)
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

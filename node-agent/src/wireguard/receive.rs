@@ -1,0 +1,132 @@
+//! One received datagram, from a known peer, through its WireGuard state
+//! machine: a data message becomes an inner packet (checked like the udp
+//! backend's: whole, for this node, from the sender's own subnets), a
+//! handshake becomes a reply. Anything else is dropped and its reason
+//! counted. Free of I/O, so the property test can feed it anything.
+
+use std::net::IpAddr;
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::{Tunn, TunnResult};
+
+use super::metrics::Drop;
+use super::peers::WgPeer;
+use crate::udp::packet::Layout;
+use crate::udp::peers::PeerTable;
+
+const HANDSHAKE_INIT: u8 = 1;
+const HANDSHAKE_RESPONSE: u8 = 2;
+const COOKIE_REPLY: u8 = 3;
+
+/// Who started a handshake that completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Initiator,
+    Responder,
+}
+
+impl Role {
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Initiator => "initiator",
+            Role::Responder => "responder",
+        }
+    }
+}
+
+/// Where the results of receiving go.
+pub trait Sink {
+    /// A checked inner packet for the TUN.
+    fn deliver(&mut self, layout: Layout, packet: &[u8]);
+    /// A message for the peer (handshake response, cookie, keepalive, or a
+    /// packet that waited for the handshake).
+    fn reply(&mut self, datagram: &[u8]);
+    fn dropped(&mut self, reason: Drop);
+    fn handshake(&mut self, role: Role);
+}
+
+/// The drop reason of a WireGuard error on receive.
+pub fn reason(error: &WireGuardError) -> Drop {
+    match error {
+        WireGuardError::InvalidMac => Drop::InvalidMac,
+        WireGuardError::InvalidAeadTag => Drop::BadTag,
+        WireGuardError::InvalidCounter | WireGuardError::DuplicateCounter => Drop::Replay,
+        WireGuardError::NoCurrentSession | WireGuardError::WrongIndex => Drop::NoSession,
+        WireGuardError::UnderLoad => Drop::UnderLoad,
+        WireGuardError::InvalidPacket
+        | WireGuardError::IncorrectPacketLength
+        | WireGuardError::WrongPacketType
+        | WireGuardError::DestinationBufferTooSmall => Drop::InvalidPacket,
+        WireGuardError::WrongKey
+        | WireGuardError::UnexpectedPacket
+        | WireGuardError::InvalidTai64nTimestamp
+        | WireGuardError::WrongTai64nTimestamp
+        | WireGuardError::LockFailed
+        | WireGuardError::ConnectionExpired => Drop::BadHandshake,
+    }
+}
+
+/// Receives `datagram` from `peer` (whose state `tunn` is) with `scratch`
+/// (at least as long as the datagram, and 148 bytes) to decrypt into.
+pub fn receive(
+    subnets: &PeerTable,
+    peer: &WgPeer,
+    tunn: &mut Tunn,
+    datagram: &[u8],
+    scratch: &mut [u8],
+    sink: &mut impl Sink,
+) {
+    if datagram.is_empty() {
+        // An empty datagram means "flush the queue" to boringtun: not from the wire.
+        return sink.dropped(Drop::InvalidPacket);
+    }
+    let kind = datagram[0];
+    match tunn.decapsulate(Some(IpAddr::V4(peer.node)), datagram, scratch) {
+        TunnResult::Done => {}
+        TunnResult::Err(e) => {
+            let why = reason(&e);
+            sink.dropped(why);
+            if why == Drop::NoSession {
+                // The peer holds a session we lost (our restart): renegotiate now
+                // rather than when its keys age out.
+                if let TunnResult::WriteToNetwork(init) =
+                    tunn.format_handshake_initiation(scratch, false)
+                {
+                    sink.reply(init);
+                }
+            }
+        }
+        TunnResult::WriteToNetwork(out) => {
+            match (kind, out.first().copied()) {
+                (_, Some(COOKIE_REPLY)) => sink.dropped(Drop::UnderLoad),
+                (HANDSHAKE_INIT, _) => sink.handshake(Role::Responder),
+                (HANDSHAKE_RESPONSE, _) => sink.handshake(Role::Initiator),
+                _ => {}
+            }
+            sink.reply(out);
+            // What waited for the session leaves now.
+            while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], scratch) {
+                sink.reply(queued);
+            }
+        }
+        TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
+            check_inner(subnets, peer, packet, sink)
+        }
+    }
+}
+
+/// Hands a decrypted packet on only when it is whole, for this node and from
+/// the sending peer's own subnets (WireGuard's AllowedIPs, from the NodeSubnets).
+fn check_inner(subnets: &PeerTable, peer: &WgPeer, packet: &[u8], sink: &mut impl Sink) {
+    let layout = match Layout::parse(packet) {
+        Ok(l) if l.total == packet.len() => l,
+        _ => return sink.dropped(Drop::Malformed),
+    };
+    if !subnets.is_local(layout.destination(packet)) {
+        return sink.dropped(Drop::NotLocal);
+    }
+    if !subnets.sends_from(peer.node, layout.source(packet)) {
+        return sink.dropped(Drop::SpoofedSource);
+    }
+    sink.deliver(layout, packet);
+}

@@ -1,0 +1,295 @@
+//! The wireguard backend on the real kernel: pods on two Tartan nodes talking
+//! through TUN `tartan-wg` with nothing in clear text on the underlay, and a
+//! Tartan node exchanging pod traffic with a stock WireGuard peer
+//! (wireguard-go, configured with `wg set` from the Tartan node's public key).
+//! Needs root, iproute2, nft, ping, tcpdump, wg, wireguard-go (built by
+//! `make wireguard-go`) and the CNI plugins.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fixture::{Fixture, pings};
+use tartan_agent::plan::WIREGUARD_TUN;
+use tartan_agent::wireguard::keys::NodeKey;
+use tartan_crds::BackendType;
+use tartan_crds::validate::{format_wireguard_key, parse_wireguard_key};
+use tartan_testbed::exec;
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stdout(netns: &str, args: &[&str]) -> String {
+    String::from_utf8_lossy(&exec(netns, args).expect("command").stdout).into_owned()
+}
+
+/// A capture of everything on `iface` in `netns` until the guard is dropped.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(netns: &str, iface: &str, file: PathBuf) -> Capture {
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", netns, "tcpdump", "-i", iface, "-U", "-s", "0", "-w",
+            ])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump runs");
+        // tcpdump opens the file once it listens.
+        eventually("tcpdump listens", || file.exists());
+        std::thread::sleep(Duration::from_millis(300));
+        Capture { child, file }
+    }
+
+    /// Stops the capture and returns its bytes and how many packets matched `filter`.
+    fn finish(mut self, filter: &str) -> (Vec<u8>, usize) {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let bytes = std::fs::read(&self.file).expect("capture file");
+        let listed = Command::new("tcpdump")
+            .args(["-n", "-r"])
+            .arg(&self.file)
+            .args(filter.split(' '))
+            .output()
+            .expect("tcpdump -r");
+        let count = String::from_utf8_lossy(&listed.stdout).lines().count();
+        (bytes, count)
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device, tcpdump and the CNI plugins (make test runs it)"]
+fn pods_talk_over_wireguard_and_the_underlay_carries_no_clear_text() {
+    tartan_testbed::require(&["tcpdump"]);
+    let f = Fixture::new("wg", 2, BackendType::Wireguard, false);
+    f.program_all();
+    let (a, a_ip) = f.add_pod(0, "a");
+    let (b, b_ip) = f.add_pod(1, "b");
+    let routes = stdout(
+        &f.topo.nodes[0].netns,
+        &["ip", "route", "show", "dev", WIREGUARD_TUN],
+    );
+    assert!(
+        routes.contains("10.244.0.0/16") && routes.contains("10.244.2.0/24"),
+        "{routes}"
+    );
+    let n1 = &f.topo.nodes[0];
+    let capture = Capture::start(&n1.netns, &n1.iface, f.dir.join("underlay.pcap"));
+    // "tartan-secret!" as the ping pattern, in every echo both ways.
+    let pattern = "74617274616e2d73656372657421";
+    for (from, to) in [(&a, b_ip), (&b, a_ip)] {
+        let out = exec(
+            from,
+            &[
+                "ping",
+                "-c",
+                "5",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-p",
+                pattern,
+                &to.to_string(),
+            ],
+        );
+        assert!(out.is_ok(), "pods reach each other over wireguard: {out:?}");
+    }
+    let (bytes, wireguard) = capture.finish("udp port 51820");
+    assert!(
+        wireguard >= 10,
+        "the echoes crossed as WireGuard datagrams: {wireguard}"
+    );
+    assert!(
+        !contains(&bytes, b"tartan-secret!"),
+        "a payload crossed in clear text"
+    );
+    let mut inner = a_ip.octets().to_vec();
+    inner.extend_from_slice(&b_ip.octets());
+    assert!(
+        !contains(&bytes, &inner),
+        "an inner IP header crossed in clear text"
+    );
+    let metrics = f.metrics.render();
+    assert!(
+        sample(
+            &metrics,
+            "tartan_agent_wireguard_handshakes_total{role=\"initiator\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "tartan_agent_wireguard_packets_total{direction=\"rx\"}"
+        ) >= 20.0,
+        "{metrics}"
+    );
+    eventually("both peers count a fresh handshake", || {
+        sample(
+            &f.metrics.render(),
+            "tartan_agent_wireguard_peers{handshake_age=\"under_2m\"}",
+        ) >= 1.0
+    });
+}
+
+fn wireguard_go() -> PathBuf {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wireguard-go/wireguard-go");
+    assert!(
+        path.exists(),
+        "{} is missing: run `make wireguard-go`",
+        path.display()
+    );
+    path
+}
+
+/// wireguard-go on `device` in `netns`, in the foreground, stopped on drop.
+struct StockPeer {
+    child: Child,
+}
+
+impl StockPeer {
+    fn start(netns: &str, device: &str) -> StockPeer {
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(wireguard_go())
+            .args(["-f", device])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wireguard-go runs");
+        let socket = PathBuf::from(format!("/var/run/wireguard/{device}.sock"));
+        eventually("wireguard-go opens its control socket", || socket.exists());
+        StockPeer { child }
+    }
+}
+
+impl Drop for StockPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device, wg, wireguard-go and the CNI plugins (make test runs it)"]
+fn a_stock_wireguard_peer_exchanges_pod_traffic_both_ways() {
+    tartan_testbed::require(&["wg"]);
+    let mut f = Fixture::new("wi", 2, BackendType::Wireguard, false);
+    // Node 2 runs no Tartan: wireguard-go, configured by hand with `wg`.
+    f.planes.remove(1).stop();
+    let n2 = f.topo.nodes[1].clone();
+    let device = format!("wg{}", std::process::id() % 100_000);
+    let _stock = StockPeer::start(&n2.netns, &device);
+    let stock_key = NodeKey::generate().expect("key");
+    let key_file = f.dir.join("stock.key");
+    std::fs::create_dir_all(&f.dir).expect("dir");
+    std::fs::write(
+        &key_file,
+        format_wireguard_key(&stock_key.secret().to_bytes()),
+    )
+    .expect("key file");
+    let tartan_public = format_wireguard_key(&f.keys[0].public());
+    let endpoint = format!("{}:51820", f.topo.nodes[0].ip);
+    let key_path = key_file.to_string_lossy().into_owned();
+    exec(
+        &n2.netns,
+        &[
+            "wg",
+            "set",
+            &device,
+            "private-key",
+            &key_path,
+            "listen-port",
+            "51820",
+            "peer",
+            &tartan_public,
+            "endpoint",
+            &endpoint,
+            "allowed-ips",
+            "10.244.1.0/24",
+        ],
+    )
+    .expect("wg set");
+    for args in [
+        vec!["ip", "addr", "add", "10.244.2.1/24", "dev", &device],
+        vec!["ip", "link", "set", &device, "up"],
+        vec!["ip", "route", "add", "10.244.1.0/24", "dev", &device],
+    ] {
+        exec(&n2.netns, &args).expect("stock peer's addresses and routes");
+    }
+    // Node 1's agent sees node 2's NodeSubnet with the stock peer's public key.
+    let mut peers = f.peers(0, None);
+    let published = format_wireguard_key(&stock_key.public());
+    if let Ok(endpoint) = peers[0].endpoint.as_mut() {
+        endpoint.wireguard_key = parse_wireguard_key(&published);
+    }
+    let target = f.target(0, &peers);
+    assert!(
+        target.state.peer_problems.is_empty(),
+        "{:?}",
+        target.state.peer_problems
+    );
+    f.planes[0].set(target).expect("apply");
+    let (a, a_ip) = f.add_pod(0, "a");
+    assert!(
+        pings(&a, "10.244.2.1".parse().expect("ip")),
+        "Tartan pod → stock peer"
+    );
+    let back = exec(
+        &n2.netns,
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "1",
+            "-I",
+            "10.244.2.1",
+            &a_ip.to_string(),
+        ],
+    );
+    assert!(back.is_ok(), "stock peer → Tartan pod: {back:?}");
+    let handshakes = stdout(&n2.netns, &["wg", "show", &device, "latest-handshakes"]);
+    let when: u64 = handshakes
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        when > 0,
+        "wg reports a handshake with the Tartan node: {handshakes}"
+    );
+    let transfer = stdout(&n2.netns, &["wg", "show", &device, "transfer"]);
+    assert!(
+        !transfer.contains("\t0\t") && !transfer.ends_with("\t0\n"),
+        "bytes both ways: {transfer}"
+    );
+}

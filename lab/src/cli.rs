@@ -166,6 +166,11 @@ pub enum LabCommand {
         #[arg(long)]
         direct_routing: Option<bool>,
     },
+    /// Stop the agents and start them again while a 100/s ping flow runs; print loss.
+    Restart {
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
     /// Remove everything the lab created (also leftovers of a crashed lab).
     Down {
         #[arg(long, default_value = "lab")]
@@ -269,6 +274,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 result.rounds,
                 result.sent,
                 result.lost(),
+                result.longest_gap
+            );
+            Ok(())
+        }
+        LabCommand::Restart { name } => {
+            let result = crate::restart::restart(&name)?;
+            println!(
+                "restarted the agents in {:?}: {} sent, {} lost, longest gap {:?}",
+                result.down_for,
+                result.sent,
+                result.sent.saturating_sub(result.received),
                 result.longest_gap
             );
             Ok(())

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod lifecycle;
 pub mod matrix;
+pub mod restart;
 pub mod state;
 pub mod switch;
 pub mod tor;

@@ -186,7 +186,7 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
     Ok(lab)
 }
 
-fn start_agents(name: &str) -> anyhow::Result<()> {
+pub fn start_agents(name: &str) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding tartan-lab's own path")?;
     let log = std::fs::File::create(state::dir(name).join("agents.log"))?;
     let mut command = Command::new(exe);
@@ -363,7 +363,7 @@ fn diagnostics(name: &str) -> String {
 }
 
 /// Whether the background agents process of the lab still runs.
-fn agents_alive(name: &str) -> bool {
+pub fn agents_alive(name: &str) -> bool {
     let Ok(pid) = std::fs::read_to_string(state::dir(name).join("agents.pid")) else {
         return true;
     };

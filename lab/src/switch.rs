@@ -52,29 +52,7 @@ pub fn switch(
     let rounds_before = crate::state::AgentsReport::load(name)
         .map(|r| r.rounds)
         .unwrap_or(0);
-    let (Some(a), Some(b)) = (
-        lab.pods.first(),
-        lab.pods.iter().find(|p| p.node != lab.pods[0].node),
-    ) else {
-        bail!("the lab needs pods on two nodes for a flow");
-    };
-    let mut ping = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &a.netns,
-            "ping",
-            "-i",
-            "0.01",
-            "-W",
-            "1",
-            &b.ip.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the ping flow")?;
-    std::thread::sleep(Duration::from_millis(500));
+    let flow = PingFlow::start(&lab)?;
     lab.network.backend.type_ = to;
     if let Some(direct) = direct_routing {
         lab.network.backend.vxlan.direct_routing = direct;
@@ -83,19 +61,8 @@ pub fn switch(
     lab.generation += 1;
     lab.save()?;
     let report = wait_converged(name, lab.generation, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(ping.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let mut output = String::new();
-    ping.stdout
-        .take()
-        .context("ping output")?
-        .read_to_string(&mut output)?;
-    let _ = ping.wait();
+    let (sent, received, longest_gap) = flow.finish()?;
     let report = report?;
-    let (sent, received, longest_gap) = parse_ping(&output)?;
     Ok(SwitchResult {
         from,
         to,
@@ -104,6 +71,49 @@ pub fn switch(
         longest_gap,
         rounds: report.rounds - rounds_before,
     })
+}
+
+/// A ping at 100/s from the lab's first pod to a pod on another node.
+pub struct PingFlow {
+    ping: std::process::Child,
+}
+
+impl PingFlow {
+    /// Starts the flow and lets it run half a second.
+    pub fn start(lab: &LabState) -> anyhow::Result<PingFlow> {
+        let (Some(a), Some(b)) = (
+            lab.pods.first(),
+            lab.pods.iter().find(|p| p.node != lab.pods[0].node),
+        ) else {
+            bail!("the lab needs pods on two nodes for a flow");
+        };
+        let ping = Command::new("ip")
+            .args(["netns", "exec", &a.netns, "ping", "-i", "0.01", "-W", "1"])
+            .arg(b.ip.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the ping flow")?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(PingFlow { ping })
+    }
+
+    /// Lets it run half a second more, stops it: sent, received, longest gap.
+    pub fn finish(mut self) -> anyhow::Result<(u64, u64, Duration)> {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.ping.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let mut output = String::new();
+        self.ping
+            .stdout
+            .take()
+            .context("ping output")?
+            .read_to_string(&mut output)?;
+        let _ = self.ping.wait();
+        parse_ping(&output)
+    }
 }
 
 /// Transmitted, received, and the longest run of missing sequence numbers as time.

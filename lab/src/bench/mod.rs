@@ -193,6 +193,12 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
             batched,
         ),
         (
+            "tartan wireguard (userspace, encrypted)",
+            BackendType::Wireguard,
+            false,
+            batched,
+        ),
+        (
             "tartan udp, datagrams authenticated",
             BackendType::Udp,
             false,

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod metrics;
 pub mod peers;
 pub mod receive;
+mod send;
 mod timers;
 
 #[cfg(test)]

@@ -104,14 +104,21 @@ pub fn receive(
                 _ => {}
             }
             sink.reply(out);
-            // What waited for the session leaves now.
-            while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], scratch) {
-                sink.reply(queued);
-            }
+            send_queued(tunn, scratch, sink);
         }
         TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
             check_inner(subnets, peer, packet, sink)
         }
+    }
+}
+
+/// Sends what waited in `tunn`'s queue for a session, if it has one now. A
+/// responder may send only once the initiator's first data message (often a
+/// bare keepalive) arrives, so this runs after every train, not only after
+/// handshakes; on an empty queue it costs one check.
+pub fn send_queued(tunn: &mut Tunn, scratch: &mut [u8], sink: &mut impl Sink) {
+    while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], scratch) {
+        sink.reply(queued);
     }
 }
 

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use boringtun::noise::TunnResult;
 use boringtun::noise::errors::WireGuardError;
 
-use super::datapath::send_all;
 use super::metrics::{AGE_BANDS, WireguardMetrics, age_band};
 use super::peers::{Factory, WgPeer, WgPeers};
+use super::send::send_all;
 use crate::udp::batch::SendBatch;
 use crate::udp::segment::Segments;
 use crate::udp::socket::UdpSocket;
@@ -47,7 +47,13 @@ impl Clock {
                             queue(&mut out, peer, init);
                         }
                     }
-                    send_all(&self.socket, &self.metrics, &mut out, &mut false);
+                    send_all(
+                        &self.socket,
+                        &self.metrics,
+                        &out.buffer,
+                        &mut out.messages,
+                        &mut false,
+                    );
                     out.clear();
                     continue;
                 }
@@ -87,7 +93,13 @@ impl Clock {
                 bands[i] += 1;
             }
         }
-        send_all(&self.socket, &self.metrics, out, &mut false);
+        send_all(
+            &self.socket,
+            &self.metrics,
+            &out.buffer,
+            &mut out.messages,
+            &mut false,
+        );
         out.clear();
         for (band, n) in AGE_BANDS.iter().zip(bands) {
             self.metrics.peers.with_label_values(&[band]).set(n);

@@ -148,6 +148,45 @@ fn udp_lab_switches_to_vxlan_and_back_without_loss() {
     );
 }
 
+#[test]
+#[ignore = "lab test: needs root, network namespaces and a TUN device (make test runs it)"]
+fn wireguard_lab_switches_to_and_from_udp_and_vxlan_without_loss() {
+    round_trip(
+        "wg",
+        &["--backend", "wireguard"],
+        &[
+            ("vxlan", None),
+            ("wireguard", None),
+            ("udp", None),
+            ("wireguard", None),
+        ],
+    );
+}
+
+#[test]
+#[ignore = "lab test: needs root, network namespaces and a TUN device (make test runs it)"]
+fn a_wireguard_lab_renegotiates_after_its_agents_restart() {
+    let lab = TestLab::up("wr", 1, &["--backend", "wireguard"], &[]);
+    let report = ok(&["restart", "--name", &lab.name]);
+    eprintln!("{report}");
+    // Every node's agent restarts at once (one lab process holds them all):
+    // new sessions with every peer, from a handshake at start.
+    let lost = report
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" lost"))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .expect("restart report");
+    assert!(
+        lost <= 3,
+        "a restart costs at most a few packets at 100/s: {report}"
+    );
+    let status = ok(&["status", "--name", &lab.name]);
+    assert!(
+        status.contains("9 of 9 paths work"),
+        "after the restart: {status}"
+    );
+}
+
 /// A 3-node lab, taken down on drop; `up` checks the whole matrix works.
 struct TestLab {
     name: String,

@@ -26,11 +26,15 @@ mod timers;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::io;
-use std::sync::Arc;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use ipnet::IpNet;
 
 use crate::netns::NetNs;
 use crate::plan::WireguardSpec;
@@ -48,6 +52,8 @@ pub struct Engine {
     current: WireguardSpec,
     factory: Arc<Factory>,
     fresh: Sender<Vec<Arc<peers::WgPeer>>>,
+    /// The table the clock narrows to once it is due.
+    narrowing: Arc<Mutex<Option<timers::Narrowing>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     pub features: Features,
@@ -82,7 +88,9 @@ impl Engine {
         let mut threads = Vec::new();
         let sockets: Vec<_> = sockets.into_iter().map(Arc::new).collect();
         let (fresh, fresh_rx) = channel();
+        let narrowing = Arc::new(Mutex::new(None));
         let clock = timers::Clock {
+            narrowing: narrowing.clone(),
             peers: peers.clone(),
             socket: sockets[0].clone(),
             factory: factory.clone(),
@@ -116,6 +124,7 @@ impl Engine {
             current: spec.clone(),
             factory,
             fresh,
+            narrowing,
             stop,
             threads,
             features,
@@ -127,15 +136,23 @@ impl Engine {
         self.device == spec.tun.device && self.port == spec.tun.port
     }
 
-    /// Swaps in exactly `spec`'s peers; sessions of unchanged peers stay.
+    /// After the routes changed: the table narrows to exactly `spec`'s peers
+    /// a moment later, so a packet routed into the TUN just before its peer
+    /// moved still finds it (the clock installs it); sessions of unchanged
+    /// peers stay.
     pub fn update(&mut self, spec: &WireguardSpec) {
-        self.install(spec, &spec.tun.peers);
         self.current = spec.clone();
+        *lock(&self.narrowing) = Some(timers::Narrowing {
+            due: std::time::Instant::now() + timers::NARROW_AFTER,
+            spec: spec.clone(),
+        });
     }
 
     /// Before the routes change: packets for the old and the new peers both
     /// find their node (see the udp engine's `widen`).
     pub fn widen(&self, spec: &WireguardSpec) {
+        // A narrowing still pending would take away what this adds.
+        *lock(&self.narrowing) = None;
         let mut routes = self.current.tun.peers.clone();
         routes.extend(spec.tun.peers.iter().map(|(k, v)| (*k, *v)));
         let mut wide = spec.clone();
@@ -148,14 +165,8 @@ impl Engine {
         self.install(&wide, &routes);
     }
 
-    fn install(
-        &self,
-        spec: &WireguardSpec,
-        routes: &std::collections::BTreeMap<ipnet::IpNet, std::net::Ipv4Addr>,
-    ) {
-        let previous = self.peers.load_full();
-        let (table, fresh) = WgTable::build(spec, routes, &previous, &self.factory);
-        self.peers.store(table);
+    fn install(&self, spec: &WireguardSpec, routes: &BTreeMap<IpNet, Ipv4Addr>) {
+        let fresh = install(&self.peers, &self.factory, spec, routes);
         if !fresh.is_empty() {
             let _ = self.fresh.send(fresh);
         }
@@ -177,6 +188,23 @@ impl Engine {
             let _ = thread.join();
         }
     }
+}
+
+/// Swaps in the table for `spec` with `routes`; returns the peers that are new.
+fn install(
+    peers: &WgPeers,
+    factory: &Factory,
+    spec: &WireguardSpec,
+    routes: &BTreeMap<IpNet, Ipv4Addr>,
+) -> Vec<Arc<peers::WgPeer>> {
+    let previous = peers.load_full();
+    let (table, fresh) = WgTable::build(spec, routes, &previous, factory);
+    peers.store(table);
+    fresh
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {

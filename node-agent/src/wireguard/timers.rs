@@ -4,9 +4,9 @@
 //! the first handshake with each new peer at once (so an agent that
 //! restarted renegotiates in one round trip instead of when keys age out).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::TunnResult;
@@ -15,11 +15,20 @@ use boringtun::noise::errors::WireGuardError;
 use super::metrics::{AGE_BANDS, WireguardMetrics, age_band};
 use super::peers::{Factory, WgPeer, WgPeers};
 use super::send::send_all;
+use crate::plan::WireguardSpec;
 use crate::udp::batch::SendBatch;
 use crate::udp::segment::Segments;
 use crate::udp::socket::UdpSocket;
 
 const TICK: Duration = Duration::from_millis(250);
+/// How long a peer's routes stay in the table after they left the spec.
+pub const NARROW_AFTER: Duration = Duration::from_secs(1);
+
+/// A narrower table to install once `due`.
+pub struct Narrowing {
+    pub due: Instant,
+    pub spec: WireguardSpec,
+}
 
 pub struct Clock {
     pub peers: WgPeers,
@@ -27,6 +36,7 @@ pub struct Clock {
     pub factory: Arc<Factory>,
     pub metrics: WireguardMetrics,
     pub stop: Arc<AtomicBool>,
+    pub narrowing: Arc<Mutex<Option<Narrowing>>>,
     /// Peers to start a handshake with now.
     pub fresh: Receiver<Vec<Arc<WgPeer>>>,
 }
@@ -60,11 +70,26 @@ impl Clock {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {}
             }
+            self.narrow_when_due();
             self.tick(&mut buffer, &mut out);
             if last_reset.elapsed() >= Duration::from_secs(1) {
                 self.factory.rate_limiter.reset_count();
                 last_reset = Instant::now();
             }
+        }
+    }
+
+    fn narrow_when_due(&self) {
+        let due = {
+            let mut pending = self.narrowing.lock().unwrap_or_else(|e| e.into_inner());
+            match pending.as_ref() {
+                Some(n) if n.due <= Instant::now() => pending.take(),
+                _ => None,
+            }
+        };
+        if let Some(Narrowing { spec, .. }) = due {
+            // A subset of what is installed: nobody new to greet.
+            let _ = super::install(&self.peers, &self.factory, &spec, &spec.tun.peers);
         }
     }
 

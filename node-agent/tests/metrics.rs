@@ -15,6 +15,12 @@ const PROMISED: &[&str] = &[
     "tartan_agent_convergence_lag_seconds",
     "tartan_agent_watch_errors_total",
     "tartan_agent_status_writes_total",
+    "tartan_agent_wireguard_packets_total",
+    "tartan_agent_wireguard_bytes_total",
+    "tartan_agent_wireguard_drops_total",
+    "tartan_agent_wireguard_handshakes_total",
+    "tartan_agent_wireguard_peers",
+    "tartan_agent_wireguard_oldest_handshake_age_seconds",
 ];
 
 fn exposition() -> String {

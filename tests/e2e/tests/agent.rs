@@ -155,6 +155,66 @@ async fn agent_publishes_status_and_follows_a_backend_switch() {
             "BIRD installed the peer's route"
         );
     }
+
+    // On to wireguard: each agent made its key on the node, publishes only the public half.
+    switch_backend(&client, BackendType::Wireguard).await;
+    let list = eventually("both agents on wireguard", Duration::from_secs(60), || {
+        ready(BackendType::Wireguard)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cp.log_tail("agent-n1.log")));
+    for subnet in &list.items {
+        let node = &subnet.spec.node_name;
+        let published = subnet
+            .status
+            .clone()
+            .unwrap_or_default()
+            .wireguard_public_key;
+        let file = agent_cni(&cp, node).dir.join("wireguard/private.key");
+        let private = std::fs::read_to_string(&file).expect("the agent kept its key on the node");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).expect("key").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+        let secret = tartan_crds::validate::parse_wireguard_key(private.trim()).expect("a key");
+        let public = tartan_agent::wireguard::keys::NodeKey::from_secret(secret).public_base64();
+        assert_eq!(
+            published.as_deref(),
+            Some(public.as_str()),
+            "{node} publishes its public key"
+        );
+        let yaml = cp
+            .kubectl(&["get", "nodesubnet", node, "-o", "yaml"])
+            .expect("kubectl");
+        assert!(
+            !String::from_utf8_lossy(&yaml.stdout).contains(private.trim()),
+            "no private key in the API"
+        );
+    }
+    let handshakes = eventually(
+        "n1 has a session with n2",
+        Duration::from_secs(20),
+        || async {
+            let metrics = scrape(ports[0]);
+            metrics
+                .contains("tartan_agent_wireguard_peers{handshake_age=\"under_2m\"} 1")
+                .then_some(metrics)
+        },
+    )
+    .await;
+    assert!(handshakes.is_ok(), "{}", scrape(ports[0]));
+    let routes = tartan_testbed::ip(&[
+        "-n",
+        &topo.nodes[0].netns,
+        "route",
+        "show",
+        "dev",
+        "tartan-wg",
+    ])
+    .expect("routes");
+    assert!(
+        String::from_utf8_lossy(&routes.stdout).contains("10.244."),
+        "routes into tartan-wg"
+    );
     drop(agents);
 }
 

@@ -293,3 +293,41 @@ fn a_stock_wireguard_peer_exchanges_pod_traffic_both_ways() {
         "bytes both ways: {transfer}"
     );
 }
+
+#[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device and the CNI plugins (make test runs it)"]
+fn dual_stack_pods_talk_over_wireguard_on_both_families() {
+    let mut f = Fixture::new("w6", 2, BackendType::Wireguard, false);
+    let mut spec = tartan_crds::OverlayNetworkSpec::with_cidr("10.244.0.0/16");
+    spec.ipv6_cidr = Some("fd00:10:244::/56".into());
+    spec.backend.type_ = BackendType::Wireguard;
+    f.network = spec.validate().expect("valid");
+    for (i, subnet) in f.subnets.iter_mut().enumerate() {
+        subnet.ipv6_cidr = Some(format!("fd00:10:244:{}::/64", i + 1).parse().expect("cidr"));
+    }
+    f.program_all();
+    let (a, _) = f.add_pod(0, "a");
+    let (b, b_ip) = f.add_pod(1, "b");
+    assert!(pings(&a, b_ip), "IPv4 over wireguard");
+    let addr = stdout(
+        &b,
+        &[
+            "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+        ],
+    );
+    let b_v6 = addr
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next())
+        .expect("pod b has a global IPv6 address")
+        .to_string();
+    // Duplicate address detection takes a moment on fresh interfaces.
+    eventually("pod a reaches pod b over IPv6 through tartan-wg", || {
+        exec(&a, &["ping", "-6", "-c", "1", "-W", "1", &b_v6]).is_ok()
+    });
+    let routes = stdout(
+        &f.topo.nodes[0].netns,
+        &["ip", "-6", "route", "show", "dev", WIREGUARD_TUN],
+    );
+    assert!(routes.contains("fd00:10:244:2::/64"), "{routes}");
+}

@@ -13,7 +13,6 @@
 use std::net::SocketAddrV4;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::auth::DatagramKey;
 use super::batch::SendBatch;
@@ -23,7 +22,9 @@ use super::packet::Layout;
 use super::peers::{PeerTable, Peers};
 use super::segment::segment_into;
 use super::socket::{Incoming, RECV_BUFFER, UdpSocket};
-use super::sys::{IDLE_POLL_MS, read, split, wait_readable, wait_writable, would_block, write};
+use super::sys::{
+    IDLE_POLL_MS, Stop, read, split, wait_readable, wait_writable, would_block, write,
+};
 use super::vnet::{self, VnetHeader};
 
 /// Frames read from the TUN before a send.
@@ -45,7 +46,7 @@ pub struct Queue {
     /// Datagrams carry and must carry a tag under this key.
     pub key: Option<DatagramKey>,
     pub metrics: UdpMetrics,
-    pub stop: Arc<AtomicBool>,
+    pub stop: Arc<Stop>,
 }
 
 impl Queue {
@@ -55,14 +56,14 @@ impl Queue {
         let mut frame = vec![0u8; vnet::LEN + 65535];
         let mut batch = SendBatch::default();
         let mut gso = self.socket.gso;
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.stop.is_set() {
             let drops = self.fill_batch(&mut frame, &mut batch, gso);
             self.metrics.drop(DropReason::NoPeer, drops.no_peer);
             self.metrics.drop(DropReason::Malformed, drops.malformed);
             if batch.is_empty() {
                 // Only an empty TUN is a reason to sleep; dropped frames mean more may wait.
                 if drops.no_peer == 0 && drops.malformed == 0 {
-                    wait_readable(&self.tun);
+                    wait_readable(&self.tun, &self.stop);
                 }
                 continue;
             }
@@ -103,7 +104,7 @@ impl Queue {
         match read(&self.tun, frame) {
             Ok(n) => Some(n),
             Err(e) if would_block(&e) => None,
-            Err(_) if self.stop.load(Ordering::Relaxed) => None,
+            Err(_) if self.stop.is_set() => None,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the TUN");
                 // A persistent error must not spin the thread.
@@ -147,7 +148,7 @@ impl Queue {
             match self.socket.send(&batch.buffer, &batch.messages[sent..]) {
                 Ok(n) => sent += n.max(1),
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                    wait_writable(self.socket.fd());
+                    wait_writable(self.socket.fd(), &self.stop);
                 }
                 Err(e) if *gso && e.raw_os_error() == Some(libc::EIO) => {
                     // The path cannot take GSO trains: send them one by one from now on.
@@ -178,12 +179,12 @@ impl Queue {
         let mut incoming: Vec<Incoming> = Vec::with_capacity(RECEIVE_MESSAGES);
         let mut coalescer = Coalescer::new(self.vnet);
         let socket = self.socket.clone();
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.stop.is_set() {
             if let Err(e) = socket.receive(&mut buffers, &mut incoming) {
                 if !would_block(&e) {
                     tracing::warn!(error = %e, "receiving UDP");
                 }
-                wait_readable(socket.fd());
+                wait_readable(socket.fd(), &self.stop);
                 continue;
             }
             let mut counts = ReceiveCounts::default();

@@ -36,7 +36,6 @@ mod tests;
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crate::netns::NetNs;
@@ -62,7 +61,7 @@ pub struct Engine {
     peers: Peers,
     /// The spec the table was last built from exactly.
     current: UdpSpec,
-    stop: Arc<AtomicBool>,
+    stop: Arc<sys::Stop>,
     threads: Vec<JoinHandle<()>>,
     pub features: Features,
 }
@@ -182,7 +181,7 @@ impl Engine {
         features.log_started(spec);
         let peers = Peers::default();
         peers.store(PeerTable::new(&spec.peers, &spec.senders, &spec.local));
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = sys::Stop::new()?;
         let mut threads = Vec::new();
         for (i, (fd, socket)) in tun.queues.into_iter().zip(sockets).enumerate() {
             let queue = Queue {
@@ -234,7 +233,7 @@ impl Engine {
     }
 
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.stop();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }

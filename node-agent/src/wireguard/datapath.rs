@@ -15,7 +15,6 @@
 use std::net::SocketAddrV4;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::metrics::{Drop, WireguardMetrics};
 use super::peers::WgPeers;
@@ -26,7 +25,7 @@ use crate::udp::coalesce::Coalescer;
 use crate::udp::packet::Layout;
 use crate::udp::segment::Segments;
 use crate::udp::socket::{Incoming, RECV_BUFFER, UdpSocket};
-use crate::udp::sys::{wait_readable, would_block, write};
+use crate::udp::sys::{Stop, wait_readable, would_block, write};
 
 const RECEIVE_MESSAGES: usize = 8;
 /// What WireGuard adds to a data message: type, index, counter, tag.
@@ -39,7 +38,7 @@ pub struct Queue {
     pub vnet: bool,
     pub peers: WgPeers,
     pub metrics: WireguardMetrics,
-    pub stop: Arc<AtomicBool>,
+    pub stop: Arc<Stop>,
 }
 
 impl Queue {
@@ -56,12 +55,12 @@ impl Queue {
             peer: None,
             counts: ReceiveCounts::default(),
         };
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.stop.is_set() {
             if let Err(e) = self.socket.receive(&mut buffers, &mut incoming) {
                 if !would_block(&e) {
                     tracing::warn!(error = %e, "receiving WireGuard");
                 }
-                wait_readable(self.socket.fd());
+                wait_readable(self.socket.fd(), &self.stop);
                 continue;
             }
             let table = self.peers.load();
@@ -90,6 +89,7 @@ impl Queue {
             sink.flush();
             send_all(
                 &self.socket,
+                &self.stop,
                 &self.metrics,
                 &sink.replies.buffer,
                 &mut sink.replies.messages,

@@ -29,7 +29,6 @@ mod tests;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -38,6 +37,7 @@ use ipnet::IpNet;
 
 use crate::netns::NetNs;
 use crate::plan::WireguardSpec;
+use crate::udp::sys::Stop;
 use crate::udp::{Features, open_queues};
 use datapath::Queue;
 use keys::NodeKey;
@@ -54,7 +54,7 @@ pub struct Engine {
     fresh: Sender<Vec<Arc<peers::WgPeer>>>,
     /// The table the clock narrows to once it is due.
     narrowing: Arc<Mutex<Option<timers::Narrowing>>>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     threads: Vec<JoinHandle<()>>,
     pub features: Features,
 }
@@ -84,7 +84,7 @@ impl Engine {
         let (table, fresh_peers) =
             WgTable::build(spec, &spec.tun.peers, &WgTable::default(), &factory);
         peers.store(table);
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Stop::new()?;
         let mut threads = Vec::new();
         let sockets: Vec<_> = sockets.into_iter().map(Arc::new).collect();
         let (fresh, fresh_rx) = channel();
@@ -183,7 +183,9 @@ impl Engine {
     }
 
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.stop();
+        // The clock sees its channel close at once.
+        self.fresh = channel().0;
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }

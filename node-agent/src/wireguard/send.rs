@@ -2,8 +2,6 @@
 //! encrypted straight into one buffer that is allocated (and zeroed) once,
 //! then sent as UDP GSO trains in one `sendmmsg`.
 
-use std::sync::atomic::Ordering;
-
 use boringtun::noise::TunnResult;
 
 use super::datapath::{DATA_OVERHEAD, Queue, one};
@@ -13,7 +11,7 @@ use crate::udp::batch::SendBatch;
 use crate::udp::packet::Layout;
 use crate::udp::segment::{Segments, segment_into};
 use crate::udp::socket::{Outgoing, UdpSocket};
-use crate::udp::sys::{IDLE_POLL_MS, read, split, wait_readable, wait_writable, would_block};
+use crate::udp::sys::{IDLE_POLL_MS, Stop, read, split, wait_readable, wait_writable, would_block};
 use crate::udp::vnet::{self, VnetHeader};
 
 const READS_PER_BATCH: usize = 64;
@@ -55,7 +53,7 @@ impl Queue {
         };
         let mut control = SendBatch::default();
         let mut gso = self.socket.gso;
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.stop.is_set() {
             sealed.batch.clear();
             sealed.used = 0;
             control.clear();
@@ -73,6 +71,7 @@ impl Queue {
             self.metrics.count(Drop::Malformed, counts.malformed);
             send_all(
                 &self.socket,
+                &self.stop,
                 &self.metrics,
                 &control.buffer,
                 &mut control.messages,
@@ -80,13 +79,14 @@ impl Queue {
             );
             if sealed.batch.is_empty() {
                 if counts.no_peer + counts.malformed + counts.queued == 0 {
-                    wait_readable(&self.tun);
+                    wait_readable(&self.tun, &self.stop);
                 }
                 continue;
             }
             let used = sealed.used;
             send_all(
                 &self.socket,
+                &self.stop,
                 &self.metrics,
                 &sealed.bytes[..used],
                 &mut sealed.batch.messages,
@@ -111,7 +111,7 @@ impl Queue {
             let n = match read(&self.tun, frame) {
                 Ok(n) => n,
                 Err(e) if would_block(&e) => break,
-                Err(_) if self.stop.load(Ordering::Relaxed) => break,
+                Err(_) if self.stop.is_set() => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the wireguard TUN");
                     std::thread::sleep(std::time::Duration::from_millis(IDLE_POLL_MS as u64));
@@ -209,6 +209,7 @@ impl Queue {
 /// back to one datagram per message when the path refuses GSO.
 pub fn send_all(
     socket: &UdpSocket,
+    stop: &Stop,
     metrics: &WireguardMetrics,
     bytes: &[u8],
     messages: &mut Vec<Outgoing>,
@@ -218,7 +219,7 @@ pub fn send_all(
     while sent < messages.len() {
         match socket.send(bytes, &messages[sent..]) {
             Ok(n) => sent += n.max(1),
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => wait_writable(socket.fd()),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => wait_writable(socket.fd(), stop),
             Err(e) if *gso && e.raw_os_error() == Some(libc::EIO) => {
                 tracing::warn!(error = %e, "UDP GSO send failed; falling back to one datagram per packet");
                 metrics.offload.with_label_values(&["udp_gso"]).set(0);

@@ -4,7 +4,6 @@
 //! the first handshake with each new peer at once (so an agent that
 //! restarted renegotiates in one round trip instead of when keys age out).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use crate::plan::WireguardSpec;
 use crate::udp::batch::SendBatch;
 use crate::udp::segment::Segments;
 use crate::udp::socket::UdpSocket;
+use crate::udp::sys::Stop;
 
 const TICK: Duration = Duration::from_millis(250);
 /// How long a peer's routes stay in the table after they left the spec.
@@ -35,7 +35,7 @@ pub struct Clock {
     pub socket: Arc<UdpSocket>,
     pub factory: Arc<Factory>,
     pub metrics: WireguardMetrics,
-    pub stop: Arc<AtomicBool>,
+    pub stop: Arc<Stop>,
     pub narrowing: Arc<Mutex<Option<Narrowing>>>,
     /// Peers to start a handshake with now.
     pub fresh: Receiver<Vec<Arc<WgPeer>>>,
@@ -46,7 +46,7 @@ impl Clock {
         let mut buffer = vec![0u8; 256];
         let mut out = SendBatch::default();
         let mut last_reset = Instant::now();
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.stop.is_set() {
             match self.fresh.recv_timeout(TICK) {
                 Ok(peers) => {
                     for peer in &peers {
@@ -59,6 +59,7 @@ impl Clock {
                     }
                     send_all(
                         &self.socket,
+                        &self.stop,
                         &self.metrics,
                         &out.buffer,
                         &mut out.messages,
@@ -68,7 +69,8 @@ impl Clock {
                     continue;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {}
+                // The engine is stopping (it dropped its end).
+                Err(RecvTimeoutError::Disconnected) => return,
             }
             self.narrow_when_due();
             self.tick(&mut buffer, &mut out);
@@ -120,6 +122,7 @@ impl Clock {
         }
         send_all(
             &self.socket,
+            &self.stop,
             &self.metrics,
             &out.buffer,
             &mut out.messages,

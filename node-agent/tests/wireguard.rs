@@ -198,16 +198,11 @@ impl Drop for StockPeer {
     }
 }
 
-#[test]
-#[ignore = "kernel test: needs root, network namespaces, a TUN device, wg, wireguard-go and the CNI plugins (make test runs it)"]
-fn a_stock_wireguard_peer_exchanges_pod_traffic_both_ways() {
-    tartan_testbed::require(&["wg"]);
-    let mut f = Fixture::new("wi", 2, BackendType::Wireguard, false);
-    // Node 2 runs no Tartan: wireguard-go, configured by hand with `wg`.
-    f.planes.remove(1).stop();
-    let n2 = f.topo.nodes[1].clone();
-    let device = format!("wg{}", std::process::id() % 100_000);
-    let _stock = StockPeer::start(&n2.netns, &device);
+/// Configures the stock peer on node 2 as a person would with `wg set`:
+/// a fresh key, node 1 (Tartan) as its peer by node 1's published public key,
+/// node 2's pod subnet on its device; returns its key.
+fn configure_stock_peer(f: &Fixture, device: &str) -> NodeKey {
+    let n2 = &f.topo.nodes[1];
     let stock_key = NodeKey::generate().expect("key");
     let key_file = f.dir.join("stock.key");
     std::fs::create_dir_all(&f.dir).expect("dir");
@@ -219,32 +214,43 @@ fn a_stock_wireguard_peer_exchanges_pod_traffic_both_ways() {
     let tartan_public = format_wireguard_key(&f.keys[0].public());
     let endpoint = format!("{}:51820", f.topo.nodes[0].ip);
     let key_path = key_file.to_string_lossy().into_owned();
-    exec(
-        &n2.netns,
-        &[
-            "wg",
-            "set",
-            &device,
-            "private-key",
-            &key_path,
-            "listen-port",
-            "51820",
-            "peer",
-            &tartan_public,
-            "endpoint",
-            &endpoint,
-            "allowed-ips",
-            "10.244.1.0/24",
-        ],
-    )
-    .expect("wg set");
+    let wg_set = [
+        "wg",
+        "set",
+        device,
+        "private-key",
+        &key_path,
+        "listen-port",
+        "51820",
+        "peer",
+        &tartan_public,
+        "endpoint",
+        &endpoint,
+        "allowed-ips",
+        "10.244.1.0/24",
+    ];
+    exec(&n2.netns, &wg_set).expect("wg set");
     for args in [
-        vec!["ip", "addr", "add", "10.244.2.1/24", "dev", &device],
-        vec!["ip", "link", "set", &device, "up"],
-        vec!["ip", "route", "add", "10.244.1.0/24", "dev", &device],
+        vec!["ip", "addr", "add", "10.244.2.1/24", "dev", device],
+        vec!["ip", "link", "set", device, "up"],
+        vec!["ip", "route", "add", "10.244.1.0/24", "dev", device],
     ] {
         exec(&n2.netns, &args).expect("stock peer's addresses and routes");
     }
+    stock_key
+}
+
+#[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device, wg, wireguard-go and the CNI plugins (make test runs it)"]
+fn a_stock_wireguard_peer_exchanges_pod_traffic_both_ways() {
+    tartan_testbed::require(&["wg"]);
+    let mut f = Fixture::new("wi", 2, BackendType::Wireguard, false);
+    // Node 2 runs no Tartan: wireguard-go, configured by hand with `wg`.
+    f.planes.remove(1).stop();
+    let n2 = f.topo.nodes[1].clone();
+    let device = format!("wg{}", std::process::id() % 100_000);
+    let _stock = StockPeer::start(&n2.netns, &device);
+    let stock_key = configure_stock_peer(&f, &device);
     // Node 1's agent sees node 2's NodeSubnet with the stock peer's public key.
     let mut peers = f.peers(0, None);
     let published = format_wireguard_key(&stock_key.public());

@@ -7,28 +7,14 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fixture::{Fixture, pings};
+use common::{eventually, sample};
 use tartan_agent::netns::NetNs;
 use tartan_agent::plan::TUN;
 use tartan_crds::BackendType;
 use tartan_testbed::exec;
-
-/// The value of one sample in the Prometheus text, 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn udp_fixture(tag: &str, nodes: usize) -> Fixture {
     tartan_testbed::require(&["iperf3"]);

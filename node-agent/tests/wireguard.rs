@@ -9,28 +9,15 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fixture::{Fixture, pings};
+use common::{eventually, sample};
 use tartan_agent::plan::WIREGUARD_TUN;
 use tartan_agent::wireguard::keys::NodeKey;
 use tartan_crds::BackendType;
 use tartan_crds::validate::{format_wireguard_key, parse_wireguard_key};
 use tartan_testbed::exec;
-
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn stdout(netns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&exec(netns, args).expect("command").stdout).into_owned()

@@ -57,15 +57,7 @@ impl Clock {
                             queue(&mut out, peer, init);
                         }
                     }
-                    send_all(
-                        &self.socket,
-                        &self.stop,
-                        &self.metrics,
-                        &out.buffer,
-                        &mut out.messages,
-                        &mut false,
-                    );
-                    out.clear();
+                    self.flush(&mut out);
                     continue;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -79,6 +71,20 @@ impl Clock {
                 last_reset = Instant::now();
             }
         }
+    }
+
+    /// Sends what the round queued (handshakes, keepalives), one datagram each.
+    fn flush(&self, out: &mut SendBatch) {
+        let (bytes, messages) = (&out.buffer, &mut out.messages);
+        send_all(
+            &self.socket,
+            &self.stop,
+            &self.metrics,
+            bytes,
+            messages,
+            &mut false,
+        );
+        out.clear();
     }
 
     fn narrow_when_due(&self) {
@@ -120,15 +126,7 @@ impl Clock {
                 bands[i] += 1;
             }
         }
-        send_all(
-            &self.socket,
-            &self.stop,
-            &self.metrics,
-            &out.buffer,
-            &mut out.messages,
-            &mut false,
-        );
-        out.clear();
+        self.flush(out);
         for (band, n) in AGE_BANDS.iter().zip(bands) {
             self.metrics.peers.with_label_values(&[band]).set(n);
         }

@@ -383,3 +383,94 @@ fn an_agent_restart_under_a_100_per_second_ping_loses_at_most_the_packet_in_flig
         "a restart loses at most the packet in flight: {sent} sent, {lost} lost"
     );
 }
+
+#[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device, iperf3 and the CNI plugins (make test runs it)"]
+fn bulk_tcp_crosses_encrypted_in_offloaded_trains_without_a_decrypt_failure() {
+    tartan_testbed::require(&["iperf3"]);
+    let f = Fixture::new("wb", 2, BackendType::Wireguard, false);
+    f.program_all();
+    let (a, _) = f.add_pod(0, "a");
+    let (b, b_ip) = f.add_pod(1, "b");
+    let link = stdout(
+        &f.topo.nodes[0].netns,
+        &["ip", "link", "show", WIREGUARD_TUN],
+    );
+    assert!(link.contains("mtu 1440"), "underlay 1500 less 60: {link}");
+    eventually("pod a reaches pod b over wireguard", || pings(&a, b_ip));
+    let received = tartan_testbed::iperf::tcp(&a, &b, &b_ip.to_string(), 2)
+        .expect("iperf3")
+        .bytes;
+    assert!(received > 1e6, "iperf3 moved only {received} bytes");
+    let text = f.metrics.render();
+    let tx_bytes = sample(
+        &text,
+        "tartan_agent_wireguard_bytes_total{direction=\"tx\"}",
+    );
+    assert!(
+        tx_bytes >= received,
+        "every byte iperf3 counted was encrypted: {tx_bytes} < {received}"
+    );
+    for offload in ["vnet_hdr", "tso", "udp_gso", "udp_gro"] {
+        let series = format!("tartan_agent_wireguard_offload{{feature=\"{offload}\"}}");
+        assert_eq!(sample(&text, &series), 1.0, "{offload} in use:\n{text}");
+    }
+    // Reordering across queues and GRO trains stays inside the replay window,
+    // and no datagram of a live session fails to decrypt.
+    for reason in [
+        "bad_tag",
+        "replay",
+        "invalid_packet",
+        "malformed",
+        "spoofed_source",
+        "send_error",
+    ] {
+        let series = format!("tartan_agent_wireguard_drops_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&text, &series), 0.0, "{reason}:\n{text}");
+    }
+}
+
+#[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device and the CNI plugins (make test runs it)"]
+fn strangers_and_forgeries_on_the_wire_are_dropped_and_counted() {
+    let f = Fixture::new("wh", 2, BackendType::Wireguard, false);
+    f.program_all();
+    let target = (f.topo.nodes[0].ip, 51820);
+    let send_from = |netns: &str, payload: &[u8]| {
+        let socket = tartan_agent::netns::NetNs::named(netns)
+            .run(|| std::net::UdpSocket::bind("0.0.0.0:0"))
+            .expect("netns")
+            .expect("bind");
+        socket.send_to(payload, target).expect("send");
+    };
+    let drops = |reason: &str| {
+        let series = format!("tartan_agent_wireguard_drops_total{{reason=\"{reason}\"}}");
+        sample(&f.metrics.render(), &series)
+    };
+    // A data message from a host that is no peer: refused before any crypto.
+    let mut data = vec![4u8, 0, 0, 0];
+    data.extend_from_slice(&[0u8; 60]);
+    send_from(&f.topo.outside.netns, &data);
+    eventually("a stranger's datagram is counted", || {
+        drops("unknown_peer") >= 1.0
+    });
+    // From the peer's address: a handshake initiation whose MAC is forged,
+    // a data message for a session that does not exist, and garbage.
+    let mut init = vec![1u8, 0, 0, 0];
+    init.extend_from_slice(&[7u8; 144]);
+    send_from(&f.topo.nodes[1].netns, &init);
+    eventually("a forged handshake is counted", || {
+        drops("invalid_mac") >= 1.0
+    });
+    data[4..8].copy_from_slice(&0x00ab_cdefu32.to_le_bytes());
+    send_from(&f.topo.nodes[1].netns, &data);
+    eventually("an unknown session is counted", || {
+        drops("no_session") >= 1.0
+    });
+    send_from(&f.topo.nodes[1].netns, b"\x09not wireguard");
+    eventually("garbage is counted", || drops("invalid_packet") >= 1.0);
+    // Still serving: the peer's pods get through.
+    let (a, _) = f.add_pod(0, "a");
+    let (_, b_ip) = f.add_pod(1, "b");
+    eventually("traffic still flows", || pings(&a, b_ip));
+}

@@ -17,6 +17,8 @@ use crate::udp::peers::PeerTable;
 const HANDSHAKE_INIT: u8 = 1;
 const HANDSHAKE_RESPONSE: u8 = 2;
 const COOKIE_REPLY: u8 = 3;
+/// WireGuard's REKEY_TIMEOUT.
+const RENEGOTIATE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Who started a handshake that completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,14 +88,19 @@ pub fn receive(
         TunnResult::Err(e) => {
             let why = reason(&e);
             sink.dropped(why);
-            if why == Drop::NoSession {
-                // The peer holds a session we lost (our restart): renegotiate now
-                // rather than when its keys age out.
-                if let TunnResult::WriteToNetwork(init) =
+            // The peer holds a session we lost (our restart): renegotiate now
+            // rather than when its keys age out. At most once per REKEY_TIMEOUT
+            // after a handshake, so forged datagrams with a peer's address
+            // cannot make this node handshake at their rate.
+            let recent = tunn
+                .time_since_last_handshake()
+                .is_some_and(|age| age < RENEGOTIATE_AFTER);
+            if why == Drop::NoSession
+                && !recent
+                && let TunnResult::WriteToNetwork(init) =
                     tunn.format_handshake_initiation(scratch, false)
-                {
-                    sink.reply(init);
-                }
+            {
+                sink.reply(init);
             }
         }
         TunnResult::WriteToNetwork(out) => {

@@ -201,6 +201,10 @@ fn replays_forgeries_and_lies_are_dropped_by_reason() {
     let lost = n2.receive(N1, &unknown_session);
     assert_eq!(lost.dropped, vec![Drop::NoSession]);
     assert!(lost.delivered.is_empty());
+    assert!(
+        lost.replies.is_empty(),
+        "a forged message does not make a node that just handshook handshake again"
+    );
 }
 
 #[test]

@@ -424,6 +424,7 @@ fn bulk_tcp_crosses_encrypted_in_offloaded_trains_without_a_decrypt_failure() {
         "malformed",
         "spoofed_source",
         "send_error",
+        "no_peer",
     ] {
         let series = format!("tartan_agent_wireguard_drops_total{{reason=\"{reason}\"}}");
         assert_eq!(sample(&text, &series), 0.0, "{reason}:\n{text}");

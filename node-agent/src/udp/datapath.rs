@@ -18,7 +18,7 @@ use super::auth::DatagramKey;
 use super::batch::SendBatch;
 use super::coalesce::Coalescer;
 use super::metrics::{DropReason, UdpMetrics};
-use super::packet::Layout;
+use super::packet::{Layout, is_link_local_control};
 use super::peers::{PeerTable, Peers};
 use super::segment::segment_into;
 use super::socket::{Incoming, RECV_BUFFER, UdpSocket};
@@ -130,9 +130,11 @@ impl Queue {
             (VnetHeader::default(), frame)
         };
         let layout = Layout::parse(packet).map_err(|_| DropReason::Malformed)?;
-        let node = table
-            .lookup(layout.destination(packet))
-            .ok_or(DropReason::NoPeer)?;
+        let destination = layout.destination(packet);
+        if is_link_local_control(destination) {
+            return Ok(());
+        }
+        let node = table.lookup(destination).ok_or(DropReason::NoPeer)?;
         let offset = batch.buffer.len();
         let segments = segment_into(&header, packet, &mut batch.buffer, self.key.as_ref())
             .map_err(|_| DropReason::Malformed)?;

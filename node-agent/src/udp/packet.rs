@@ -127,6 +127,17 @@ impl Layout {
     }
 }
 
+/// Whether `destination` is IPv6 link-local control traffic (multicast or
+/// link-local unicast: router solicitations, MLD) that the kernel sends out
+/// of any device with IPv6 on, a TUN included. It has no peer by nature; a
+/// datapath drops it without counting it as misrouted.
+pub fn is_link_local_control(destination: IpAddr) -> bool {
+    match destination {
+        IpAddr::V6(ip) => ip.is_multicast() || ip.is_unicast_link_local(),
+        IpAddr::V4(_) => false,
+    }
+}
+
 pub fn refresh_ipv4_checksum(header: &mut [u8]) {
     header[10..12].copy_from_slice(&[0, 0]);
     let check = super::checksum::checksum(header, 0);
@@ -136,6 +147,18 @@ pub fn refresh_ipv4_checksum(header: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_local_control_is_told_apart() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(is_link_local_control(ip("ff02::2")), "all routers");
+        assert!(is_link_local_control(ip("fe80::1")));
+        assert!(!is_link_local_control(ip("fd00:10:244:2::5")), "a pod");
+        assert!(
+            !is_link_local_control(ip("224.0.0.1")),
+            "IPv4 is routed as is"
+        );
+    }
 
     #[test]
     fn refuses_what_does_not_fit() {

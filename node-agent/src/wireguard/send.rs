@@ -8,7 +8,7 @@ use super::datapath::{DATA_OVERHEAD, Queue, one};
 use super::metrics::{Drop, WireguardMetrics};
 use super::peers::WgTable;
 use crate::udp::batch::SendBatch;
-use crate::udp::packet::Layout;
+use crate::udp::packet::{Layout, is_link_local_control};
 use crate::udp::segment::{Segments, segment_into};
 use crate::udp::socket::{Outgoing, UdpSocket};
 use crate::udp::sys::{IDLE_POLL_MS, Stop, read, split, wait_readable, wait_writable, would_block};
@@ -151,10 +151,11 @@ impl Queue {
             (VnetHeader::default(), frame)
         };
         let layout = Layout::parse(packet).map_err(|_| Drop::Malformed)?;
-        let node = table
-            .subnets
-            .lookup(layout.destination(packet))
-            .ok_or(Drop::NoPeer)?;
+        let destination = layout.destination(packet);
+        if is_link_local_control(destination) {
+            return Ok(true);
+        }
+        let node = table.subnets.lookup(destination).ok_or(Drop::NoPeer)?;
         let peer = table.peer(node).ok_or(Drop::NoPeer)?;
         plain.clear();
         let cut = segment_into(&header, packet, plain, None).map_err(|_| Drop::Malformed)?;

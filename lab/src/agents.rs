@@ -121,7 +121,12 @@ pub fn run(name: &str) -> anyhow::Result<()> {
     report.pid = std::process::id();
     let mut bgp_on = vec![false; state.nodes.len()];
     let mut last_bgp: Vec<BgpObserved> = Vec::new();
+    let mut metrics_written = std::time::Instant::now();
     loop {
+        if metrics_written.elapsed() >= Duration::from_secs(1) {
+            write_metrics(name, &metrics)?;
+            metrics_written = std::time::Instant::now();
+        }
         let state = LabState::load(name)?;
         // BGP sessions and routes are inputs too: a change is another convergence.
         let bgp = observe_bgp(&state, &bgp_on);
@@ -139,6 +144,16 @@ pub fn run(name: &str) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Every node's agent metrics (one registry, summed over the nodes) in
+/// `metrics.prom` of the lab's directory, for `cat` or promtool.
+fn write_metrics(name: &str, metrics: &Metrics) -> anyhow::Result<()> {
+    let path = crate::state::dir(name).join("metrics.prom");
+    let partial = path.with_extension("prom.partial");
+    std::fs::write(&partial, metrics.render())
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Rounds of plan → apply → publish status until no status changes (and,

@@ -32,6 +32,7 @@ use crate::sysctl::Sysctls;
 use crate::udp::EngineOptions;
 use worker::Worker;
 
+mod retire;
 mod worker;
 
 #[derive(Debug, Clone)]
@@ -171,6 +172,7 @@ impl Dataplane {
             masquerade: None,
             udp: None,
             wireguard: None,
+            retiring: Default::default(),
             metrics,
             last: last.clone(),
         };

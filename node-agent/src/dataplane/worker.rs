@@ -1,6 +1,7 @@
 //! The data plane worker: one thread owning the netlink socket, the udp
 //! datapath and BIRD; it applies desired states, repairs drift, resyncs.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use netlink_packet_route::RouteNetlinkMessage;
 
+use super::retire::Retiring;
 use super::{Command, DataplaneConfig, DataplaneError, LastApply, Target};
 use crate::bgp::Bird;
 use crate::masquerade;
@@ -16,7 +18,7 @@ use crate::netlink::diff::peer_ops;
 use crate::netlink::monitor::Change;
 use crate::netlink::repair::repairs;
 use crate::netlink::{Applier, ApplyReport};
-use crate::plan::{MasqueradeSpec, PeerDelta, UdpSpec, WireguardSpec};
+use crate::plan::{DesiredState, MasqueradeSpec, PeerDelta, UdpSpec, WireguardSpec};
 use crate::sysctl;
 use crate::udp::Engine;
 
@@ -30,6 +32,8 @@ pub(super) struct Worker {
     pub(super) udp: Option<Engine>,
     /// The wireguard backend's datapath, while the state has its TUN.
     pub(super) wireguard: Option<crate::wireguard::Engine>,
+    /// TUN datapaths that stay a moment after their backend left.
+    pub(super) retiring: Retiring,
     pub(super) bird: Bird,
     /// BIRD runs this node's BGP (else it is stopped or idle).
     pub(super) bgp_on: bool,
@@ -42,7 +46,8 @@ impl Worker {
         let mut next_resync = Instant::now() + self.config.resync;
         let mut pending: Option<Command> = None;
         loop {
-            let wait = next_resync.saturating_duration_since(Instant::now());
+            let wake = (self.retiring.next()).map_or(next_resync, |r| r.min(next_resync));
+            let wait = wake.saturating_duration_since(Instant::now());
             let next = match pending.take() {
                 Some(command) => Ok(command),
                 None => rx.recv_timeout(wait),
@@ -73,6 +78,7 @@ impl Worker {
                     self.repair(&events);
                 }
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) if wake < next_resync => self.on_deadline(),
                 Err(RecvTimeoutError::Timeout) => {
                     if self.target.is_some() {
                         let _ = self.full(true);
@@ -114,41 +120,33 @@ impl Worker {
     }
 
     fn full_inner(&mut self, target: &Target, resync: bool) -> Result<ApplyReport, DataplaneError> {
-        let state = &target.state;
+        let state = &*self.with_retiring(&target.state);
         let ipv6 = target.subnet.ipv6_cidr.is_some();
         self.config
             .sysctls
             .ensure(&self.config.netns, &sysctl::required(ipv6))
             .map_err(DataplaneError::Sysctl)?;
-        if let Some(spec) = &state.udp {
-            self.ensure_udp(spec)?;
+        // A datapath past its grace stops before the apply deletes its
+        // device: its loops would otherwise read a detached queue.
+        match &state.udp {
+            Some(spec) => self.ensure_udp(spec)?,
+            None => self.udp.take().into_iter().for_each(Engine::stop),
         }
-        if let Some(spec) = &state.wireguard {
-            self.ensure_wireguard(spec)?;
+        match &state.wireguard {
+            Some(spec) => self.ensure_wireguard(spec)?,
+            None => (self.wireguard.take().into_iter()).for_each(crate::wireguard::Engine::stop),
         }
         let report = self.applier.apply(state);
         if let Ok(report) = &report {
             self.count(report, false);
         }
         let report = report?;
-        // Only now that the routes have moved: the table narrows, or the engine stops.
-        match (&state.udp, self.udp.as_mut()) {
-            (Some(spec), Some(engine)) => engine.update(spec),
-            (None, Some(_)) => {
-                if let Some(engine) = self.udp.take() {
-                    engine.stop();
-                }
-            }
-            _ => {}
+        // Only now that the routes have moved: the tables narrow, a moment later.
+        if self.udp.is_some() {
+            self.retiring.narrow_udp_later(Instant::now());
         }
-        match (&state.wireguard, self.wireguard.as_mut()) {
-            (Some(spec), Some(engine)) => engine.update(spec),
-            (None, Some(_)) => {
-                if let Some(engine) = self.wireguard.take() {
-                    engine.stop();
-                }
-            }
-            _ => {}
+        if let (Some(spec), Some(engine)) = (&state.wireguard, self.wireguard.as_mut()) {
+            engine.update(spec);
         }
         match &state.bgp {
             Some(spec) => {
@@ -185,6 +183,46 @@ impl Worker {
                 .set(count as i64);
         }
         Ok(report)
+    }
+
+    /// A grace of [`super::retire`] is over: udp's table narrows to the
+    /// target's peers, and retired datapaths are removed.
+    fn on_deadline(&mut self) {
+        let now = Instant::now();
+        if self.retiring.narrow_udp_now(now)
+            && let (Some(engine), Some(spec)) = (
+                self.udp.as_mut(),
+                self.target.as_ref().and_then(|t| t.state.udp.as_ref()),
+            )
+        {
+            engine.update(spec);
+        }
+        if self.retiring.removal_due(now) {
+            let _ = self.full(false);
+        }
+    }
+
+    /// `state`, plus the TUN datapaths whose backend just left it, serving
+    /// their last peers until their grace is over (see [`super::retire`]).
+    fn with_retiring<'a>(&mut self, state: &'a DesiredState) -> Cow<'a, DesiredState> {
+        let now = Instant::now();
+        // A deadline lives only while its engine does (else it would fire forever).
+        let keep_udp = (self.retiring.udp).keep(state.udp.is_none() && self.udp.is_some(), now);
+        let keep_wireguard = (self.retiring.wireguard)
+            .keep(state.wireguard.is_none() && self.wireguard.is_some(), now);
+        let udp = (self.udp.as_ref())
+            .filter(|_| keep_udp)
+            .map(|engine| engine.spec().clone());
+        let wireguard = (self.wireguard.as_ref())
+            .filter(|_| keep_wireguard)
+            .map(|engine| engine.spec());
+        if udp.is_none() && wireguard.is_none() {
+            return Cow::Borrowed(state);
+        }
+        let mut kept = state.clone();
+        kept.udp = kept.udp.or(udp);
+        kept.wireguard = kept.wireguard.or(wireguard);
+        Cow::Owned(kept)
     }
 
     /// Peer changes: folded into the target, and only their objects sent.
@@ -229,14 +267,9 @@ impl Worker {
     /// peers, the engine (re)started when it is missing, serves another port,
     /// or lost its device.
     fn ensure_udp(&mut self, spec: &UdpSpec) -> Result<(), DataplaneError> {
-        let device_present = self
-            .applier
-            .observe_links()
-            .map_err(DataplaneError::Udp)?
-            .links
-            .contains_key(&spec.device);
-        if let Some(engine) = &self.udp
-            && device_present
+        let present = tun_present(&mut self.applier, &spec.device).map_err(DataplaneError::Udp)?;
+        if let Some(engine) = self.udp.as_mut()
+            && present
             && engine.serves(spec)
         {
             engine.widen(spec);
@@ -245,23 +278,14 @@ impl Worker {
         if let Some(engine) = self.udp.take() {
             engine.stop();
         }
-        let start = || Engine::start(&self.config.netns, spec, self.config.udp, &self.metrics.udp);
-        let engine = match start() {
-            Ok(engine) => engine,
-            // A device of that name with other flags (not ours, or older): replace it.
-            Err(e) if device_present && e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::warn!(error = %e, device = %spec.device, "recreating the TUN device");
-                let observed = self.applier.observe_links().map_err(DataplaneError::Udp)?;
-                self.applier.execute(
-                    vec![crate::netlink::Op::DeleteLink {
-                        name: spec.device.clone(),
-                    }],
-                    observed,
-                )?;
-                start().map_err(DataplaneError::Udp)?
-            }
-            Err(e) => return Err(DataplaneError::Udp(e)),
-        };
+        let (config, metrics) = (&self.config, &self.metrics);
+        let engine = start_tun(
+            &mut self.applier,
+            &spec.device,
+            present,
+            DataplaneError::Udp,
+            || Engine::start(&config.netns, spec, config.udp, &metrics.udp),
+        )?;
         self.udp = Some(engine);
         Ok(())
     }
@@ -269,14 +293,10 @@ impl Worker {
     /// Runs the wireguard datapath for `spec`, as [`Worker::ensure_udp`] does
     /// the udp one: widened first, (re)started when missing or moved.
     fn ensure_wireguard(&mut self, spec: &WireguardSpec) -> Result<(), DataplaneError> {
-        let device_present = self
-            .applier
-            .observe_links()
-            .map_err(DataplaneError::Wireguard)?
-            .links
-            .contains_key(&spec.tun.device);
+        let device = &spec.tun.device;
+        let present = tun_present(&mut self.applier, device).map_err(DataplaneError::Wireguard)?;
         if let Some(engine) = &self.wireguard
-            && device_present
+            && present
             && engine.serves(spec)
         {
             engine.widen(spec);
@@ -285,19 +305,27 @@ impl Worker {
         if let Some(engine) = self.wireguard.take() {
             engine.stop();
         }
-        let Some(key) = &self.config.wireguard_key else {
+        let (config, metrics) = (&self.config, &self.metrics);
+        let Some(key) = &config.wireguard_key else {
             return Err(DataplaneError::Wireguard(std::io::Error::other(
                 "this agent has no WireGuard key",
             )));
         };
-        let engine = crate::wireguard::Engine::start(
-            &self.config.netns,
-            spec,
-            key,
-            self.config.udp.queues,
-            &self.metrics.wireguard,
-        )
-        .map_err(DataplaneError::Wireguard)?;
+        let engine = start_tun(
+            &mut self.applier,
+            device,
+            present,
+            DataplaneError::Wireguard,
+            || {
+                crate::wireguard::Engine::start(
+                    &config.netns,
+                    spec,
+                    key,
+                    config.udp.queues,
+                    &metrics.wireguard,
+                )
+            },
+        )?;
         self.wireguard = Some(engine);
         Ok(())
     }
@@ -350,5 +378,35 @@ impl Worker {
             };
             counter.with_label_values(&[kind]).inc_by(*n as u64);
         }
+    }
+}
+
+/// Whether the kernel has a link named `device`.
+fn tun_present(applier: &mut Applier, device: &str) -> std::io::Result<bool> {
+    Ok(applier.observe_links()?.links.contains_key(device))
+}
+
+/// Starts a TUN datapath with `start`. A device of that name with other
+/// flags (not ours, or an older agent's) refuses the open with EINVAL: it is
+/// deleted and the start tried once more.
+fn start_tun<E>(
+    applier: &mut Applier,
+    device: &str,
+    present: bool,
+    error: fn(std::io::Error) -> DataplaneError,
+    start: impl Fn() -> std::io::Result<E>,
+) -> Result<E, DataplaneError> {
+    match start() {
+        Ok(engine) => Ok(engine),
+        Err(e) if present && e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!(error = %e, device, "recreating the TUN device");
+            let observed = applier.observe_links().map_err(error)?;
+            let delete = crate::netlink::Op::DeleteLink {
+                name: device.to_owned(),
+            };
+            applier.execute(vec![delete], observed)?;
+            start().map_err(error)
+        }
+        Err(e) => Err(error(e)),
     }
 }

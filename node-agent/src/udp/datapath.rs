@@ -22,9 +22,7 @@ use super::packet::{Layout, is_link_local_control};
 use super::peers::{PeerTable, Peers};
 use super::segment::segment_into;
 use super::socket::{Incoming, RECV_BUFFER, UdpSocket};
-use super::sys::{
-    IDLE_POLL_MS, Stop, read, split, wait_readable, wait_writable, would_block, write,
-};
+use super::sys::{IDLE_POLL_MS, Stop, read, send_all, wait_readable, would_block, write};
 use super::vnet::{self, VnetHeader};
 
 /// Frames read from the TUN before a send.
@@ -142,35 +140,17 @@ impl Queue {
         Ok(())
     }
 
-    /// Sends every message of `batch`, waiting while the socket is full; a
-    /// message the kernel refuses is counted and skipped.
+    /// Sends every message of `batch`; what the kernel refuses is counted.
     fn send_batch(&self, batch: &mut SendBatch, gso: &mut bool) {
-        let mut sent = 0;
-        while sent < batch.messages.len() {
-            match self.socket.send(&batch.buffer, &batch.messages[sent..]) {
-                Ok(n) => sent += n.max(1),
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                    wait_writable(self.socket.fd(), &self.stop);
-                }
-                Err(e) if *gso && e.raw_os_error() == Some(libc::EIO) => {
-                    // The path cannot take GSO trains: send them one by one from now on.
-                    tracing::warn!(error = %e, "UDP GSO send failed; falling back to one datagram per packet");
-                    self.metrics.offload.with_label_values(&["udp_gso"]).set(0);
-                    *gso = false;
-                    let rest = split(&batch.messages[sent..]);
-                    batch.messages.truncate(sent);
-                    batch.messages.extend(rest);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "sending a UDP batch");
-                    self.metrics.drop(
-                        DropReason::SendError,
-                        batch.messages[sent].datagrams() as u64,
-                    );
-                    sent += 1;
-                }
-            }
-        }
+        let refused = send_all(
+            &self.socket,
+            &self.stop,
+            &batch.buffer,
+            &mut batch.messages,
+            gso,
+            &self.metrics.offload,
+        );
+        self.metrics.drop(DropReason::SendError, refused);
     }
 
     /// Peers → TUN, until stopped.

@@ -36,7 +36,6 @@ mod tests;
 
 use std::io;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use crate::netns::NetNs;
 use datapath::Queue;
@@ -59,10 +58,9 @@ pub struct Engine {
     device: String,
     port: u16,
     peers: Peers,
-    /// The spec the table was last built from exactly.
+    /// The spec the table is built from (wider than the last one while a change settles).
     current: UdpSpec,
-    stop: Arc<sys::Stop>,
-    threads: Vec<JoinHandle<()>>,
+    threads: sys::Threads,
     pub features: Features,
 }
 
@@ -153,18 +151,6 @@ pub(crate) fn open_queues(
     })?
 }
 
-/// Starts queue `i`'s send and receive threads.
-fn spawn_queue(i: usize, queue: Queue) -> io::Result<[JoinHandle<()>; 2]> {
-    let sender = queue.clone();
-    let tx = std::thread::Builder::new()
-        .name(format!("tartan-udp-tx{i}"))
-        .spawn(move || sender.send_loop())?;
-    let rx = std::thread::Builder::new()
-        .name(format!("tartan-udp-rx{i}"))
-        .spawn(move || queue.receive_loop())?;
-    Ok([tx, rx])
-}
-
 impl Engine {
     /// Opens the TUN and the sockets in `netns` and starts the loops.
     pub fn start(
@@ -182,7 +168,7 @@ impl Engine {
         let peers = Peers::default();
         peers.store(PeerTable::new(&spec.peers, &spec.senders, &spec.local));
         let stop = sys::Stop::new()?;
-        let mut threads = Vec::new();
+        let mut threads = sys::Threads::new(stop.clone());
         for (i, (fd, socket)) in tun.queues.into_iter().zip(sockets).enumerate() {
             let queue = Queue {
                 tun: Arc::new(fd),
@@ -195,17 +181,23 @@ impl Engine {
                 metrics: metrics.clone(),
                 stop: stop.clone(),
             };
-            threads.extend(spawn_queue(i, queue)?);
+            let sender = queue.clone();
+            threads.spawn(format!("tartan-udp-tx{i}"), move || sender.send_loop())?;
+            threads.spawn(format!("tartan-udp-rx{i}"), move || queue.receive_loop())?;
         }
         Ok(Engine {
             device: spec.device.clone(),
             port: spec.port,
             peers,
             current: spec.clone(),
-            stop,
             threads,
             features,
         })
+    }
+
+    /// What its table is built from now.
+    pub fn spec(&self) -> &UdpSpec {
+        &self.current
     }
 
     /// Whether this engine serves `spec` (else it must be restarted).
@@ -222,35 +214,29 @@ impl Engine {
 
     /// Before the routes change: the table serves both the old and the new
     /// peers, so a packet routed to the TUN a moment before its peer moves to
-    /// another backend still finds its node. [`Engine::update`] narrows it after.
-    pub fn widen(&self, spec: &UdpSpec) {
-        self.peers.store(widened(&self.current, spec));
+    /// another backend still finds its node. What is installed only grows
+    /// until [`Engine::update`] narrows it, a moment after the routes moved.
+    pub fn widen(&mut self, spec: &UdpSpec) {
+        let wide = widened(&self.current, spec);
+        self.peers
+            .store(PeerTable::new(&wide.peers, &wide.senders, &wide.local));
+        self.current = wide;
     }
 
     /// Stops the loops and closes the queues; the (persistent) device stays.
     pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.stop();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        self.threads.stop();
     }
 }
 
-/// The table for both `old` and `new` peers (`new` wins where they differ).
-fn widened(old: &UdpSpec, new: &UdpSpec) -> PeerTable {
-    let mut peers = old.peers.clone();
-    peers.extend(new.peers.iter().map(|(k, v)| (*k, *v)));
-    let mut senders = old.senders.clone();
-    senders.extend(new.senders.iter().map(|(k, v)| (*k, *v)));
-    PeerTable::new(&peers, &senders, &new.local)
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.shutdown();
+/// The spec for both `old` and `new` peers (`new` wins where they differ).
+fn widened(old: &UdpSpec, new: &UdpSpec) -> UdpSpec {
+    let mut wide = new.clone();
+    for (subnet, node) in &old.peers {
+        wide.peers.entry(*subnet).or_insert(*node);
     }
+    for (subnet, node) in &old.senders {
+        wide.senders.entry(*subnet).or_insert(*node);
+    }
+    wide
 }

@@ -5,8 +5,11 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 
-use super::socket::Outgoing;
+use prometheus::IntGaugeVec;
+
+use super::socket::{Outgoing, UdpSocket};
 
 pub const IDLE_POLL_MS: i32 = 200;
 
@@ -43,6 +46,42 @@ impl Stop {
 
     pub fn is_set(&self) -> bool {
         self.flag.load(Ordering::Relaxed)
+    }
+}
+
+/// A datapath's threads under one [`Stop`]: stopped and joined when
+/// dropped, so an engine whose start fails halfway leaves nothing running.
+pub struct Threads {
+    stop: Arc<Stop>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Threads {
+    pub fn new(stop: Arc<Stop>) -> Threads {
+        Threads {
+            stop,
+            handles: Vec::new(),
+        }
+    }
+
+    pub fn spawn(&mut self, name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        let handle = std::thread::Builder::new().name(name).spawn(f)?;
+        self.handles.push(handle);
+        Ok(())
+    }
+
+    /// Signals the stop and waits for every thread.
+    pub fn stop(&mut self) {
+        self.stop.stop();
+        for handle in self.handles.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -111,4 +150,40 @@ pub fn split(messages: &[Outgoing]) -> Vec<Outgoing> {
 
 pub fn wait_writable(fd: &OwnedFd, stop: &Stop) {
     wait(fd, libc::POLLOUT, stop);
+}
+
+/// Sends every message over `bytes`, waiting while the socket is full. When
+/// the path refuses GSO trains (EIO), the rest go one datagram per message
+/// from then on and the `udp_gso` gauge of `offload` drops to 0. A message
+/// the kernel refuses is skipped: returns how many datagrams that lost.
+pub fn send_all(
+    socket: &UdpSocket,
+    stop: &Stop,
+    bytes: &[u8],
+    messages: &mut Vec<Outgoing>,
+    gso: &mut bool,
+    offload: &IntGaugeVec,
+) -> u64 {
+    let mut sent = 0;
+    let mut refused = 0;
+    while sent < messages.len() {
+        match socket.send(bytes, &messages[sent..]) {
+            Ok(n) => sent += n.max(1),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => wait_writable(socket.fd(), stop),
+            Err(e) if *gso && e.raw_os_error() == Some(libc::EIO) => {
+                tracing::warn!(error = %e, "UDP GSO send failed; falling back to one datagram per packet");
+                offload.with_label_values(&["udp_gso"]).set(0);
+                *gso = false;
+                let rest = split(&messages[sent..]);
+                messages.truncate(sent);
+                messages.extend(rest);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "sending a batch of datagrams");
+                refused += messages[sent].datagrams() as u64;
+                sent += 1;
+            }
+        }
+    }
+    refused
 }

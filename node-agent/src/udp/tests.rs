@@ -368,7 +368,8 @@ fn a_peer_leaving_udp_keeps_its_entry_until_the_routes_have_moved() {
         ("10.244.3.0/24", [192, 168, 0, 3]),
     ]);
     let new = spec(&[("10.244.3.0/24", [192, 168, 0, 3])]);
-    let table = super::widened(&old, &new);
+    let wide = super::widened(&old, &new);
+    let table = super::PeerTable::new(&wide.peers, &wide.senders, &wide.local);
     let to = |ip: &str| table.lookup(ip.parse().expect("ip"));
     assert_eq!(
         to("10.244.2.9"),
@@ -377,6 +378,11 @@ fn a_peer_leaving_udp_keeps_its_entry_until_the_routes_have_moved() {
     );
     assert_eq!(to("10.244.3.9"), Some(Ipv4Addr::new(192, 168, 0, 3)));
     assert!(table.is_peer(Ipv4Addr::new(192, 168, 0, 2)));
+    let wider = super::widened(&wide, &spec(&[]));
+    assert_eq!(
+        wider.peers, wide.peers,
+        "what is installed only grows until narrowed"
+    );
 }
 
 #[test]

@@ -26,18 +26,13 @@ mod timers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::io;
-use std::net::Ipv4Addr;
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-
-use ipnet::IpNet;
 
 use crate::netns::NetNs;
 use crate::plan::WireguardSpec;
-use crate::udp::sys::Stop;
+use crate::udp::sys::{Stop, Threads};
 use crate::udp::{Features, open_queues};
 use datapath::Queue;
 use keys::NodeKey;
@@ -49,13 +44,11 @@ pub struct Engine {
     device: String,
     port: u16,
     peers: WgPeers,
-    current: WireguardSpec,
     factory: Arc<Factory>,
     fresh: Sender<Vec<Arc<peers::WgPeer>>>,
-    /// The table the clock narrows to once it is due.
-    narrowing: Arc<Mutex<Option<timers::Narrowing>>>,
-    stop: Arc<Stop>,
-    threads: Vec<JoinHandle<()>>,
+    /// What the table is built from, and what the clock narrows it to once due.
+    installed: Arc<Mutex<timers::Installed>>,
+    threads: Threads,
     pub features: Features,
 }
 
@@ -85,12 +78,17 @@ impl Engine {
             WgTable::build(spec, &spec.tun.peers, &WgTable::default(), &factory);
         peers.store(table);
         let stop = Stop::new()?;
-        let mut threads = Vec::new();
+        // Declared before the channel: a failed start drops the sender
+        // first, then stops and joins what it started.
+        let mut threads = Threads::new(stop.clone());
         let sockets: Vec<_> = sockets.into_iter().map(Arc::new).collect();
         let (fresh, fresh_rx) = channel();
-        let narrowing = Arc::new(Mutex::new(None));
+        let installed = Arc::new(Mutex::new(timers::Installed {
+            spec: spec.clone(),
+            narrowing: None,
+        }));
         let clock = timers::Clock {
-            narrowing: narrowing.clone(),
+            installed: installed.clone(),
             peers: peers.clone(),
             socket: sockets[0].clone(),
             factory: factory.clone(),
@@ -98,7 +96,7 @@ impl Engine {
             stop: stop.clone(),
             fresh: fresh_rx,
         };
-        threads.push(spawn("tartan-wg-clock", move || clock.run())?);
+        threads.spawn("tartan-wg-clock".into(), move || clock.run())?;
         for (i, (fd, socket)) in tun.queues.into_iter().zip(sockets).enumerate() {
             let queue = Queue {
                 tun: Arc::new(fd),
@@ -109,26 +107,25 @@ impl Engine {
                 stop: stop.clone(),
             };
             let sender = queue.clone();
-            threads.push(spawn(&format!("tartan-wg-tx{i}"), move || {
-                sender.send_loop()
-            })?);
-            threads.push(spawn(&format!("tartan-wg-rx{i}"), move || {
-                queue.receive_loop()
-            })?);
+            threads.spawn(format!("tartan-wg-tx{i}"), move || sender.send_loop())?;
+            threads.spawn(format!("tartan-wg-rx{i}"), move || queue.receive_loop())?;
         }
         let _ = fresh.send(fresh_peers);
         Ok(Engine {
             device: spec.tun.device.clone(),
             port: spec.tun.port,
             peers,
-            current: spec.clone(),
             factory,
             fresh,
-            narrowing,
-            stop,
+            installed,
             threads,
             features,
         })
+    }
+
+    /// What its table is built from now.
+    pub fn spec(&self) -> WireguardSpec {
+        lock(&self.installed).spec.clone()
     }
 
     /// Whether this engine serves `spec` (else it must be restarted).
@@ -141,32 +138,22 @@ impl Engine {
     /// moved still finds it (the clock installs it); sessions of unchanged
     /// peers stay.
     pub fn update(&mut self, spec: &WireguardSpec) {
-        self.current = spec.clone();
-        *lock(&self.narrowing) = Some(timers::Narrowing {
+        lock(&self.installed).narrowing = Some(timers::Narrowing {
             due: std::time::Instant::now() + timers::NARROW_AFTER,
             spec: spec.clone(),
         });
     }
 
     /// Before the routes change: packets for the old and the new peers both
-    /// find their node (see the udp engine's `widen`).
+    /// find their node (see the udp engine's `widen`). What is installed
+    /// only grows until a narrowing is due.
     pub fn widen(&self, spec: &WireguardSpec) {
+        let mut installed = lock(&self.installed);
         // A narrowing still pending would take away what this adds.
-        *lock(&self.narrowing) = None;
-        let mut routes = self.current.tun.peers.clone();
-        routes.extend(spec.tun.peers.iter().map(|(k, v)| (*k, *v)));
-        let mut wide = spec.clone();
-        for (node, key) in &self.current.keys {
-            wide.keys.entry(*node).or_insert(*key);
-        }
-        for (subnet, node) in &self.current.tun.senders {
-            wide.tun.senders.entry(*subnet).or_insert(*node);
-        }
-        self.install(&wide, &routes);
-    }
-
-    fn install(&self, spec: &WireguardSpec, routes: &BTreeMap<IpNet, Ipv4Addr>) {
-        let fresh = install(&self.peers, &self.factory, spec, routes);
+        installed.narrowing = None;
+        let wide = widened(&installed.spec, spec);
+        let fresh = install(&self.peers, &self.factory, &wide);
+        installed.spec = wide;
         if !fresh.is_empty() {
             let _ = self.fresh.send(fresh);
         }
@@ -183,34 +170,37 @@ impl Engine {
     }
 
     fn shutdown(&mut self) {
-        self.stop.stop();
         // The clock sees its channel close at once.
         self.fresh = channel().0;
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        self.threads.stop();
     }
 }
 
-/// Swaps in the table for `spec` with `routes`; returns the peers that are new.
-fn install(
-    peers: &WgPeers,
-    factory: &Factory,
-    spec: &WireguardSpec,
-    routes: &BTreeMap<IpNet, Ipv4Addr>,
-) -> Vec<Arc<peers::WgPeer>> {
+/// Swaps in the table for `spec`; returns the peers that are new.
+fn install(peers: &WgPeers, factory: &Factory, spec: &WireguardSpec) -> Vec<Arc<peers::WgPeer>> {
     let previous = peers.load_full();
-    let (table, fresh) = WgTable::build(spec, routes, &previous, factory);
+    let (table, fresh) = WgTable::build(spec, &spec.tun.peers, &previous, factory);
     peers.store(table);
     fresh
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+/// The spec for both `old` and `new` peers (`new` wins where they differ).
+fn widened(old: &WireguardSpec, new: &WireguardSpec) -> WireguardSpec {
+    let mut wide = new.clone();
+    for (subnet, node) in &old.tun.peers {
+        wide.tun.peers.entry(*subnet).or_insert(*node);
+    }
+    for (node, key) in &old.keys {
+        wide.keys.entry(*node).or_insert(*key);
+    }
+    for (subnet, node) in &old.tun.senders {
+        wide.tun.senders.entry(*subnet).or_insert(*node);
+    }
+    wide
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(name.into()).spawn(f)
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Drop for Engine {

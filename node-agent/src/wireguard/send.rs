@@ -11,7 +11,7 @@ use crate::udp::batch::SendBatch;
 use crate::udp::packet::{Layout, is_link_local_control};
 use crate::udp::segment::{Segments, segment_into};
 use crate::udp::socket::{Outgoing, UdpSocket};
-use crate::udp::sys::{IDLE_POLL_MS, Stop, read, split, wait_readable, wait_writable, would_block};
+use crate::udp::sys::{self, IDLE_POLL_MS, Stop, read, wait_readable, would_block};
 use crate::udp::vnet::{self, VnetHeader};
 
 const READS_PER_BATCH: usize = 64;
@@ -206,8 +206,8 @@ impl Queue {
     }
 }
 
-/// Sends every message over `bytes`, waiting while the socket is full; falls
-/// back to one datagram per message when the path refuses GSO.
+/// Sends every message over `bytes` (see [`crate::udp::sys::send_all`]),
+/// counting what the kernel refuses.
 pub fn send_all(
     socket: &UdpSocket,
     stop: &Stop,
@@ -216,24 +216,6 @@ pub fn send_all(
     messages: &mut Vec<Outgoing>,
     gso: &mut bool,
 ) {
-    let mut sent = 0;
-    while sent < messages.len() {
-        match socket.send(bytes, &messages[sent..]) {
-            Ok(n) => sent += n.max(1),
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => wait_writable(socket.fd(), stop),
-            Err(e) if *gso && e.raw_os_error() == Some(libc::EIO) => {
-                tracing::warn!(error = %e, "UDP GSO send failed; falling back to one datagram per packet");
-                metrics.offload.with_label_values(&["udp_gso"]).set(0);
-                *gso = false;
-                let rest: Vec<Outgoing> = split(&messages[sent..]);
-                messages.truncate(sent);
-                messages.extend(rest);
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "sending a WireGuard batch");
-                metrics.count(Drop::SendError, messages[sent].datagrams() as u64);
-                sent += 1;
-            }
-        }
-    }
+    let refused = sys::send_all(socket, stop, bytes, messages, gso, &metrics.offload);
+    metrics.count(Drop::SendError, refused);
 }

@@ -30,13 +30,20 @@ pub struct Narrowing {
     pub spec: WireguardSpec,
 }
 
+/// What the peer table is built from now (wider than the last spec while a
+/// change settles), and the narrower table due later.
+pub struct Installed {
+    pub spec: WireguardSpec,
+    pub narrowing: Option<Narrowing>,
+}
+
 pub struct Clock {
     pub peers: WgPeers,
     pub socket: Arc<UdpSocket>,
     pub factory: Arc<Factory>,
     pub metrics: WireguardMetrics,
     pub stop: Arc<Stop>,
-    pub narrowing: Arc<Mutex<Option<Narrowing>>>,
+    pub installed: Arc<Mutex<Installed>>,
     /// Peers to start a handshake with now.
     pub fresh: Receiver<Vec<Arc<WgPeer>>>,
 }
@@ -88,16 +95,14 @@ impl Clock {
     }
 
     fn narrow_when_due(&self) {
-        let due = {
-            let mut pending = self.narrowing.lock().unwrap_or_else(|e| e.into_inner());
-            match pending.as_ref() {
-                Some(n) if n.due <= Instant::now() => pending.take(),
-                _ => None,
-            }
-        };
-        if let Some(Narrowing { spec, .. }) = due {
+        let mut installed = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+        if (installed.narrowing.as_ref()).is_none_or(|n| n.due > Instant::now()) {
+            return;
+        }
+        if let Some(Narrowing { spec, .. }) = installed.narrowing.take() {
             // A subset of what is installed: nobody new to greet.
-            let _ = super::install(&self.peers, &self.factory, &spec, &spec.tun.peers);
+            let _ = super::install(&self.peers, &self.factory, &spec);
+            installed.spec = spec;
         }
     }
 

@@ -225,7 +225,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 control_plane,
                 udp: Default::default(),
             })?;
-            let (text, failures) = lifecycle::status(&name)?;
+            // Without a control plane the lab's agents converge in rounds
+            // before `up` returns: one measurement is the truth.
+            let (text, failures) = if control_plane {
+                lifecycle::settled_status(&name, std::time::Duration::from_secs(30))?
+            } else {
+                lifecycle::status(&name)?
+            };
             println!(
                 "lab {name:?} is up: {} nodes, {} pods, backend {backend}{}\n",
                 lab.nodes.len(),

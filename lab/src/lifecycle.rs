@@ -260,6 +260,22 @@ pub fn nodesubnets_table(report: &AgentsReport) -> String {
     out
 }
 
+/// [`status`] once the data plane has settled: with a control plane, every
+/// NodeSubnet being Ready says each agent programmed the peers it knew, and
+/// an agent learns a peer that came up after it through its watch, a
+/// debounce and an apply later. So the matrix is measured again, for up to
+/// `timeout`, until every path works.
+pub fn settled_status(name: &str, timeout: Duration) -> anyhow::Result<(String, usize)> {
+    let start = Instant::now();
+    loop {
+        let (text, failures) = status(name)?;
+        if failures == 0 || start.elapsed() >= timeout {
+            return Ok((text, failures));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 pub fn status(name: &str) -> anyhow::Result<(String, usize)> {
     let lab = LabState::load(name)?;
     let report = AgentsReport::load(name)?;

@@ -78,13 +78,22 @@ impl Queue {
         batch.clear();
         let mut drops = SendDrops::default();
         // One table load per round, not per frame; released before the send.
-        let table = self.peers.load();
+        let mut table = self.peers.load();
         let reads = if self.batched { READS_PER_BATCH } else { 1 };
         for _ in 0..reads {
             let Some(n) = self.read_frame(frame) else {
                 break;
             };
-            match self.add_frame(&table, &frame[..n], batch, gso) {
+            let added = match self.add_frame(&table, &frame[..n], batch, gso) {
+                // The round's table may predate the frame: a widen, then the
+                // route that sent the frame here, can land while it reads.
+                Err(DropReason::NoPeer) => {
+                    table = self.peers.load();
+                    self.add_frame(&table, &frame[..n], batch, gso)
+                }
+                other => other,
+            };
+            match added {
                 Ok(()) => {}
                 Err(DropReason::NoPeer) => drops.no_peer += 1,
                 Err(_) => drops.malformed += 1,

@@ -57,16 +57,7 @@ impl Queue {
             sealed.batch.clear();
             sealed.used = 0;
             control.clear();
-            let table = self.peers.load_full();
-            let counts = self.fill(
-                &table,
-                &mut frame,
-                &mut plain,
-                &mut sealed,
-                &mut control,
-                gso,
-            );
-            drop(table);
+            let counts = self.fill(&mut frame, &mut plain, &mut sealed, &mut control, gso);
             self.metrics.count(Drop::NoPeer, counts.no_peer);
             self.metrics.count(Drop::Malformed, counts.malformed);
             send_all(
@@ -99,7 +90,6 @@ impl Queue {
 
     fn fill(
         &self,
-        table: &WgTable,
         frame: &mut [u8],
         plain: &mut Vec<u8>,
         sealed: &mut Sealed,
@@ -107,6 +97,8 @@ impl Queue {
         gso: bool,
     ) -> SendCounts {
         let mut counts = SendCounts::default();
+        // One table load per round; released before the send.
+        let mut table = self.peers.load_full();
         for _ in 0..READS_PER_BATCH {
             let n = match read(&self.tun, frame) {
                 Ok(n) => n,
@@ -118,7 +110,15 @@ impl Queue {
                     break;
                 }
             };
-            match self.encrypt_frame(table, &frame[..n], plain, sealed, control, gso) {
+            let mut encrypted =
+                self.encrypt_frame(&table, &frame[..n], plain, sealed, control, gso);
+            if let Err(Drop::NoPeer) = encrypted {
+                // The round's table may predate the frame: a widen, then the
+                // route that sent the frame here, can land while it reads.
+                table = self.peers.load_full();
+                encrypted = self.encrypt_frame(&table, &frame[..n], plain, sealed, control, gso);
+            }
+            match encrypted {
                 Ok(true) => {}
                 Ok(false) => counts.queued += 1,
                 Err(Drop::NoPeer) => counts.no_peer += 1,

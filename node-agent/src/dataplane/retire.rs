@@ -1,8 +1,8 @@
 //! Make-before-break inside the TUN datapaths. When an apply moves routes
 //! off a TUN, packets the kernel had already queued into it still wait for
 //! its datapath, which on a busy node reads them a moment later. So:
-//! - a peer that left the udp backend stays in its table for
-//!   [`RETIRE_AFTER`] (the wireguard engine's clock does the same for its own);
+//! - a peer whose routes left a TUN stays in its datapath's table for
+//!   [`RETIRE_AFTER`];
 //! - a TUN whose backend left the state stays, datapath and device, serving
 //!   its last peers, for as long; the next apply after that removes it.
 
@@ -11,34 +11,34 @@ use std::time::{Duration, Instant};
 /// How long a TUN datapath outlives its backend.
 pub const RETIRE_AFTER: Duration = Duration::from_secs(1);
 
-/// One deadline per TUN datapath on its way out, and when udp's table narrows.
+/// One deadline per TUN datapath on its way out, and when the tables narrow.
 #[derive(Debug, Default)]
 pub struct Retiring {
     pub udp: Deadline,
     pub wireguard: Deadline,
-    narrow_udp: Option<Instant>,
+    narrow: Option<Instant>,
 }
 
 impl Retiring {
-    /// When the worker must act next: narrow udp's table, or apply again to
+    /// When the worker must act next: narrow the tables, or apply again to
     /// remove a retired datapath.
     pub fn next(&self) -> Option<Instant> {
-        [self.udp.0, self.wireguard.0, self.narrow_udp]
+        [self.udp.0, self.wireguard.0, self.narrow]
             .into_iter()
             .flatten()
             .min()
     }
 
-    /// udp's table narrows [`RETIRE_AFTER`] from `now` (a later apply moves it on).
-    pub fn narrow_udp_later(&mut self, now: Instant) {
-        self.narrow_udp = Some(now + RETIRE_AFTER);
+    /// The tables narrow [`RETIRE_AFTER`] from `now` (a later apply moves it on).
+    pub fn narrow_later(&mut self, now: Instant) {
+        self.narrow = Some(now + RETIRE_AFTER);
     }
 
-    /// Whether udp's table is due to narrow at `now`; then it is no longer pending.
-    pub fn narrow_udp_now(&mut self, now: Instant) -> bool {
-        let due = self.narrow_udp.is_some_and(|t| t <= now);
+    /// Whether the tables are due to narrow at `now`; then it is no longer pending.
+    pub fn narrow_now(&mut self, now: Instant) -> bool {
+        let due = self.narrow.is_some_and(|t| t <= now);
         if due {
-            self.narrow_udp = None;
+            self.narrow = None;
         }
         due
     }
@@ -115,25 +115,25 @@ mod tests {
         r.wireguard.keep(true, t0 + Duration::from_millis(300));
         r.udp.keep(true, t0);
         assert_eq!(r.next(), Some(t0 + RETIRE_AFTER));
-        r.narrow_udp_later(t0 - Duration::from_millis(500));
+        r.narrow_later(t0 - Duration::from_millis(500));
         assert_eq!(r.next(), Some(t0 + RETIRE_AFTER / 2));
         assert!(!r.removal_due(t0 + RETIRE_AFTER / 2));
         assert!(r.removal_due(t0 + RETIRE_AFTER));
     }
 
     #[test]
-    fn udp_narrows_once_when_due_and_a_later_apply_postpones_it() {
+    fn tables_narrow_once_when_due_and_a_later_apply_postpones_it() {
         let t0 = Instant::now();
         let mut r = Retiring::default();
-        assert!(!r.narrow_udp_now(t0), "nothing pending");
-        r.narrow_udp_later(t0);
-        r.narrow_udp_later(t0 + RETIRE_AFTER / 2);
+        assert!(!r.narrow_now(t0), "nothing pending");
+        r.narrow_later(t0);
+        r.narrow_later(t0 + RETIRE_AFTER / 2);
         assert!(
-            !r.narrow_udp_now(t0 + RETIRE_AFTER),
+            !r.narrow_now(t0 + RETIRE_AFTER),
             "moved on by the later apply"
         );
-        assert!(r.narrow_udp_now(t0 + RETIRE_AFTER * 3 / 2));
-        assert!(!r.narrow_udp_now(t0 + RETIRE_AFTER * 2), "only once");
+        assert!(r.narrow_now(t0 + RETIRE_AFTER * 3 / 2));
+        assert!(!r.narrow_now(t0 + RETIRE_AFTER * 2), "only once");
         assert_eq!(r.next(), None);
     }
 }

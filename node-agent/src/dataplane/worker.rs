@@ -142,11 +142,8 @@ impl Worker {
         }
         let report = report?;
         // Only now that the routes have moved: the tables narrow, a moment later.
-        if self.udp.is_some() {
-            self.retiring.narrow_udp_later(Instant::now());
-        }
-        if let (Some(spec), Some(engine)) = (&state.wireguard, self.wireguard.as_mut()) {
-            engine.update(spec);
+        if self.udp.is_some() || self.wireguard.is_some() {
+            self.retiring.narrow_later(Instant::now());
         }
         match &state.bgp {
             Some(spec) => {
@@ -185,17 +182,19 @@ impl Worker {
         Ok(report)
     }
 
-    /// A grace of [`super::retire`] is over: udp's table narrows to the
-    /// target's peers, and retired datapaths are removed.
+    /// A grace of [`super::retire`] is over: the TUN datapaths' tables
+    /// narrow to the target's peers, and retired datapaths are removed.
     fn on_deadline(&mut self) {
         let now = Instant::now();
-        if self.retiring.narrow_udp_now(now)
-            && let (Some(engine), Some(spec)) = (
-                self.udp.as_mut(),
-                self.target.as_ref().and_then(|t| t.state.udp.as_ref()),
-            )
+        if self.retiring.narrow_now(now)
+            && let Some(target) = &self.target
         {
-            engine.update(spec);
+            if let (Some(engine), Some(spec)) = (self.udp.as_mut(), &target.state.udp) {
+                engine.update(spec);
+            }
+            if let (Some(engine), Some(spec)) = (self.wireguard.as_mut(), &target.state.wireguard) {
+                engine.update(spec);
+            }
         }
         if self.retiring.removal_due(now) {
             let _ = self.full(false);
@@ -215,7 +214,7 @@ impl Worker {
             .map(|engine| engine.spec().clone());
         let wireguard = (self.wireguard.as_ref())
             .filter(|_| keep_wireguard)
-            .map(|engine| engine.spec());
+            .map(|engine| engine.spec().clone());
         if udp.is_none() && wireguard.is_none() {
             return Cow::Borrowed(state);
         }
@@ -295,7 +294,7 @@ impl Worker {
     fn ensure_wireguard(&mut self, spec: &WireguardSpec) -> Result<(), DataplaneError> {
         let device = &spec.tun.device;
         let present = tun_present(&mut self.applier, device).map_err(DataplaneError::Wireguard)?;
-        if let Some(engine) = &self.wireguard
+        if let Some(engine) = self.wireguard.as_mut()
             && present
             && engine.serves(spec)
         {

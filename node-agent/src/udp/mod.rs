@@ -205,7 +205,8 @@ impl Engine {
         self.device == spec.device && self.port == spec.port
     }
 
-    /// Swaps in exactly `spec`'s peer table; traffic never pauses.
+    /// A moment after the routes moved: exactly `spec`'s peer table; traffic
+    /// never pauses.
     pub fn update(&mut self, spec: &UdpSpec) {
         self.peers
             .store(PeerTable::new(&spec.peers, &spec.senders, &spec.local));
@@ -230,7 +231,7 @@ impl Engine {
 }
 
 /// The spec for both `old` and `new` peers (`new` wins where they differ).
-fn widened(old: &UdpSpec, new: &UdpSpec) -> UdpSpec {
+pub(crate) fn widened(old: &UdpSpec, new: &UdpSpec) -> UdpSpec {
     let mut wide = new.clone();
     for (subnet, node) in &old.peers {
         wide.peers.entry(*subnet).or_insert(*node);

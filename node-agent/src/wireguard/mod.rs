@@ -27,8 +27,8 @@ mod timers;
 mod tests;
 
 use std::io;
+use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex};
 
 use crate::netns::NetNs;
 use crate::plan::WireguardSpec;
@@ -46,8 +46,8 @@ pub struct Engine {
     peers: WgPeers,
     factory: Arc<Factory>,
     fresh: Sender<Vec<Arc<peers::WgPeer>>>,
-    /// What the table is built from, and what the clock narrows it to once due.
-    installed: Arc<Mutex<timers::Installed>>,
+    /// The spec the table is built from (wider than the last one while a change settles).
+    current: WireguardSpec,
     threads: Threads,
     pub features: Features,
 }
@@ -83,12 +83,7 @@ impl Engine {
         let mut threads = Threads::new(stop.clone());
         let sockets: Vec<_> = sockets.into_iter().map(Arc::new).collect();
         let (fresh, fresh_rx) = channel();
-        let installed = Arc::new(Mutex::new(timers::Installed {
-            spec: spec.clone(),
-            narrowing: None,
-        }));
         let clock = timers::Clock {
-            installed: installed.clone(),
             peers: peers.clone(),
             socket: sockets[0].clone(),
             factory: factory.clone(),
@@ -117,15 +112,15 @@ impl Engine {
             peers,
             factory,
             fresh,
-            installed,
+            current: spec.clone(),
             threads,
             features,
         })
     }
 
     /// What its table is built from now.
-    pub fn spec(&self) -> WireguardSpec {
-        lock(&self.installed).spec.clone()
+    pub fn spec(&self) -> &WireguardSpec {
+        &self.current
     }
 
     /// Whether this engine serves `spec` (else it must be restarted).
@@ -133,27 +128,25 @@ impl Engine {
         self.device == spec.tun.device && self.port == spec.tun.port
     }
 
-    /// After the routes changed: the table narrows to exactly `spec`'s peers
-    /// a moment later, so a packet routed into the TUN just before its peer
-    /// moved still finds it (the clock installs it); sessions of unchanged
-    /// peers stay.
+    /// A moment after the routes moved: the table holds exactly `spec`'s
+    /// peers; sessions of unchanged peers stay.
     pub fn update(&mut self, spec: &WireguardSpec) {
-        lock(&self.installed).narrowing = Some(timers::Narrowing {
-            due: std::time::Instant::now() + timers::NARROW_AFTER,
-            spec: spec.clone(),
-        });
+        self.install(spec.clone());
     }
 
     /// Before the routes change: packets for the old and the new peers both
     /// find their node (see the udp engine's `widen`). What is installed
-    /// only grows until a narrowing is due.
-    pub fn widen(&self, spec: &WireguardSpec) {
-        let mut installed = lock(&self.installed);
-        // A narrowing still pending would take away what this adds.
-        installed.narrowing = None;
-        let wide = widened(&installed.spec, spec);
-        let fresh = install(&self.peers, &self.factory, &wide);
-        installed.spec = wide;
+    /// only grows until [`Engine::update`] narrows it.
+    pub fn widen(&mut self, spec: &WireguardSpec) {
+        self.install(widened(&self.current, spec));
+    }
+
+    /// Swaps in the table for `spec`; new peers are greeted at once.
+    fn install(&mut self, spec: WireguardSpec) {
+        let previous = self.peers.load_full();
+        let (table, fresh) = WgTable::build(&spec, &spec.tun.peers, &previous, &self.factory);
+        self.peers.store(table);
+        self.current = spec;
         if !fresh.is_empty() {
             let _ = self.fresh.send(fresh);
         }
@@ -176,31 +169,16 @@ impl Engine {
     }
 }
 
-/// Swaps in the table for `spec`; returns the peers that are new.
-fn install(peers: &WgPeers, factory: &Factory, spec: &WireguardSpec) -> Vec<Arc<peers::WgPeer>> {
-    let previous = peers.load_full();
-    let (table, fresh) = WgTable::build(spec, &spec.tun.peers, &previous, factory);
-    peers.store(table);
-    fresh
-}
-
 /// The spec for both `old` and `new` peers (`new` wins where they differ).
 fn widened(old: &WireguardSpec, new: &WireguardSpec) -> WireguardSpec {
-    let mut wide = new.clone();
-    for (subnet, node) in &old.tun.peers {
-        wide.tun.peers.entry(*subnet).or_insert(*node);
-    }
+    let mut keys = new.keys.clone();
     for (node, key) in &old.keys {
-        wide.keys.entry(*node).or_insert(*key);
+        keys.entry(*node).or_insert(*key);
     }
-    for (subnet, node) in &old.tun.senders {
-        wide.tun.senders.entry(*subnet).or_insert(*node);
+    WireguardSpec {
+        tun: crate::udp::widened(&old.tun, &new.tun),
+        keys,
     }
-    wide
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Drop for Engine {

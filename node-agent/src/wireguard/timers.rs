@@ -4,8 +4,8 @@
 //! the first handshake with each new peer at once (so an agent that
 //! restarted renegotiates in one round trip instead of when keys age out).
 
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::TunnResult;
@@ -14,28 +14,12 @@ use boringtun::noise::errors::WireGuardError;
 use super::metrics::{AGE_BANDS, WireguardMetrics, age_band};
 use super::peers::{Factory, WgPeer, WgPeers};
 use super::send::send_all;
-use crate::plan::WireguardSpec;
 use crate::udp::batch::SendBatch;
 use crate::udp::segment::Segments;
 use crate::udp::socket::UdpSocket;
 use crate::udp::sys::Stop;
 
 const TICK: Duration = Duration::from_millis(250);
-/// How long a peer's routes stay in the table after they left the spec.
-pub const NARROW_AFTER: Duration = Duration::from_secs(1);
-
-/// A narrower table to install once `due`.
-pub struct Narrowing {
-    pub due: Instant,
-    pub spec: WireguardSpec,
-}
-
-/// What the peer table is built from now (wider than the last spec while a
-/// change settles), and the narrower table due later.
-pub struct Installed {
-    pub spec: WireguardSpec,
-    pub narrowing: Option<Narrowing>,
-}
 
 pub struct Clock {
     pub peers: WgPeers,
@@ -43,7 +27,6 @@ pub struct Clock {
     pub factory: Arc<Factory>,
     pub metrics: WireguardMetrics,
     pub stop: Arc<Stop>,
-    pub installed: Arc<Mutex<Installed>>,
     /// Peers to start a handshake with now.
     pub fresh: Receiver<Vec<Arc<WgPeer>>>,
 }
@@ -71,7 +54,6 @@ impl Clock {
                 // The engine is stopping (it dropped its end).
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            self.narrow_when_due();
             self.tick(&mut buffer, &mut out);
             if last_reset.elapsed() >= Duration::from_secs(1) {
                 self.factory.rate_limiter.reset_count();
@@ -92,18 +74,6 @@ impl Clock {
             &mut false,
         );
         out.clear();
-    }
-
-    fn narrow_when_due(&self) {
-        let mut installed = self.installed.lock().unwrap_or_else(|e| e.into_inner());
-        if (installed.narrowing.as_ref()).is_none_or(|n| n.due > Instant::now()) {
-            return;
-        }
-        if let Some(Narrowing { spec, .. }) = installed.narrowing.take() {
-            // A subset of what is installed: nobody new to greet.
-            let _ = super::install(&self.peers, &self.factory, &spec);
-            installed.spec = spec;
-        }
     }
 
     /// One round of timers over every peer, and the age metrics.

@@ -84,6 +84,10 @@ struct Cut<'a> {
     pseudo: u64,
     /// IPv4 only: each segment takes the next identification.
     v4_id: Option<u16>,
+    /// IPv4 only: the header's sum without its length, identification and
+    /// checksum, so each segment's header checksum is two additions, not a
+    /// read of the header just written.
+    v4_sum: u64,
     /// TCP: the first segment's sequence number (UDP: unused).
     seq: u32,
 }
@@ -108,6 +112,11 @@ impl<'a> Cut<'a> {
             count,
             pseudo: checksum::pseudo_header(src, dst, protocol, 0),
             v4_id: (!layout.v6).then(|| u16::from_be_bytes([packet[4], packet[5]])),
+            v4_sum: if layout.v6 {
+                0
+            } else {
+                ipv4_sum_without_varying(&packet[..t])
+            },
             seq: u32::from_be_bytes([packet[t + 4], packet[t + 5], packet[t + 6], packet[t + 7]]),
         }
     }
@@ -119,10 +128,17 @@ impl<'a> Cut<'a> {
         out.extend_from_slice(self.headers);
         out.extend_from_slice(chunk);
         let seg = &mut out[start..];
-        if let Some(id) = self.v4_id {
-            seg[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
+        let total = self.headers.len() + chunk.len();
+        match self.v4_id {
+            Some(id) => {
+                let id = id.wrapping_add(i as u16);
+                seg[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+                seg[4..6].copy_from_slice(&id.to_be_bytes());
+                let check = !checksum::fold(self.v4_sum + total as u64 + u64::from(id));
+                seg[10..12].copy_from_slice(&check.to_be_bytes());
+            }
+            None => self.layout.set_total(seg, total),
         }
-        self.layout.set_total(seg, self.headers.len() + chunk.len());
         let transport_total = self.transport_len + chunk.len();
         let check_at = self.set_transport(seg, i, transport_total);
         self.set_checksum(seg, check_at, transport_total);
@@ -163,6 +179,13 @@ impl<'a> Cut<'a> {
         }
         seg[check_at..check_at + 2].copy_from_slice(&check.to_be_bytes());
     }
+}
+
+/// The sum of an IPv4 header with its total length, identification and
+/// checksum taken as zero (in one's complement, adding `!x` takes `x` away).
+fn ipv4_sum_without_varying(header: &[u8]) -> u64 {
+    let minus = |i: usize| u64::from(!u16::from_be_bytes([header[i], header[i + 1]]));
+    checksum::sum(header, 0) + minus(2) + minus(4) + minus(10)
 }
 
 /// One packet, its checksum completed if the kernel left that to us.

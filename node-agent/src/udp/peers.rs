@@ -109,6 +109,17 @@ impl PeerTable {
         self.sources.owner(source) == Some(node)
     }
 
+    /// What becomes of an inner packet from `node` with these addresses.
+    pub fn admit(&self, node: Ipv4Addr, source: IpAddr, destination: IpAddr) -> Admission {
+        if !self.is_local(destination) {
+            Admission::NotLocal
+        } else if !self.sends_from(node, source) {
+            Admission::SpoofedSource
+        } else {
+            Admission::Accepted
+        }
+    }
+
     /// Whether datagrams from `node` are accepted.
     pub fn is_peer(&self, node: Ipv4Addr) -> bool {
         self.nodes.contains(&node)
@@ -125,6 +136,41 @@ impl PeerTable {
 
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+}
+
+/// What becomes of an inner packet from a peer, by its addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Accepted,
+    /// Not for this node's subnets.
+    NotLocal,
+    /// From outside the sending peer's own subnets.
+    SpoofedSource,
+}
+
+/// The last verdict, kept for the next packet of the same train: the
+/// segments of one flow share their addresses, so a train of 45 costs one
+/// look-up, not 45. Made per train, so it never outlives its table.
+#[derive(Debug, Default)]
+pub struct LastAdmission(Option<(Ipv4Addr, IpAddr, IpAddr, Admission)>);
+
+impl LastAdmission {
+    pub fn admit(
+        &mut self,
+        table: &PeerTable,
+        node: Ipv4Addr,
+        source: IpAddr,
+        destination: IpAddr,
+    ) -> Admission {
+        if let Some((n, s, d, verdict)) = self.0
+            && (n, s, d) == (node, source, destination)
+        {
+            return verdict;
+        }
+        let verdict = table.admit(node, source, destination);
+        self.0 = Some((node, source, destination, verdict));
+        verdict
     }
 }
 
@@ -209,6 +255,33 @@ mod tests {
             "a peer we do not send to yet"
         );
         assert!(!table.sends_from(n9, ip("10.244.1.7")));
+    }
+
+    #[test]
+    fn a_train_is_judged_by_its_addresses_each_time_they_change() {
+        let n2 = Ipv4Addr::new(192, 168, 0, 2);
+        let peers = BTreeMap::from([(net("10.244.1.0/24"), n2)]);
+        let table = PeerTable::new(&peers, &BTreeMap::new(), &[net("10.244.0.0/24")]);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test IP");
+        let mut last = LastAdmission::default();
+        let (pod, here, elsewhere) = (ip("10.244.1.7"), ip("10.244.0.5"), ip("10.244.2.5"));
+        for _ in 0..3 {
+            assert_eq!(last.admit(&table, n2, pod, here), Admission::Accepted);
+        }
+        assert_eq!(
+            last.admit(&table, n2, pod, elsewhere),
+            Admission::NotLocal,
+            "a new destination is looked up, not taken from the last packet"
+        );
+        assert_eq!(last.admit(&table, n2, here, here), Admission::SpoofedSource);
+        let n3 = Ipv4Addr::new(192, 168, 0, 3);
+        assert_eq!(last.admit(&table, n3, here, here), Admission::SpoofedSource);
+        assert_eq!(
+            last.admit(&table, n3, pod, here),
+            Admission::SpoofedSource,
+            "n2's pod address from n3"
+        );
+        assert_eq!(last.admit(&table, n2, pod, here), Admission::Accepted);
     }
 
     #[test]

@@ -54,6 +54,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u16).range(0..=64))]
     pub udp_queues: u16,
 
+    /// udp and wireguard backends: microseconds an idle datapath loop keeps
+    /// polling (yielding its core) after bulk traffic before it sleeps; 0
+    /// turns polling off.
+    #[arg(long, env = "TARTAN_TUN_BUSY_POLL_US", default_value_t = 50,
+          value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub tun_busy_poll_us: u16,
+
     /// A file holding a shared secret (at least 16 bytes, the same on every
     /// node): udp datagrams then carry and must carry an authentication tag.
     #[arg(long, env = "TARTAN_UDP_KEY_FILE")]

@@ -190,6 +190,7 @@ fn dataplane_config(
             },
             batched: true,
             key: udp_key,
+            busy_poll: Duration::from_micros(u64::from(args.tun_busy_poll_us)),
         },
         wireguard_key: None,
         bird: match &args.bird_socket {

@@ -320,7 +320,7 @@ impl Worker {
                     &config.netns,
                     spec,
                     key,
-                    config.udp.queues,
+                    &config.udp,
                     &metrics.wireguard,
                 )
             },

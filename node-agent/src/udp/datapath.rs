@@ -13,16 +13,17 @@
 use std::net::SocketAddrV4;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::auth::DatagramKey;
 use super::batch::SendBatch;
 use super::coalesce::Coalescer;
 use super::metrics::{DropReason, UdpMetrics};
 use super::packet::{Layout, is_link_local_control};
-use super::peers::{PeerTable, Peers};
+use super::peers::{Admission, LastAdmission, PeerTable, Peers};
 use super::segment::segment_into;
 use super::socket::{Incoming, RECV_BUFFER, UdpSocket};
-use super::sys::{IDLE_POLL_MS, Stop, read, send_all, wait_readable, would_block, write};
+use super::sys::{BusyPoll, IDLE_POLL_MS, Stop, read, send_all, would_block, write};
 use super::vnet::{self, VnetHeader};
 
 /// Frames read from the TUN before a send.
@@ -45,6 +46,8 @@ pub struct Queue {
     pub key: Option<DatagramKey>,
     pub metrics: UdpMetrics,
     pub stop: Arc<Stop>,
+    /// How long an empty loop polls after a round of a stream before it sleeps.
+    pub busy_poll: Duration,
 }
 
 impl Queue {
@@ -54,6 +57,7 @@ impl Queue {
         let mut frame = vec![0u8; vnet::LEN + 65535];
         let mut batch = SendBatch::default();
         let mut gso = self.socket.gso;
+        let mut busy = BusyPoll::new(self.busy_poll);
         while !self.stop.is_set() {
             let drops = self.fill_batch(&mut frame, &mut batch, gso);
             self.metrics.drop(DropReason::NoPeer, drops.no_peer);
@@ -61,10 +65,11 @@ impl Queue {
             if batch.is_empty() {
                 // Only an empty TUN is a reason to sleep; dropped frames mean more may wait.
                 if drops.no_peer == 0 && drops.malformed == 0 {
-                    wait_readable(&self.tun, &self.stop);
+                    busy.idle(&self.tun, &self.stop);
                 }
                 continue;
             }
+            busy.moved(batch.packets, Instant::now());
             self.send_batch(&mut batch, &mut gso);
             tx.packets.inc_by(batch.packets as u64);
             tx.bytes.inc_by(batch.buffer.len() as u64);
@@ -166,8 +171,9 @@ impl Queue {
     pub fn receive_loop(self) {
         let rx = self.metrics.direction("rx");
         let messages = if self.batched { RECEIVE_MESSAGES } else { 1 };
+        let mut busy = BusyPoll::new(self.busy_poll);
         let mut buffers = vec![vec![0u8; RECV_BUFFER]; messages];
-        let mut incoming: Vec<Incoming> = Vec::with_capacity(RECEIVE_MESSAGES);
+        let mut incoming: Vec<Incoming> = Vec::with_capacity(messages);
         let mut coalescer = Coalescer::new(self.vnet);
         let socket = self.socket.clone();
         while !self.stop.is_set() {
@@ -175,7 +181,7 @@ impl Queue {
                 if !would_block(&e) {
                     tracing::warn!(error = %e, "receiving UDP");
                 }
-                wait_readable(socket.fd(), &self.stop);
+                busy.idle(socket.fd(), &self.stop);
                 continue;
             }
             let mut counts = ReceiveCounts::default();
@@ -200,6 +206,7 @@ impl Queue {
             }
             coalescer.flush(&mut write_tun);
             drop(table);
+            busy.moved(counts.packets as usize, Instant::now());
             rx.packets.inc_by(counts.packets);
             rx.bytes.inc_by(counts.bytes);
             rx.batch
@@ -231,6 +238,7 @@ pub(crate) fn receive_train(
         counts.unknown_peer += data.len().div_ceil(segment) as u64;
         return;
     }
+    let mut last = LastAdmission::default();
     for datagram in data.chunks(segment) {
         let packet = match key {
             None => datagram,
@@ -249,13 +257,17 @@ pub(crate) fn receive_train(
                 continue;
             }
         };
-        if !table.is_local(layout.destination(packet)) {
-            counts.not_local += 1;
-            continue;
-        }
-        if !table.sends_from(message.peer, layout.source(packet)) {
-            counts.spoofed_source += 1;
-            continue;
+        let (source, destination) = (layout.source(packet), layout.destination(packet));
+        match last.admit(table, message.peer, source, destination) {
+            Admission::Accepted => {}
+            Admission::NotLocal => {
+                counts.not_local += 1;
+                continue;
+            }
+            Admission::SpoofedSource => {
+                counts.spoofed_source += 1;
+                continue;
+            }
         }
         counts.packets += 1;
         counts.bytes += packet.len() as u64;

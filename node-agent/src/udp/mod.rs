@@ -81,6 +81,9 @@ pub struct EngineOptions {
     pub batched: bool,
     /// Tag every datagram and require tags (every node needs the same key).
     pub key: Option<auth::DatagramKey>,
+    /// How long an idle loop keeps polling after bulk traffic (both TUN
+    /// backends; zero: it always sleeps at once).
+    pub busy_poll: std::time::Duration,
 }
 
 impl Default for EngineOptions {
@@ -89,6 +92,7 @@ impl Default for EngineOptions {
             queues: default_queues(),
             batched: true,
             key: None,
+            busy_poll: sys::DEFAULT_BUSY_POLL,
         }
     }
 }
@@ -180,6 +184,11 @@ impl Engine {
                 key: options.key,
                 metrics: metrics.clone(),
                 stop: stop.clone(),
+                busy_poll: if batched {
+                    options.busy_poll
+                } else {
+                    std::time::Duration::ZERO
+                },
             };
             let sender = queue.clone();
             threads.spawn(format!("tartan-udp-tx{i}"), move || sender.send_loop())?;

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use prometheus::IntGaugeVec;
 
@@ -186,4 +187,116 @@ pub fn send_all(
         }
     }
     refused
+}
+
+/// How long a loop keeps polling by default after a round of a stream.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
+/// Rounds with traffic closer together than this are a stream (a TCP
+/// transfer, its ACKs); a ping every 10 ms is not, and never makes a loop
+/// poll.
+const STREAM_GAP: Duration = Duration::from_millis(1);
+
+/// Whether a loop that found nothing to do polls again or sleeps. After a
+/// round of a stream it polls (yielding the core to anything runnable) for
+/// `budget`: the stream's next packets come within microseconds, and
+/// catching them without sleeping saves a wake-up on both sides, which is a
+/// cross-core interrupt (and, in a VM, an exit). Traffic that is no stream
+/// finds the loop asleep, as it always did; a budget of zero turns polling
+/// off.
+#[derive(Debug, Clone)]
+pub struct BusyPoll {
+    budget: Duration,
+    /// The last round that moved packets.
+    last_traffic: Option<Instant>,
+    /// Polling until then.
+    poll_until: Option<Instant>,
+}
+
+impl BusyPoll {
+    pub fn new(budget: Duration) -> BusyPoll {
+        BusyPoll {
+            budget,
+            last_traffic: None,
+            poll_until: None,
+        }
+    }
+
+    /// Records a round that moved `packets`.
+    pub fn moved(&mut self, packets: usize, now: Instant) {
+        if packets == 0 || self.budget.is_zero() {
+            return;
+        }
+        let stream = self
+            .last_traffic
+            .is_some_and(|at| now.saturating_duration_since(at) < STREAM_GAP);
+        if stream {
+            self.poll_until = Some(now + self.budget);
+        }
+        self.last_traffic = Some(now);
+    }
+
+    /// For a round that found nothing: `true` to poll again, `false` to sleep.
+    pub fn keep_polling(&mut self, now: Instant) -> bool {
+        match self.poll_until {
+            Some(until) if now < until => true,
+            _ => {
+                self.poll_until = None;
+                false
+            }
+        }
+    }
+
+    /// An empty round: yields the core while polling, else waits until
+    /// `fd` is readable (or the stop).
+    pub fn idle(&mut self, fd: &OwnedFd, stop: &Stop) {
+        if self.keep_polling(Instant::now()) {
+            std::thread::yield_now();
+        } else {
+            wait_readable(fd, stop);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_only_within_the_budget_after_rounds_of_a_stream() {
+        let start = Instant::now();
+        let at = |us: u64| start + Duration::from_micros(us);
+        let mut poll = BusyPoll::new(Duration::from_micros(50));
+        assert!(!poll.keep_polling(at(0)), "no traffic yet: sleep");
+        poll.moved(1, at(0));
+        assert!(!poll.keep_polling(at(1)), "one round is no stream");
+        poll.moved(45, at(10_000));
+        assert!(
+            !poll.keep_polling(at(10_001)),
+            "nor are rounds 10 ms apart (a ping)"
+        );
+        poll.moved(2, at(10_200));
+        assert!(poll.keep_polling(at(10_201)), "200 µs apart: a stream");
+        assert!(poll.keep_polling(at(10_249)));
+        assert!(!poll.keep_polling(at(10_250)), "the budget is spent");
+        assert!(
+            !poll.keep_polling(at(10_260)),
+            "and stays spent until the stream's next round"
+        );
+        poll.moved(0, at(10_300));
+        assert!(
+            !poll.keep_polling(at(10_301)),
+            "an empty round is no traffic"
+        );
+        poll.moved(1, at(10_400));
+        assert!(poll.keep_polling(at(10_420)));
+    }
+
+    #[test]
+    fn a_zero_budget_never_polls() {
+        let start = Instant::now();
+        let mut poll = BusyPoll::new(Duration::ZERO);
+        poll.moved(64, start);
+        poll.moved(64, start + Duration::from_micros(5));
+        assert!(!poll.keep_polling(start + Duration::from_micros(6)));
+    }
 }

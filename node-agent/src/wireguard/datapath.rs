@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  send:    read TUN (≤ 64 frames) → cut super-packets → encrypt each segment
-//!           straight into the batch (one lock per frame) → one sendmmsg of GSO
+//!           straight into the batch (one lock each) → one sendmmsg of GSO
 //!           trains (in `send`)
 //!  receive: recvmmsg (≤ 8 GRO trains) → known peer? → decrypt each datagram
 //!           (one lock per train) → check the inner packet → merge → TUN
@@ -15,6 +15,7 @@
 use std::net::SocketAddrV4;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::metrics::{Drop, WireguardMetrics};
 use super::peers::WgPeers;
@@ -23,9 +24,10 @@ use super::send::send_all;
 use crate::udp::batch::SendBatch;
 use crate::udp::coalesce::Coalescer;
 use crate::udp::packet::Layout;
+use crate::udp::peers::LastAdmission;
 use crate::udp::segment::Segments;
 use crate::udp::socket::{Incoming, RECV_BUFFER, UdpSocket};
-use crate::udp::sys::{Stop, wait_readable, would_block, write};
+use crate::udp::sys::{BusyPoll, Stop, would_block, write};
 
 const RECEIVE_MESSAGES: usize = 8;
 /// What WireGuard adds to a data message: type, index, counter, tag.
@@ -39,6 +41,8 @@ pub struct Queue {
     pub peers: WgPeers,
     pub metrics: WireguardMetrics,
     pub stop: Arc<Stop>,
+    /// How long an empty loop polls after a round of a stream before it sleeps.
+    pub busy_poll: Duration,
 }
 
 impl Queue {
@@ -55,12 +59,13 @@ impl Queue {
             peer: None,
             counts: ReceiveCounts::default(),
         };
+        let mut busy = BusyPoll::new(self.busy_poll);
         while !self.stop.is_set() {
             if let Err(e) = self.socket.receive(&mut buffers, &mut incoming) {
                 if !would_block(&e) {
                     tracing::warn!(error = %e, "receiving WireGuard");
                 }
-                wait_readable(self.socket.fd(), &self.stop);
+                busy.idle(self.socket.fd(), &self.stop);
                 continue;
             }
             let table = self.peers.load();
@@ -72,18 +77,21 @@ impl Queue {
                     continue;
                 };
                 sink.peer = Some(peer.endpoint);
-                let mut tunn = peer.lock();
+                // Locked per datagram, not per train: the send loop (this
+                // peer's ACKs) never waits out a whole train's decryption.
+                let mut last = LastAdmission::default();
                 for datagram in data.chunks(segment) {
                     receive(
                         &table.subnets,
+                        &mut last,
                         peer,
-                        &mut tunn,
+                        &mut peer.lock(),
                         datagram,
                         &mut scratch,
                         &mut sink,
                     );
                 }
-                send_queued(&mut tunn, &mut scratch, &mut sink);
+                send_queued(&mut peer.lock(), &mut scratch, &mut sink);
             }
             drop(table);
             sink.flush();
@@ -97,6 +105,7 @@ impl Queue {
             );
             sink.replies.clear();
             let counts = std::mem::take(&mut sink.counts);
+            busy.moved(counts.packets as usize, Instant::now());
             packets.inc_by(counts.packets);
             bytes.inc_by(counts.bytes);
             self.metrics.count(Drop::UnknownPeer, counts.unknown_peer);

@@ -59,10 +59,10 @@ impl Engine {
         netns: &NetNs,
         spec: &WireguardSpec,
         key: &NodeKey,
-        queues: usize,
+        options: &crate::udp::EngineOptions,
         metrics: &WireguardMetrics,
     ) -> io::Result<Engine> {
-        let (tun, sockets) = open_queues(netns, &spec.tun, queues, true)?;
+        let (tun, sockets) = open_queues(netns, &spec.tun, options.queues, true)?;
         let features = Features::of(&tun, &sockets);
         features.record(&metrics.offload);
         tracing::info!(
@@ -100,6 +100,7 @@ impl Engine {
                 peers: peers.clone(),
                 metrics: metrics.clone(),
                 stop: stop.clone(),
+                busy_poll: options.busy_poll,
             };
             let sender = queue.clone();
             threads.spawn(format!("tartan-wg-tx{i}"), move || sender.send_loop())?;

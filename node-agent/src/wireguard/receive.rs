@@ -12,7 +12,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use super::metrics::Drop;
 use super::peers::WgPeer;
 use crate::udp::packet::Layout;
-use crate::udp::peers::PeerTable;
+use crate::udp::peers::{Admission, LastAdmission, PeerTable};
 
 const HANDSHAKE_INIT: u8 = 1;
 const HANDSHAKE_RESPONSE: u8 = 2;
@@ -69,9 +69,11 @@ pub fn reason(error: &WireGuardError) -> Drop {
 }
 
 /// Receives `datagram` from `peer` (whose state `tunn` is) with `scratch`
-/// (at least as long as the datagram, and 148 bytes) to decrypt into.
+/// (at least as long as the datagram, and 148 bytes) to decrypt into;
+/// `last` is the verdict on the train's previous packet.
 pub fn receive(
     subnets: &PeerTable,
+    last: &mut LastAdmission,
     peer: &WgPeer,
     tunn: &mut Tunn,
     datagram: &[u8],
@@ -114,7 +116,7 @@ pub fn receive(
             send_queued(tunn, scratch, sink);
         }
         TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
-            check_inner(subnets, peer, packet, sink)
+            check_inner(subnets, last, peer, packet, sink)
         }
     }
 }
@@ -131,16 +133,21 @@ pub fn send_queued(tunn: &mut Tunn, scratch: &mut [u8], sink: &mut impl Sink) {
 
 /// Hands a decrypted packet on only when it is whole, for this node and from
 /// the sending peer's own subnets (WireGuard's AllowedIPs, from the NodeSubnets).
-fn check_inner(subnets: &PeerTable, peer: &WgPeer, packet: &[u8], sink: &mut impl Sink) {
+fn check_inner(
+    subnets: &PeerTable,
+    last: &mut LastAdmission,
+    peer: &WgPeer,
+    packet: &[u8],
+    sink: &mut impl Sink,
+) {
     let layout = match Layout::parse(packet) {
         Ok(l) if l.total == packet.len() => l,
         _ => return sink.dropped(Drop::Malformed),
     };
-    if !subnets.is_local(layout.destination(packet)) {
-        return sink.dropped(Drop::NotLocal);
+    let (source, destination) = (layout.source(packet), layout.destination(packet));
+    match last.admit(subnets, peer.node, source, destination) {
+        Admission::Accepted => sink.deliver(layout, packet),
+        Admission::NotLocal => sink.dropped(Drop::NotLocal),
+        Admission::SpoofedSource => sink.dropped(Drop::SpoofedSource),
     }
-    if !subnets.sends_from(peer.node, layout.source(packet)) {
-        return sink.dropped(Drop::SpoofedSource);
-    }
-    sink.deliver(layout, packet);
 }

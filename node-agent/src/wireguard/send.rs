@@ -2,6 +2,8 @@
 //! encrypted straight into one buffer that is allocated (and zeroed) once,
 //! then sent as UDP GSO trains in one `sendmmsg`.
 
+use std::time::Instant;
+
 use boringtun::noise::TunnResult;
 
 use super::datapath::{DATA_OVERHEAD, Queue, one};
@@ -11,7 +13,7 @@ use crate::udp::batch::SendBatch;
 use crate::udp::packet::{Layout, is_link_local_control};
 use crate::udp::segment::{Segments, segment_into};
 use crate::udp::socket::{Outgoing, UdpSocket};
-use crate::udp::sys::{self, IDLE_POLL_MS, Stop, read, wait_readable, would_block};
+use crate::udp::sys::{self, BusyPoll, IDLE_POLL_MS, Stop, read, would_block};
 use crate::udp::vnet::{self, VnetHeader};
 
 const READS_PER_BATCH: usize = 64;
@@ -53,6 +55,7 @@ impl Queue {
         };
         let mut control = SendBatch::default();
         let mut gso = self.socket.gso;
+        let mut busy = BusyPoll::new(self.busy_poll);
         while !self.stop.is_set() {
             sealed.batch.clear();
             sealed.used = 0;
@@ -70,10 +73,11 @@ impl Queue {
             );
             if sealed.batch.is_empty() {
                 if counts.no_peer + counts.malformed + counts.queued == 0 {
-                    wait_readable(&self.tun, &self.stop);
+                    busy.idle(&self.tun, &self.stop);
                 }
                 continue;
             }
+            busy.moved(sealed.batch.packets, Instant::now());
             let used = sealed.used;
             send_all(
                 &self.socket,
@@ -168,7 +172,6 @@ impl Queue {
         if offset + encrypted.total + HANDSHAKE_ROOM > sealed.bytes.len() {
             return Err(Drop::Malformed);
         }
-        let mut tunn = peer.lock();
         let mut at = 0;
         for i in 0..cut.count {
             let len = if i + 1 == cut.count {
@@ -180,6 +183,9 @@ impl Queue {
             at += len;
             let start = sealed.used;
             let room = start + (len + DATA_OVERHEAD).max(HANDSHAKE_ROOM);
+            // Locked per segment, not per frame: the receive loop (this
+            // peer's ACKs) never waits out a whole super-packet's encryption.
+            let mut tunn = peer.lock();
             match tunn.encapsulate(segment, &mut sealed.bytes[start..room]) {
                 TunnResult::WriteToNetwork(out) if out.first() == Some(&4) => {
                     sealed.used += out.len()

@@ -110,6 +110,7 @@ impl Node {
         let mut tunn = peer.lock();
         receive(
             &self.table.subnets,
+            &mut crate::udp::peers::LastAdmission::default(),
             &peer,
             &mut tunn,
             datagram,

@@ -103,6 +103,11 @@ pub fn run(name: &str) -> anyhow::Result<()> {
                         .then(|| DatagramKey::from_secret(LAB_UDP_SECRET))
                         .transpose()
                         .context("the lab's udp key")?,
+                    busy_poll: if state.udp == UdpDatapath::NoBusyPoll {
+                        Duration::ZERO
+                    } else {
+                        tartan_agent::udp::sys::DEFAULT_BUSY_POLL
+                    },
                     ..Default::default()
                 },
                 bird: bird_mode(name, &n.name),

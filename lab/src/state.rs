@@ -86,6 +86,9 @@ pub enum UdpDatapath {
     Unbatched,
     /// Batched, every datagram tagged with the lab's shared key.
     Authenticated,
+    /// Batched, but an idle datapath thread sleeps at once (busy polling
+    /// off): what polling buys, for the udp and the wireguard backend.
+    NoBusyPoll,
 }
 
 /// The shared udp secret of `UdpDatapath::Authenticated` labs.

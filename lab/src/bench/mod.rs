@@ -5,6 +5,7 @@
 //! Written as Markdown and an SVG bar chart. `--scale N` is another
 //! benchmark: Tartan at N nodes on a real API server ([`scale`]).
 
+pub mod busy_poll;
 pub mod guard;
 pub mod netpol;
 pub mod program;
@@ -95,7 +96,7 @@ fn paired_throughput(
     result.map(|()| (without, with))
 }
 
-fn lab_throughput(
+pub(crate) fn lab_throughput(
     name: &str,
     backend: BackendType,
     direct: bool,
@@ -222,6 +223,10 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
             label: label.into(),
             gbps,
         });
+        if udp == batched && matches!(backend, BackendType::Udp | BackendType::Wireguard) {
+            let name = format!("bench{}", std::process::id() % 1000);
+            rows.push(busy_poll::row(&name, backend, seconds, 5)?);
+        }
         if label == "tartan vxlan" {
             // The same path with NetworkPolicy, then with the pod source
             // check, on both nodes, measured now.

@@ -259,29 +259,30 @@ mod tests {
 
     #[test]
     fn a_train_is_judged_by_its_addresses_each_time_they_change() {
-        let n2 = Ipv4Addr::new(192, 168, 0, 2);
+        let (n2, n3) = (Ipv4Addr::new(192, 168, 0, 2), Ipv4Addr::new(192, 168, 0, 3));
         let peers = BTreeMap::from([(net("10.244.1.0/24"), n2)]);
         let table = PeerTable::new(&peers, &BTreeMap::new(), &[net("10.244.0.0/24")]);
         let ip = |s: &str| s.parse::<IpAddr>().expect("test IP");
-        let mut last = LastAdmission::default();
         let (pod, here, elsewhere) = (ip("10.244.1.7"), ip("10.244.0.5"), ip("10.244.2.5"));
-        for _ in 0..3 {
-            assert_eq!(last.admit(&table, n2, pod, here), Admission::Accepted);
+        // In order, through one memo: each verdict is the table's, never the last packet's.
+        let packets = [
+            (n2, pod, here, Admission::Accepted),
+            (n2, pod, here, Admission::Accepted),
+            (n2, pod, elsewhere, Admission::NotLocal),
+            (n2, here, here, Admission::SpoofedSource),
+            (n3, here, here, Admission::SpoofedSource),
+            (n3, pod, here, Admission::SpoofedSource),
+            (n2, pod, here, Admission::Accepted),
+        ];
+        let mut last = LastAdmission::default();
+        for (i, (node, source, destination, verdict)) in packets.into_iter().enumerate() {
+            assert_eq!(
+                last.admit(&table, node, source, destination),
+                verdict,
+                "packet {i}: {node} sending {source} -> {destination}"
+            );
+            assert_eq!(table.admit(node, source, destination), verdict);
         }
-        assert_eq!(
-            last.admit(&table, n2, pod, elsewhere),
-            Admission::NotLocal,
-            "a new destination is looked up, not taken from the last packet"
-        );
-        assert_eq!(last.admit(&table, n2, here, here), Admission::SpoofedSource);
-        let n3 = Ipv4Addr::new(192, 168, 0, 3);
-        assert_eq!(last.admit(&table, n3, here, here), Admission::SpoofedSource);
-        assert_eq!(
-            last.admit(&table, n3, pod, here),
-            Admission::SpoofedSource,
-            "n2's pod address from n3"
-        );
-        assert_eq!(last.admit(&table, n2, pod, here), Admission::Accepted);
     }
 
     #[test]

@@ -5,13 +5,10 @@ use serde_json::json;
 
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
 
-fn manager(
-    identity: &str,
-) -> (
-    LeaseManager,
-    Leadership,
-    tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>,
-) {
+type ApiHandle =
+    tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
+
+fn manager(identity: &str) -> (LeaseManager, Leadership, ApiHandle) {
     let (service, handle) = tower_test::mock::pair();
     let client = kube::Client::new(service, "default");
     let config = LeaseConfig {
@@ -26,6 +23,20 @@ fn manager(
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     let (m, l) = LeaseManager::new(Api::namespaced(client, "kube-system"), config, metrics);
     (m, l, handle)
+}
+
+/// One attempt against the API `script` plays, all of which it must take:
+/// whether the attempt leads.
+async fn attempt(
+    m: &LeaseManager,
+    handle: ApiHandle,
+    script: Vec<Expect>,
+    seen: &mut Option<Seen>,
+) -> bool {
+    let server = tokio::spawn(serve(handle, script));
+    let leads = m.try_acquire_or_renew(seen).await.expect("no API error");
+    server.await.expect("script played out");
+    leads
 }
 
 fn lease(holder: &str, rv: &str) -> serde_json::Value {
@@ -47,13 +58,7 @@ async fn creates_the_lease_when_there_is_none() {
             .body(|b| assert_eq!(b["spec"]["holderIdentity"], "a"))
             .echo(),
     ];
-    let server = tokio::spawn(serve(handle, script));
-    assert!(
-        m.try_acquire_or_renew(&mut None)
-            .await
-            .expect("no API error")
-    );
-    server.await.expect("script");
+    assert!(attempt(&m, handle, script, &mut None).await);
     assert!(
         !leadership.is_leader(),
         "the claim is set by run(), not by one attempt"
@@ -79,13 +84,7 @@ async fn takes_over_with_the_seen_resource_version_as_a_precondition() {
         })
         .echo(),
     ];
-    let server = tokio::spawn(serve(handle, script));
-    assert!(
-        m.try_acquire_or_renew(&mut None)
-            .await
-            .expect("no API error")
-    );
-    server.await.expect("script");
+    assert!(attempt(&m, handle, script, &mut None).await);
 }
 
 #[tokio::test]
@@ -99,13 +98,7 @@ async fn a_lost_race_is_a_409_not_an_overwrite() {
         )
         .reply(409, status_error(409, "Conflict")),
     ];
-    let server = tokio::spawn(serve(handle, script));
-    assert!(
-        !m.try_acquire_or_renew(&mut None)
-            .await
-            .expect("a conflict is not an error")
-    );
-    server.await.expect("script");
+    assert!(!attempt(&m, handle, script, &mut None).await);
 }
 
 #[tokio::test]
@@ -114,14 +107,8 @@ async fn a_live_holder_is_left_alone() {
     let script = vec![
         Expect::new(Method::GET, format!("{LEASE}/tartan-operator")).reply(200, lease("a", "41")),
     ];
-    let server = tokio::spawn(serve(handle, script));
     let mut seen = None;
-    assert!(
-        !m.try_acquire_or_renew(&mut seen)
-            .await
-            .expect("no API error")
-    );
-    server.await.expect("script: no write");
+    assert!(!attempt(&m, handle, script, &mut seen).await);
     assert_eq!(seen.map(|s| s.holder), Some(Some("a".to_string())));
 }
 

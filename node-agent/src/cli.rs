@@ -55,9 +55,10 @@ pub struct Args {
     pub udp_queues: u16,
 
     /// udp and wireguard backends: microseconds an idle datapath loop keeps
-    /// polling (yielding its core) after bulk traffic before it sleeps; 0
-    /// turns polling off.
-    #[arg(long, env = "TARTAN_TUN_BUSY_POLL_US", default_value_t = 50,
+    /// polling (yielding its core) after a round of a stream before it
+    /// sleeps; 0 turns polling off.
+    #[arg(long, env = "TARTAN_TUN_BUSY_POLL_US",
+          default_value_t = crate::udp::sys::DEFAULT_BUSY_POLL.as_micros() as u16,
           value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub tun_busy_poll_us: u16,
 

@@ -23,17 +23,9 @@ pub fn row(
     }
     Ok(Throughput {
         label: format!(
-            "tartan {} with busy polling off: {:.2} of the same path with it ({with:.2} Gbit/s; best of {rounds} each, alternating)",
-            backend_name(backend),
+            "tartan {backend} with busy polling off: {:.2} of the same path with it ({with:.2} Gbit/s; best of {rounds} each, alternating)",
             without / with
         ),
         gbps: without,
     })
-}
-
-fn backend_name(backend: BackendType) -> String {
-    serde_json::to_value(backend)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{backend:?}"))
 }

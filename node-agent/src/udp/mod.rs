@@ -81,8 +81,8 @@ pub struct EngineOptions {
     pub batched: bool,
     /// Tag every datagram and require tags (every node needs the same key).
     pub key: Option<auth::DatagramKey>,
-    /// How long an idle loop keeps polling after bulk traffic (both TUN
-    /// backends; zero: it always sleeps at once).
+    /// How long an idle loop keeps polling after a round of a stream (both
+    /// TUN backends; zero: it always sleeps at once).
     pub busy_poll: std::time::Duration,
 }
 

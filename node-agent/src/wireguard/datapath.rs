@@ -5,7 +5,7 @@
 //!           straight into the batch (one lock each) → one sendmmsg of GSO
 //!           trains (in `send`)
 //!  receive: recvmmsg (≤ 8 GRO trains) → known peer? → decrypt each datagram
-//!           (one lock per train) → check the inner packet → merge → TUN
+//!           (one lock each) → check the inner packet → merge → TUN
 //! ```
 //!
 //! Equal segments stay equal once encrypted (a fixed 32 bytes more), so a

@@ -18,6 +18,7 @@ pub mod cni;
 pub mod dataplane;
 pub mod guard;
 pub mod host;
+pub mod keeper;
 pub mod masquerade;
 pub mod metrics;
 pub mod netlink;

@@ -132,6 +132,13 @@ pub struct Args {
     #[arg(long, env = "TARTAN_SYSCTL_ROOT", default_value = "/proc/sys")]
     pub sysctl_root: std::path::PathBuf,
 
+    /// The datapath keeper's socket (`tartan-agent keep`): the udp and
+    /// wireguard datapaths hand it their TUN queues and sockets, and take them
+    /// back after a restart, so what arrives meanwhile waits instead of being
+    /// dropped. Unset: no keeper.
+    #[arg(long, env = "TARTAN_DATAPATH_KEEPER")]
+    pub datapath_keeper: Option<PathBuf>,
+
     /// Program a named network namespace instead of this one (labs and tests).
     #[arg(long, env = "TARTAN_NETNS")]
     pub netns: Option<String>,
@@ -162,6 +169,14 @@ pub enum Command {
         namespace: String,
         #[arg(long, default_value = "tartan-agent")]
         service_account: String,
+    },
+    /// Run the datapath keeper: hold the TUN queues and sockets the agent
+    /// hands over, across its restarts, until SIGTERM (the chart runs it in
+    /// a container beside the agent's).
+    Keep {
+        /// Where to listen (a stale socket file there is replaced).
+        #[arg(long, env = "TARTAN_DATAPATH_KEEPER")]
+        socket: PathBuf,
     },
 }
 

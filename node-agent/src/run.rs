@@ -41,6 +41,10 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             println!("{}", crate::admission::render(namespace, service_account)?);
             return Ok(());
         }
+        Some(Command::Keep { socket }) => {
+            tartan_runtime::init_logging(args.log_format);
+            return run_keeper(socket.clone()).await;
+        }
         None => {}
     }
     tartan_runtime::init_logging(args.log_format);
@@ -170,6 +174,37 @@ fn underlay_choice(args: &Args) -> Choice {
     }
 }
 
+/// The datapath keeper until SIGTERM; what it holds closes when it exits.
+async fn run_keeper(socket: std::path::PathBuf) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut serving = {
+        let (socket, stop) = (socket.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || crate::keeper::serve(&socket, &stop))
+    };
+    tracing::info!(socket = %socket.display(), "datapath keeper listening");
+    let shutdown = tartan_runtime::Shutdown::on_signals();
+    let served = tokio::select! {
+        _ = shutdown.wait() => {
+            stop.store(true, Ordering::Relaxed);
+            serving.await
+        }
+        done = &mut serving => done,
+    };
+    let store = served
+        .context("the datapath keeper's thread")?
+        .with_context(|| format!("the datapath keeper on {}", socket.display()))?;
+    anyhow::ensure!(
+        stop.load(Ordering::Relaxed),
+        "the datapath keeper stopped on its own"
+    );
+    tracing::info!(
+        devices = store.devices().count(),
+        "datapath keeper stopping; what it held closes"
+    );
+    Ok(())
+}
+
 fn dataplane_config(
     args: &Args,
     netns: &NetNs,
@@ -193,6 +228,7 @@ fn dataplane_config(
             busy_poll: Duration::from_micros(u64::from(args.tun_busy_poll_us)),
         },
         wireguard_key: None,
+        keeper: args.datapath_keeper.clone().map(crate::keeper::Keeper::at),
         bird: match &args.bird_socket {
             Some(socket) => crate::bgp::BirdMode::External {
                 socket: socket.clone(),

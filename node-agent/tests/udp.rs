@@ -10,7 +10,7 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use common::fixture::{Fixture, pings};
-use common::{eventually, sample};
+use common::{eventually, ping_flow, sample};
 use tartan_agent::netns::NetNs;
 use tartan_agent::plan::TUN;
 use tartan_crds::BackendType;
@@ -130,6 +130,41 @@ fn strangers_garbage_and_foreign_destinations_are_dropped_and_counted() {
     let (a, _) = f.add_pod(0, "a");
     let (_, b_ip) = f.add_pod(1, "b");
     eventually("traffic still flows", || pings(&a, b_ip));
+}
+
+#[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device and iperf3 (make test runs it)"]
+fn an_agent_restart_under_a_100_per_second_ping_loses_nothing() {
+    let mut f = udp_fixture("uk", 2);
+    let (a, _) = f.add_pod(0, "a");
+    let (_, b_ip) = f.add_pod(1, "b");
+    eventually("pods talk over udp", || pings(&a, b_ip));
+    // No agent on n1 for 300 ms: the keeper holds the TUN queue and the
+    // socket, so requests and answers wait in the kernel instead of being
+    // dropped, and the next agent takes the same queue and socket back.
+    let (sent, lost) = ping_flow(&a, b_ip, || f.restart_plane(0, Duration::from_millis(300)));
+    eprintln!("udp restart under a 100/s ping: {sent} sent, {lost} lost");
+    assert!(sent >= 50, "the flow ran: {sent}");
+    assert_eq!(lost, 0, "a restart loses nothing: {sent} sent, {lost} lost");
+}
+
+#[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device and iperf3 (make test runs it)"]
+fn a_tun_deleted_while_no_agent_runs_is_made_afresh_not_taken_back() {
+    let mut f = udp_fixture("ud", 2);
+    let (a, _) = f.add_pod(0, "a");
+    let (_, b_ip) = f.add_pod(1, "b");
+    eventually("pods talk over udp", || pings(&a, b_ip));
+    let node = f.topo.nodes[0].netns.clone();
+    f.planes.remove(0).stop();
+    // The keeper still holds queues of the device deleted now: detached ones.
+    tartan_testbed::ip(&["-n", &node, "link", "del", TUN]).expect("delete tartan0");
+    let plane = f.start_plane(0);
+    plane
+        .set(f.target(0, &f.peers(0, None)))
+        .expect("apply after restart");
+    f.planes.insert(0, plane);
+    eventually("a new tartan0 carries traffic", || pings(&a, b_ip));
 }
 
 #[test]

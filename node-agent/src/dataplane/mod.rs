@@ -49,6 +49,8 @@ pub struct DataplaneConfig {
     pub bird: BirdMode,
     /// This node's WireGuard key; without one the wireguard backend is off.
     pub wireguard_key: Option<crate::wireguard::keys::NodeKey>,
+    /// Holds the TUN datapaths' queues and sockets across agent restarts.
+    pub keeper: Option<crate::keeper::Keeper>,
 }
 
 impl DataplaneConfig {
@@ -63,6 +65,7 @@ impl DataplaneConfig {
                 dir: std::path::PathBuf::from("/run/tartan/bird"),
             },
             wireguard_key: None,
+            keeper: None,
         }
     }
 }

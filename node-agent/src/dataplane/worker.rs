@@ -77,7 +77,12 @@ impl Worker {
                     }
                     self.repair(&events);
                 }
-                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    // Each drains what it can, and leaves its queues to the keeper.
+                    self.udp.take().into_iter().for_each(Engine::stop);
+                    (self.wireguard.take().into_iter()).for_each(crate::wireguard::Engine::stop);
+                    return;
+                }
                 Err(RecvTimeoutError::Timeout) if wake < next_resync => self.on_deadline(),
                 Err(RecvTimeoutError::Timeout) => {
                     if self.target.is_some() {
@@ -130,11 +135,11 @@ impl Worker {
         // device: its loops would otherwise read a detached queue.
         match &state.udp {
             Some(spec) => self.ensure_udp(spec)?,
-            None => self.udp.take().into_iter().for_each(Engine::stop),
+            None => self.udp.take().into_iter().for_each(Engine::retire),
         }
         match &state.wireguard {
             Some(spec) => self.ensure_wireguard(spec)?,
-            None => (self.wireguard.take().into_iter()).for_each(crate::wireguard::Engine::stop),
+            None => (self.wireguard.take().into_iter()).for_each(crate::wireguard::Engine::retire),
         }
         let report = self.applier.apply(state);
         if let Ok(report) = &report {
@@ -275,7 +280,7 @@ impl Worker {
             return Ok(());
         }
         if let Some(engine) = self.udp.take() {
-            engine.stop();
+            engine.retire();
         }
         let (config, metrics) = (&self.config, &self.metrics);
         let engine = start_tun(
@@ -283,7 +288,10 @@ impl Worker {
             &spec.device,
             present,
             DataplaneError::Udp,
-            || Engine::start(&config.netns, spec, config.udp, &metrics.udp),
+            || {
+                let keeper = config.keeper.as_ref();
+                Engine::start(&config.netns, spec, config.udp, keeper, &metrics.udp)
+            },
         )?;
         self.udp = Some(engine);
         Ok(())
@@ -302,7 +310,7 @@ impl Worker {
             return Ok(());
         }
         if let Some(engine) = self.wireguard.take() {
-            engine.stop();
+            engine.retire();
         }
         let (config, metrics) = (&self.config, &self.metrics);
         let Some(key) = &config.wireguard_key else {
@@ -321,6 +329,7 @@ impl Worker {
                     spec,
                     key,
                     &config.udp,
+                    config.keeper.as_ref(),
                     &metrics.wireguard,
                 )
             },

@@ -15,6 +15,7 @@
 //!  segment   coalesce batch    pure: super-packet → trains, segments → super-packet
 //!  peers                       lock-free subnet → node table
 //!  tun  socket  datapath       the kernel side and the per-queue loops
+//!  kept                        the queues and sockets through the datapath keeper
 //! ```
 
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod batch;
 pub mod checksum;
 pub mod coalesce;
 mod datapath;
+pub(crate) mod kept;
 pub mod metrics;
 pub mod packet;
 pub mod peers;
@@ -37,6 +39,7 @@ mod tests;
 use std::io;
 use std::sync::Arc;
 
+use crate::keeper::Keeper;
 use crate::netns::NetNs;
 use datapath::Queue;
 use metrics::UdpMetrics;
@@ -62,6 +65,8 @@ pub struct Engine {
     current: UdpSpec,
     threads: sys::Threads,
     pub features: Features,
+    /// Holds duplicates of the queues and sockets across a restart.
+    keeper: Option<Keeper>,
 }
 
 /// Queues to open: one per core, at most 4.
@@ -140,32 +145,49 @@ impl Features {
 
 /// Opens `spec`'s TUN with up to `queues` queues in `netns`, and one socket
 /// on `spec`'s port for each queue the kernel granted.
+/// The device's queues and their sockets: taken back from `keeper` when it
+/// holds them (an agent restart), else opened and handed to it.
 pub(crate) fn open_queues(
     netns: &NetNs,
     spec: &UdpSpec,
     queues: usize,
     batched: bool,
+    keeper: Option<&Keeper>,
 ) -> io::Result<(tun::Tun, Vec<UdpSocket>)> {
-    netns.run(|| -> io::Result<_> {
+    let wanted = kept::Wanted {
+        port: spec.port,
+        queues,
+        offloads: batched,
+    };
+    if let Some(taken) = keeper.and_then(|k| kept::take_back(k, &spec.device, wanted)) {
+        return Ok(taken);
+    }
+    let (tun, sockets) = netns.run(|| -> io::Result<_> {
         let tun = tun::open(&spec.device, queues, batched)?;
         let sockets = (0..tun.queues.len())
             .map(|_| UdpSocket::bind(spec.port, batched))
             .collect::<io::Result<Vec<_>>>()?;
         Ok((tun, sockets))
-    })?
+    })??;
+    if let Some(keeper) = keeper {
+        kept::hand_over(keeper, &spec.device, wanted, &tun, &sockets);
+    }
+    Ok((tun, sockets))
 }
 
 impl Engine {
-    /// Opens the TUN and the sockets in `netns` and starts the loops.
+    /// Opens the TUN and the sockets in `netns` (or takes them back from
+    /// `keeper`) and starts the loops.
     pub fn start(
         netns: &NetNs,
         spec: &UdpSpec,
         options: EngineOptions,
+        keeper: Option<&Keeper>,
         metrics: &UdpMetrics,
     ) -> io::Result<Engine> {
         let batched = options.batched;
         let queues = if batched { options.queues } else { 1 };
-        let (tun, sockets) = open_queues(netns, spec, queues, batched)?;
+        let (tun, sockets) = open_queues(netns, spec, queues, batched, keeper)?;
         let features = Features::of(&tun, &sockets);
         features.record(&metrics.offload);
         features.log_started(spec);
@@ -201,6 +223,7 @@ impl Engine {
             current: spec.clone(),
             threads,
             features,
+            keeper: keeper.cloned(),
         })
     }
 
@@ -234,8 +257,19 @@ impl Engine {
     }
 
     /// Stops the loops and closes the queues; the (persistent) device stays.
+    /// Stops the loops; the keeper, if any, still holds the queues and
+    /// sockets for the next agent (a restart).
     pub fn stop(mut self) {
         self.threads.stop();
+    }
+
+    /// Stops the loops for good (the backend is gone or moves): the keeper
+    /// closes its copies too.
+    pub fn retire(mut self) {
+        self.threads.stop();
+        if let Some(keeper) = &self.keeper {
+            kept::forget(keeper, &self.device);
+        }
     }
 }
 

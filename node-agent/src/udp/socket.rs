@@ -115,6 +115,33 @@ impl UdpSocket {
         Ok(UdpSocket { fd, gso, gro })
     }
 
+    /// A socket bound before, handed back by the keeper with what it was
+    /// granted then; an error unless it is a UDP socket bound to `port`.
+    pub fn adopt(fd: OwnedFd, port: u16, gso: bool, gro: bool) -> io::Result<UdpSocket> {
+        // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_in = unsafe { zeroed() };
+        let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: getsockname writes at most `len` bytes into `addr`.
+        let rc = unsafe {
+            libc::getsockname(
+                fd.as_raw_fd(),
+                (&mut addr as *mut libc::sockaddr_in).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let bound = u16::from_be(addr.sin_port);
+        if addr.sin_family != libc::AF_INET as libc::sa_family_t || bound != port {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a kept socket is bound to port {bound}, not {port}"),
+            ));
+        }
+        Ok(UdpSocket { fd, gso, gro })
+    }
+
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
     }

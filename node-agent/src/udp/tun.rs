@@ -27,6 +27,8 @@ const TUNSETPERSIST: libc::c_ulong =
     nix::request_code_write!(b'T', 203, std::mem::size_of::<libc::c_int>()) as libc::c_ulong;
 const TUNSETOFFLOAD: libc::c_ulong =
     nix::request_code_write!(b'T', 208, std::mem::size_of::<libc::c_uint>()) as libc::c_ulong;
+const TUNGETIFF: libc::c_ulong =
+    nix::request_code_read!(b'T', 210, std::mem::size_of::<libc::c_uint>()) as libc::c_ulong;
 const TUNSETVNETHDRSZ: libc::c_ulong =
     nix::request_code_write!(b'T', 216, std::mem::size_of::<libc::c_int>()) as libc::c_ulong;
 
@@ -86,6 +88,28 @@ fn ioctl_value(fd: &OwnedFd, request: libc::c_ulong, value: libc::c_ulong) -> io
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The device a queue descriptor is attached to, and whether it carries the
+/// virtio header: an error (`EBADFD`) once the device is gone.
+pub fn attached(fd: &OwnedFd) -> io::Result<(String, bool)> {
+    let mut request = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF writes one `struct ifreq`, which IfReq lays out.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, &mut request as *mut IfReq) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = request
+        .name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(libc::IFNAMSIZ);
+    let name = String::from_utf8_lossy(&request.name[..end]).into_owned();
+    Ok((name, request.flags & IFF_VNET_HDR != 0))
 }
 
 /// Creates (or re-attaches to) the persistent TUN `name` with `queues` queues,

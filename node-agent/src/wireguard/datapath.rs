@@ -28,6 +28,7 @@ use crate::udp::peers::LastAdmission;
 use crate::udp::segment::Segments;
 use crate::udp::socket::{Incoming, RECV_BUFFER, UdpSocket};
 use crate::udp::sys::{BusyPoll, Stop, would_block, write};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const RECEIVE_MESSAGES: usize = 8;
 /// What WireGuard adds to a data message: type, index, counter, tag.
@@ -43,6 +44,9 @@ pub struct Queue {
     pub stop: Arc<Stop>,
     /// How long an empty loop polls after a round of a stream before it sleeps.
     pub busy_poll: Duration,
+    /// Messages the receive loops took from their sockets: a stopping engine
+    /// drains until this stands still.
+    pub received: Arc<AtomicU64>,
 }
 
 impl Queue {
@@ -68,6 +72,8 @@ impl Queue {
                 busy.idle(self.socket.fd(), &self.stop);
                 continue;
             }
+            self.received
+                .fetch_add(incoming.len() as u64, Ordering::Relaxed);
             let table = self.peers.load();
             for (message, buffer) in incoming.iter().zip(&buffers) {
                 let data = &buffer[..message.len.min(buffer.len())];

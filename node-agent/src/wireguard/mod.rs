@@ -28,8 +28,11 @@ mod tests;
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Sender, channel};
+use std::time::{Duration, Instant};
 
+use crate::keeper::Keeper;
 use crate::netns::NetNs;
 use crate::plan::WireguardSpec;
 use crate::udp::sys::{Stop, Threads};
@@ -48,9 +51,20 @@ pub struct Engine {
     fresh: Sender<Vec<Arc<peers::WgPeer>>>,
     /// The spec the table is built from (wider than the last one while a change settles).
     current: WireguardSpec,
-    threads: Threads,
+    /// The send loops and the clock: stopped first, so nothing new leaves.
+    senders: Threads,
+    /// The receive loops: stopped once what peers answer has landed.
+    receivers: Threads,
+    received: Arc<AtomicU64>,
     pub features: Features,
+    /// Holds duplicates of the queues and sockets across a restart.
+    keeper: Option<Keeper>,
 }
+
+/// A stopping engine receives until nothing arrived for this long...
+const DRAIN_QUIET: Duration = Duration::from_millis(20);
+/// ...or for this long at most (peers that keep sending on their own).
+const DRAIN_MAX: Duration = Duration::from_millis(200);
 
 impl Engine {
     /// Opens the TUN and the sockets in `netns`, starts the loops and the
@@ -60,9 +74,10 @@ impl Engine {
         spec: &WireguardSpec,
         key: &NodeKey,
         options: &crate::udp::EngineOptions,
+        keeper: Option<&Keeper>,
         metrics: &WireguardMetrics,
     ) -> io::Result<Engine> {
-        let (tun, sockets) = open_queues(netns, &spec.tun, options.queues, true)?;
+        let (tun, sockets) = open_queues(netns, &spec.tun, options.queues, true, keeper)?;
         let features = Features::of(&tun, &sockets);
         features.record(&metrics.offload);
         tracing::info!(
@@ -77,10 +92,12 @@ impl Engine {
         let (table, fresh_peers) =
             WgTable::build(spec, &spec.tun.peers, &WgTable::default(), &factory);
         peers.store(table);
-        let stop = Stop::new()?;
+        let (sending, receiving) = (Stop::new()?, Stop::new()?);
         // Declared before the channel: a failed start drops the sender
         // first, then stops and joins what it started.
-        let mut threads = Threads::new(stop.clone());
+        let mut receivers = Threads::new(receiving.clone());
+        let mut senders = Threads::new(sending.clone());
+        let received = Arc::new(AtomicU64::new(0));
         let sockets: Vec<_> = sockets.into_iter().map(Arc::new).collect();
         let (fresh, fresh_rx) = channel();
         let clock = timers::Clock {
@@ -88,10 +105,10 @@ impl Engine {
             socket: sockets[0].clone(),
             factory: factory.clone(),
             metrics: metrics.clone(),
-            stop: stop.clone(),
+            stop: sending.clone(),
             fresh: fresh_rx,
         };
-        threads.spawn("tartan-wg-clock".into(), move || clock.run())?;
+        senders.spawn("tartan-wg-clock".into(), move || clock.run())?;
         for (i, (fd, socket)) in tun.queues.into_iter().zip(sockets).enumerate() {
             let queue = Queue {
                 tun: Arc::new(fd),
@@ -99,12 +116,16 @@ impl Engine {
                 vnet: features.tun.vnet_hdr,
                 peers: peers.clone(),
                 metrics: metrics.clone(),
-                stop: stop.clone(),
+                stop: receiving.clone(),
                 busy_poll: options.busy_poll,
+                received: received.clone(),
             };
-            let sender = queue.clone();
-            threads.spawn(format!("tartan-wg-tx{i}"), move || sender.send_loop())?;
-            threads.spawn(format!("tartan-wg-rx{i}"), move || queue.receive_loop())?;
+            let sender = Queue {
+                stop: sending.clone(),
+                ..queue.clone()
+            };
+            senders.spawn(format!("tartan-wg-tx{i}"), move || sender.send_loop())?;
+            receivers.spawn(format!("tartan-wg-rx{i}"), move || queue.receive_loop())?;
         }
         let _ = fresh.send(fresh_peers);
         Ok(Engine {
@@ -114,8 +135,11 @@ impl Engine {
             factory,
             fresh,
             current: spec.clone(),
-            threads,
+            senders,
+            receivers,
+            received,
             features,
+            keeper: keeper.cloned(),
         })
     }
 
@@ -158,15 +182,48 @@ impl Engine {
         self.peers.load().len()
     }
 
-    /// Stops the loops and closes the queues; the (persistent) device stays.
+    /// Stops the loops and closes the queues; the (persistent) device
+    /// stays, and so do the queues and sockets when a keeper holds them.
+    ///
+    /// The send loops stop first: what pods send from then on waits in the
+    /// TUN for the next agent. The receive loops go on until peers fall
+    /// quiet, so the answers to what already left are decrypted under the
+    /// sessions that only this process knows.
     pub fn stop(mut self) {
+        self.fresh = channel().0;
+        self.senders.stop();
+        self.drain();
         self.shutdown();
+    }
+
+    /// Stops for good (the backend is gone or moves): the keeper closes its
+    /// copies too.
+    pub fn retire(mut self) {
+        self.shutdown();
+        if let Some(keeper) = &self.keeper {
+            crate::udp::kept::forget(keeper, &self.device);
+        }
+    }
+
+    fn drain(&self) {
+        let start = Instant::now();
+        let mut seen = self.received.load(Ordering::Relaxed);
+        let mut quiet_since = start;
+        while start.elapsed() < DRAIN_MAX && quiet_since.elapsed() < DRAIN_QUIET {
+            std::thread::sleep(Duration::from_millis(2));
+            let now = self.received.load(Ordering::Relaxed);
+            if now != seen {
+                seen = now;
+                quiet_since = Instant::now();
+            }
+        }
     }
 
     fn shutdown(&mut self) {
         // The clock sees its channel close at once.
         self.fresh = channel().0;
-        self.threads.stop();
+        self.senders.stop();
+        self.receivers.stop();
     }
 }
 

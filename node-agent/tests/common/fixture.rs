@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tartan_crds::validate::ValidEndpoint;
@@ -17,6 +18,7 @@ use tartan_crds::{BackendType, OverlayNetworkSpec, ValidNetwork, ValidNodeSubnet
 use tartan_agent::bgp::BirdMode;
 use tartan_agent::cni::CniConfig;
 use tartan_agent::dataplane::{Dataplane, DataplaneConfig, Target};
+use tartan_agent::keeper::{self, Keeper};
 use tartan_agent::metrics::Metrics;
 use tartan_agent::netns::NetNs;
 use tartan_agent::plan::{self, LocalFacts, Peer, vtep_mac};
@@ -37,6 +39,29 @@ pub struct Fixture {
     pub metrics: Arc<Metrics>,
     /// Each node's WireGuard key, as its agent would have made it.
     pub keys: Vec<NodeKey>,
+    /// Each node's datapath keeper (served by a thread of the test), as the
+    /// chart runs one beside each agent.
+    pub keepers: Vec<Keeper>,
+    keeper_stop: Arc<AtomicBool>,
+    keeper_threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Serves a keeper on `path` in a thread until `stop`.
+fn serve_keeper(path: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::fs::create_dir_all(path.parent().expect("a directory")).expect("keeper directory");
+    let thread = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            keeper::serve(&path, &stop).expect("the keeper serves");
+        })
+    };
+    for _ in 0..500 {
+        if path.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    thread
 }
 
 pub fn network(backend: BackendType, direct: bool) -> ValidNetwork {
@@ -82,6 +107,9 @@ impl Fixture {
             keys: (0..nodes)
                 .map(|_| NodeKey::generate().expect("WireGuard key"))
                 .collect(),
+            keepers: Vec::new(),
+            keeper_stop: Arc::new(AtomicBool::new(false)),
+            keeper_threads: Vec::new(),
         };
         for i in 0..nodes {
             fixture.subnets.push(ValidNodeSubnet {
@@ -99,6 +127,10 @@ impl Fixture {
                 source_check: None,
             };
             fixture.cni.push(cni);
+            let socket = fixture.dir.join(format!("n{}/keeper.sock", i + 1));
+            let served = serve_keeper(socket.clone(), fixture.keeper_stop.clone());
+            fixture.keeper_threads.push(served);
+            fixture.keepers.push(Keeper::at(socket));
             let plane = fixture.start_plane(i);
             fixture.planes.push(plane);
         }
@@ -120,8 +152,21 @@ impl Fixture {
             udp,
             bird: self.bird(i),
             wireguard_key: Some(self.keys[i].clone()),
+            keeper: Some(self.keepers[i].clone()),
         };
         Dataplane::start(config, self.metrics.clone()).expect("data plane starts")
+    }
+
+    /// An agent restart on node `i`: its data plane stops, none runs for
+    /// `down`, then a new one starts and applies the same target.
+    pub fn restart_plane(&mut self, i: usize, down: Duration) {
+        self.planes.remove(i).stop();
+        std::thread::sleep(down);
+        let plane = self.start_plane(i);
+        plane
+            .set(self.target(i, &self.peers(i, None)))
+            .expect("apply after restart");
+        self.planes.insert(i, plane);
     }
 
     /// Peers of node `i` as their agents would publish them (all on `backend`).
@@ -227,6 +272,10 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         for plane in self.planes.drain(..) {
             plane.stop();
+        }
+        self.keeper_stop.store(true, Ordering::Relaxed);
+        for thread in self.keeper_threads.drain(..) {
+            let _ = thread.join();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -5,6 +5,7 @@
 
 pub mod fixture;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The value of one sample in the Prometheus text, 0 when absent.
@@ -21,4 +22,33 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         assert!(start.elapsed() < Duration::from_secs(10), "{what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Requests of a 100/s ping from `netns` to `to` while `during` runs, and
+/// how many of them before the last one answered got no answer (the tail
+/// still in flight when ping is stopped is not a loss).
+pub fn ping_flow(netns: &str, to: std::net::Ipv4Addr, during: impl FnOnce()) -> (u64, u64) {
+    let ping = Command::new("ip")
+        .args(["netns", "exec", netns, "ping", "-i", "0.01", "-W", "2"])
+        .arg(to.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_millis(500));
+    during();
+    std::thread::sleep(Duration::from_millis(1000));
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(ping.id().to_string())
+        .status();
+    let out = ping.wait_with_output().expect("ping output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answered: std::collections::BTreeSet<u64> = text
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    let last = answered.last().copied().unwrap_or(0);
+    (last, last - answered.len() as u64)
 }

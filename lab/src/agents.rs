@@ -112,6 +112,7 @@ pub fn run(name: &str) -> anyhow::Result<()> {
                 },
                 bird: bird_mode(name, &n.name),
                 wireguard_key: Some(key.clone()),
+                keeper: Some(crate::keeper::client(name, &n.name)),
             };
             Dataplane::start(config, metrics.clone())
                 .with_context(|| format!("data plane of {}", n.name))
@@ -127,7 +128,10 @@ pub fn run(name: &str) -> anyhow::Result<()> {
     let mut bgp_on = vec![false; state.nodes.len()];
     let mut last_bgp: Vec<BgpObserved> = Vec::new();
     let mut metrics_written = std::time::Instant::now();
-    loop {
+    // SIGTERM (`restart`, `down`) stops the data planes: the TUN datapaths
+    // drain and leave their queues to the keepers.
+    crate::sigterm::install()?;
+    while !crate::sigterm::received() {
         if metrics_written.elapsed() >= Duration::from_secs(1) {
             write_metrics(name, &metrics)?;
             metrics_written = std::time::Instant::now();
@@ -149,6 +153,13 @@ pub fn run(name: &str) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // All at once, as each node's agent would stop on its own.
+    std::thread::scope(|s| {
+        for plane in planes {
+            s.spawn(move || plane.stop());
+        }
+    });
+    Ok(())
 }
 
 /// Every node's agent metrics (one registry, summed over the nodes) in

@@ -194,6 +194,12 @@ pub enum LabCommand {
         #[arg(long)]
         name: String,
     },
+    /// (internal) The datapath keepers `up` starts beside the agents.
+    #[command(hide = true)]
+    Keeper {
+        #[arg(long)]
+        name: String,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -345,6 +351,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
             let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
             crate::agents::run(&name)
+        }
+        LabCommand::Keeper { name } => {
+            let _ = tracing_subscriber::fmt().try_init();
+            crate::keeper::run(&name)
         }
     }
 }

@@ -138,6 +138,10 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
         ..Default::default()
     }
     .save(&lab.name)?;
+    if !lab.control_plane {
+        let nodes: Vec<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
+        crate::keeper::start(&lab.name, &nodes)?;
+    }
     start_agents(&lab.name)?;
     let timeout = Duration::from_secs(if options.control_plane { 180 } else { 30 });
     wait_converged(&lab.name, lab.generation, timeout)?;
@@ -324,6 +328,7 @@ pub fn down(name: &str) -> anyhow::Result<usize> {
             nix::sys::signal::Signal::SIGTERM,
         );
     }
+    crate::keeper::stop(name);
     let removed =
         tartan_testbed::remove_by_prefix(&prefix(name)).context("removing the lab's namespaces")?;
     if dir.exists() {

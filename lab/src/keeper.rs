@@ -1,0 +1,91 @@
+//! The lab's datapath keepers: one process beside the agents daemon, serving
+//! a keeper socket per node, as the keeper container beside each agent does
+//! on a cluster. `restart` stops and starts the agents daemon and leaves
+//! this process running, so the TUN datapaths' queues and sockets stay open
+//! in between; `down` stops it.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tartan_agent::keeper::{self, Keeper};
+
+use crate::state::{self, LabState, node_dir};
+
+/// Node `node`'s keeper socket.
+pub fn socket(name: &str, node: &str) -> PathBuf {
+    node_dir(name, node).join("keeper.sock")
+}
+
+pub fn client(name: &str, node: &str) -> Keeper {
+    Keeper::at(socket(name, node))
+}
+
+fn pid_file(name: &str) -> PathBuf {
+    state::dir(name).join("keeper.pid")
+}
+
+/// Starts the keepers' process and waits until every node's socket is there.
+pub fn start(name: &str, nodes: &[String]) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding tartan-lab's own path")?;
+    let log = std::fs::File::create(state::dir(name).join("keeper.log"))?;
+    let mut command = Command::new(exe);
+    command
+        .args(["keeper", "--name", name])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    use std::os::unix::process::CommandExt;
+    // Its own session: it outlives this command and the agents, until `down`.
+    command.process_group(0);
+    let child = command.spawn().context("starting the datapath keepers")?;
+    std::fs::write(pid_file(name), child.id().to_string())?;
+    let start = Instant::now();
+    while !nodes.iter().all(|n| socket(name, n).exists()) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "the datapath keepers did not listen within 10 s (see keeper.log)"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// SIGTERM to the keepers' process, if it runs: what it held closes.
+pub fn stop(name: &str) {
+    if let Ok(pid) = std::fs::read_to_string(pid_file(name))
+        && let Ok(pid) = pid.trim().parse::<i32>()
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// The hidden `keeper` command: a keeper per node until SIGTERM.
+pub fn run(name: &str) -> anyhow::Result<()> {
+    let lab = LabState::load(name)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for node in &lab.nodes {
+        std::fs::create_dir_all(node_dir(name, &node.name))?;
+    }
+    let threads: Vec<_> = (lab.nodes.iter())
+        .map(|node| {
+            let (path, stop) = (socket(name, &node.name), stop.clone());
+            std::thread::spawn(move || keeper::serve(&path, &stop))
+        })
+        .collect();
+    crate::sigterm::wait();
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        let served = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a keeper thread panicked"))?;
+        served.context("a node's datapath keeper")?;
+    }
+    Ok(())
+}

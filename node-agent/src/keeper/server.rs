@@ -120,6 +120,9 @@ fn handle(store: &mut Store, connection: &OwnedFd) -> Result<(), KeeperError> {
         path: "the connection".into(),
         source,
     };
+    // A client that connects and sends nothing must not hold up the next one.
+    let timeout = nix::sys::time::TimeVal::new(super::REPLY_TIMEOUT.as_secs() as i64, 0);
+    socket::setsockopt(connection, socket::sockopt::ReceiveTimeout, &timeout).map_err(io)?;
     let credentials =
         socket::getsockopt(connection, socket::sockopt::PeerCredentials).map_err(io)?;
     let own = nix::unistd::getuid().as_raw();

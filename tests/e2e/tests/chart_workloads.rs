@@ -307,3 +307,55 @@ fn the_wireguard_key_stays_on_the_node_and_out_of_the_chart() {
         "no key in any manifest"
     );
 }
+
+/// The datapath keeper: a native sidecar (started before the agent, not
+/// restarted with it) without a single capability, sharing only its socket's
+/// volume with the agent, which is told where it listens. Off: none of it.
+#[test]
+#[ignore = "e2e: needs the control plane that make deps builds (make test runs it)"]
+fn the_datapath_keeper_runs_beside_the_agent_with_no_capability() {
+    require_binaries();
+    let socket = "/run/tartan-keeper/keeper.sock";
+    for (sets, on) in [
+        (&[][..], true),
+        (&["agent.datapathKeeper.enabled=false"][..], false),
+    ] {
+        let docs = render(sets);
+        let spec = &find(&docs, "DaemonSet", "t-agent")["spec"]["template"]["spec"];
+        let keeper = (spec["initContainers"]
+            .as_sequence()
+            .expect("init containers"))
+        .iter()
+        .find(|c| c["name"] == "keeper");
+        let agent = &spec["containers"][0];
+        let told = serde_yaml::to_string(&agent["env"]).expect("yaml");
+        assert_eq!(told.contains(socket), on, "{told}");
+        let Some(keeper) = keeper else {
+            assert!(!on, "the keeper is on by default");
+            continue;
+        };
+        assert_eq!(keeper["restartPolicy"], "Always", "a native sidecar");
+        assert_eq!(keeper["command"][1], "keep");
+        let security = &keeper["securityContext"];
+        assert_eq!(
+            security["capabilities"]["drop"],
+            serde_yaml::from_str::<Value>("[ALL]").expect("yaml")
+        );
+        assert!(security["capabilities"]["add"].is_null(), "{security:?}");
+        assert_eq!(security["allowPrivilegeEscalation"], Value::Bool(false));
+        assert_eq!(security["readOnlyRootFilesystem"], Value::Bool(true));
+        let mounts = |c: &Value| -> BTreeSet<String> {
+            (c["volumeMounts"].as_sequence().expect("mounts"))
+                .iter()
+                .filter_map(|m| m["name"].as_str().map(str::to_string))
+                .collect()
+        };
+        assert_eq!(mounts(keeper), BTreeSet::from(["keeper".to_string()]));
+        assert!(mounts(agent).contains("keeper"));
+        let volume = (spec["volumes"].as_sequence().expect("volumes"))
+            .iter()
+            .find(|v| v["name"] == "keeper")
+            .expect("the keeper's volume");
+        assert!(volume["emptyDir"].is_mapping(), "pod-local: {volume:?}");
+    }
+}

@@ -5,7 +5,6 @@
 //! in between; `down` stops it.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,19 +29,9 @@ fn pid_file(name: &str) -> PathBuf {
 
 /// Starts the keepers' process and waits until every node's socket is there.
 pub fn start(name: &str, nodes: &[String]) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("finding tartan-lab's own path")?;
-    let log = std::fs::File::create(state::dir(name).join("keeper.log"))?;
-    let mut command = Command::new(exe);
-    command
-        .args(["keeper", "--name", name])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    use std::os::unix::process::CommandExt;
-    // Its own session: it outlives this command and the agents, until `down`.
-    command.process_group(0);
-    let child = command.spawn().context("starting the datapath keepers")?;
-    std::fs::write(pid_file(name), child.id().to_string())?;
+    let pid =
+        crate::lifecycle::spawn_daemon(name, "keeper").context("starting the datapath keepers")?;
+    std::fs::write(pid_file(name), pid.to_string())?;
     let start = Instant::now();
     while !nodes.iter().all(|n| socket(name, n).exists()) {
         anyhow::ensure!(
@@ -54,15 +43,24 @@ pub fn start(name: &str, nodes: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM to the keepers' process, if it runs: what it held closes.
+/// SIGTERM to the keepers' process, if it runs, and a wait (2 s at most)
+/// until it is gone: what it held is closed.
 pub fn stop(name: &str) {
-    if let Ok(pid) = std::fs::read_to_string(pid_file(name))
-        && let Ok(pid) = pid.trim().parse::<i32>()
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+    let Ok(pid) = std::fs::read_to_string(pid_file(name)) else {
+        return;
+    };
+    let Ok(pid) = pid.trim().parse::<i32>() else {
+        return;
+    };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
+        return;
+    }
+    let start = Instant::now();
+    while nix::sys::signal::kill(pid, None).is_ok() && start.elapsed() < Duration::from_secs(2) {
+        // The keeper is our child only when `up` ran in this process.
+        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -191,20 +191,26 @@ fn up_inner(options: UpOptions) -> anyhow::Result<LabState> {
 }
 
 pub fn start_agents(name: &str) -> anyhow::Result<()> {
+    let pid = spawn_daemon(name, "agents").context("starting the agents")?;
+    std::fs::write(state::dir(name).join("agents.pid"), pid.to_string())?;
+    Ok(())
+}
+
+/// Starts `tartan-lab <command> --name <name>` in its own session (it
+/// outlives this command, until `down`), logging to `<command>.log` in the
+/// lab's directory; its pid.
+pub(crate) fn spawn_daemon(name: &str, command: &str) -> anyhow::Result<u32> {
     let exe = std::env::current_exe().context("finding tartan-lab's own path")?;
-    let log = std::fs::File::create(state::dir(name).join("agents.log"))?;
-    let mut command = Command::new(exe);
-    command
-        .args(["agents", "--name", name])
+    let log = std::fs::File::create(state::dir(name).join(format!("{command}.log")))?;
+    let mut daemon = Command::new(exe);
+    daemon
+        .args([command, "--name", name])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
     use std::os::unix::process::CommandExt;
-    // Its own session: it outlives this command, until `down`.
-    command.process_group(0);
-    let child = command.spawn().context("starting the agents")?;
-    std::fs::write(state::dir(name).join("agents.pid"), child.id().to_string())?;
-    Ok(())
+    daemon.process_group(0);
+    Ok(daemon.spawn()?.id())
 }
 
 pub fn wait_converged(
@@ -327,6 +333,11 @@ pub fn down(name: &str) -> anyhow::Result<usize> {
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGTERM,
         );
+    }
+    // The agents drain their datapaths first, then the keepers close what they held.
+    let start = Instant::now();
+    while agents_alive(name) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
     }
     crate::keeper::stop(name);
     let removed =

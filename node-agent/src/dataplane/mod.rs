@@ -33,6 +33,7 @@ use crate::udp::EngineOptions;
 use worker::Worker;
 
 mod retire;
+mod tun_engines;
 mod worker;
 
 #[derive(Debug, Clone)]

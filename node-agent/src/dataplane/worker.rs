@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use netlink_packet_route::RouteNetlinkMessage;
 
 use super::retire::Retiring;
+use super::tun_engines::ensure_tun;
 use super::{Command, DataplaneConfig, DataplaneError, LastApply, Target};
 use crate::bgp::Bird;
 use crate::masquerade;
@@ -141,6 +142,11 @@ impl Worker {
             Some(spec) => self.ensure_wireguard(spec)?,
             None => (self.wireguard.take().into_iter()).for_each(crate::wireguard::Engine::retire),
         }
+        if resync {
+            // A keeper that started after the datapath, or restarted.
+            (self.udp.iter()).for_each(Engine::renew_handover);
+            (self.wireguard.iter()).for_each(crate::wireguard::Engine::renew_handover);
+        }
         let report = self.applier.apply(state);
         if let Ok(report) = &report {
             self.count(report, false);
@@ -267,75 +273,50 @@ impl Worker {
         Ok(report)
     }
 
-    /// Runs the udp datapath for `spec`: the peer table widened to old and new
-    /// peers, the engine (re)started when it is missing, serves another port,
-    /// or lost its device.
+    /// Runs the udp datapath for `spec` (see [`ensure_tun`]).
     fn ensure_udp(&mut self, spec: &UdpSpec) -> Result<(), DataplaneError> {
-        let present = tun_present(&mut self.applier, &spec.device).map_err(DataplaneError::Udp)?;
-        if let Some(engine) = self.udp.as_mut()
-            && present
-            && engine.serves(spec)
-        {
-            engine.widen(spec);
-            return Ok(());
-        }
-        if let Some(engine) = self.udp.take() {
-            engine.retire();
-        }
         let (config, metrics) = (&self.config, &self.metrics);
-        let engine = start_tun(
-            &mut self.applier,
+        let applier = &mut self.applier;
+        ensure_tun(
+            &mut self.udp,
+            applier,
             &spec.device,
-            present,
+            spec,
             DataplaneError::Udp,
             || {
                 let keeper = config.keeper.as_ref();
                 Engine::start(&config.netns, spec, config.udp, keeper, &metrics.udp)
             },
-        )?;
-        self.udp = Some(engine);
-        Ok(())
+        )
     }
 
-    /// Runs the wireguard datapath for `spec`, as [`Worker::ensure_udp`] does
-    /// the udp one: widened first, (re)started when missing or moved.
+    /// Runs the wireguard datapath for `spec` (see [`ensure_tun`]).
     fn ensure_wireguard(&mut self, spec: &WireguardSpec) -> Result<(), DataplaneError> {
-        let device = &spec.tun.device;
-        let present = tun_present(&mut self.applier, device).map_err(DataplaneError::Wireguard)?;
-        if let Some(engine) = self.wireguard.as_mut()
-            && present
-            && engine.serves(spec)
-        {
-            engine.widen(spec);
-            return Ok(());
-        }
-        if let Some(engine) = self.wireguard.take() {
-            engine.retire();
-        }
         let (config, metrics) = (&self.config, &self.metrics);
         let Some(key) = &config.wireguard_key else {
             return Err(DataplaneError::Wireguard(std::io::Error::other(
                 "this agent has no WireGuard key",
             )));
         };
-        let engine = start_tun(
+        let (slot, device) = (&mut self.wireguard, &spec.tun.device);
+        ensure_tun(
+            slot,
             &mut self.applier,
             device,
-            present,
+            spec,
             DataplaneError::Wireguard,
             || {
+                let keeper = config.keeper.as_ref();
                 crate::wireguard::Engine::start(
                     &config.netns,
                     spec,
                     key,
                     &config.udp,
-                    config.keeper.as_ref(),
+                    keeper,
                     &metrics.wireguard,
                 )
             },
-        )?;
-        self.wireguard = Some(engine);
-        Ok(())
+        )
     }
 
     fn repair(&mut self, events: &[(Change, RouteNetlinkMessage)]) {
@@ -386,35 +367,5 @@ impl Worker {
             };
             counter.with_label_values(&[kind]).inc_by(*n as u64);
         }
-    }
-}
-
-/// Whether the kernel has a link named `device`.
-fn tun_present(applier: &mut Applier, device: &str) -> std::io::Result<bool> {
-    Ok(applier.observe_links()?.links.contains_key(device))
-}
-
-/// Starts a TUN datapath with `start`. A device of that name with other
-/// flags (not ours, or an older agent's) refuses the open with EINVAL: it is
-/// deleted and the start tried once more.
-fn start_tun<E>(
-    applier: &mut Applier,
-    device: &str,
-    present: bool,
-    error: fn(std::io::Error) -> DataplaneError,
-    start: impl Fn() -> std::io::Result<E>,
-) -> Result<E, DataplaneError> {
-    match start() {
-        Ok(engine) => Ok(engine),
-        Err(e) if present && e.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::warn!(error = %e, device, "recreating the TUN device");
-            let observed = applier.observe_links().map_err(error)?;
-            let delete = crate::netlink::Op::DeleteLink {
-                name: device.to_owned(),
-            };
-            applier.execute(vec![delete], observed)?;
-            start().map_err(error)
-        }
-        Err(e) => Err(error(e)),
     }
 }

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use super::Features;
 use super::socket::UdpSocket;
@@ -176,12 +177,54 @@ pub(crate) fn hand_over(
     tun: &Tun,
     sockets: &[UdpSocket],
 ) {
-    let features = Features::of(tun, sockets);
     let fds: Vec<&OwnedFd> = (tun.queues.iter())
         .chain(sockets.iter().map(UdpSocket::fd))
         .collect();
-    if let Err(e) = keeper.put(device, &meta(wanted, &features), &fds) {
+    put(keeper, device, wanted, &Features::of(tun, sockets), &fds);
+}
+
+fn put(keeper: &Keeper, device: &str, wanted: Wanted, features: &Features, fds: &[&OwnedFd]) {
+    if let Err(e) = keeper.put(device, &meta(wanted, features), fds) {
         tracing::warn!(error = %e, device, "the datapath keeper: a restart will drop traffic");
+    }
+}
+
+/// A running datapath's side of the keeper: what it handed over, kept so it
+/// can hand it over again to a keeper that started after it, or restarted.
+pub(crate) struct Handover {
+    pub keeper: Keeper,
+    pub device: String,
+    pub wanted: Wanted,
+    pub features: Features,
+    pub queues: Vec<Arc<OwnedFd>>,
+    pub sockets: Vec<Arc<UdpSocket>>,
+}
+
+impl Handover {
+    /// Hands the queues and sockets over again if the keeper lost them.
+    pub fn renew(&self) {
+        match self.keeper.get(&self.device) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::info!(device = %self.device, "the datapath keeper holds nothing: handing over again");
+                let fds: Vec<&OwnedFd> = (self.queues.iter().map(|q| &**q))
+                    .chain(self.sockets.iter().map(|s| s.fd()))
+                    .collect();
+                put(
+                    &self.keeper,
+                    &self.device,
+                    self.wanted,
+                    &self.features,
+                    &fds,
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, device = %self.device, "the datapath keeper"),
+        }
+    }
+
+    /// The datapath is gone for good: the keeper closes its copies.
+    pub fn retire(&self) {
+        forget(&self.keeper, &self.device);
     }
 }
 
@@ -265,6 +308,48 @@ mod tests {
             matches!(error, Unusable::Count { got: 2, queues: 2 }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_keeper_that_lost_what_it_held_gets_it_again_at_the_next_renewal() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = std::env::temp_dir().join(format!("tartan-renew-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("keeper.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let serving = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || crate::keeper::serve(&path, &stop))
+        };
+        while !path.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let (queue, _other_end) = nix::unistd::pipe().expect("pipe");
+        let socket = UdpSocket::bind(0, false).expect("a socket");
+        let handover = Handover {
+            keeper: Keeper::at(&path),
+            device: "tartan0".into(),
+            wanted: WANTED,
+            features: Features {
+                tun: TunFeatures {
+                    queues: 1,
+                    ..features().tun
+                },
+                ..features()
+            },
+            queues: vec![Arc::new(queue)],
+            sockets: vec![Arc::new(socket)],
+        };
+        // The keeper started after the datapath: it holds nothing yet.
+        handover.renew();
+        let kept = handover.keeper.get("tartan0").expect("get").expect("kept");
+        assert_eq!(kept.fds.len(), 2);
+        assert!(kept.meta.contains("attached=1"), "{}", kept.meta);
+        handover.retire();
+        assert!(handover.keeper.get("tartan0").expect("get").is_none());
+        stop.store(true, Ordering::Relaxed);
+        serving.join().expect("thread").expect("served");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

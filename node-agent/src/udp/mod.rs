@@ -65,8 +65,8 @@ pub struct Engine {
     current: UdpSpec,
     threads: sys::Threads,
     pub features: Features,
-    /// Holds duplicates of the queues and sockets across a restart.
-    keeper: Option<Keeper>,
+    /// What the keeper holds across a restart.
+    handover: Option<kept::Handover>,
 }
 
 /// Queues to open: one per core, at most 4.
@@ -143,36 +143,65 @@ impl Features {
     }
 }
 
-/// Opens `spec`'s TUN with up to `queues` queues in `netns`, and one socket
-/// on `spec`'s port for each queue the kernel granted.
-/// The device's queues and their sockets: taken back from `keeper` when it
-/// holds them (an agent restart), else opened and handed to it.
+/// A datapath's queues, one socket per queue, what the kernel granted, and
+/// its side of the keeper.
+pub(crate) struct Opened {
+    pub queues: Vec<Arc<std::os::fd::OwnedFd>>,
+    pub sockets: Vec<Arc<UdpSocket>>,
+    pub features: Features,
+    pub handover: Option<kept::Handover>,
+}
+
+/// `spec`'s TUN with up to `queues` queues in `netns`, and one socket on
+/// `spec`'s port for each queue the kernel granted: taken back from
+/// `keeper` when it holds them (an agent restart), else opened and handed
+/// to it.
 pub(crate) fn open_queues(
     netns: &NetNs,
     spec: &UdpSpec,
     queues: usize,
     batched: bool,
     keeper: Option<&Keeper>,
-) -> io::Result<(tun::Tun, Vec<UdpSocket>)> {
+) -> io::Result<Opened> {
     let wanted = kept::Wanted {
         port: spec.port,
         queues,
         offloads: batched,
     };
-    if let Some(taken) = keeper.and_then(|k| kept::take_back(k, &spec.device, wanted)) {
-        return Ok(taken);
-    }
-    let (tun, sockets) = netns.run(|| -> io::Result<_> {
-        let tun = tun::open(&spec.device, queues, batched)?;
-        let sockets = (0..tun.queues.len())
-            .map(|_| UdpSocket::bind(spec.port, batched))
-            .collect::<io::Result<Vec<_>>>()?;
-        Ok((tun, sockets))
-    })??;
-    if let Some(keeper) = keeper {
-        kept::hand_over(keeper, &spec.device, wanted, &tun, &sockets);
-    }
-    Ok((tun, sockets))
+    let taken = keeper.and_then(|k| kept::take_back(k, &spec.device, wanted));
+    let (tun, sockets) = match taken {
+        Some(taken) => taken,
+        None => {
+            let (tun, sockets) = netns.run(|| -> io::Result<_> {
+                let tun = tun::open(&spec.device, queues, batched)?;
+                let sockets = (0..tun.queues.len())
+                    .map(|_| UdpSocket::bind(spec.port, batched))
+                    .collect::<io::Result<Vec<_>>>()?;
+                Ok((tun, sockets))
+            })??;
+            if let Some(keeper) = keeper {
+                kept::hand_over(keeper, &spec.device, wanted, &tun, &sockets);
+            }
+            (tun, sockets)
+        }
+    };
+    let features = Features::of(&tun, &sockets);
+    let queues: Vec<_> = tun.queues.into_iter().map(Arc::new).collect();
+    let sockets: Vec<_> = sockets.into_iter().map(Arc::new).collect();
+    let handover = keeper.map(|keeper| kept::Handover {
+        keeper: keeper.clone(),
+        device: spec.device.clone(),
+        wanted,
+        features,
+        queues: queues.clone(),
+        sockets: sockets.clone(),
+    });
+    Ok(Opened {
+        queues,
+        sockets,
+        features,
+        handover,
+    })
 }
 
 impl Engine {
@@ -187,18 +216,18 @@ impl Engine {
     ) -> io::Result<Engine> {
         let batched = options.batched;
         let queues = if batched { options.queues } else { 1 };
-        let (tun, sockets) = open_queues(netns, spec, queues, batched, keeper)?;
-        let features = Features::of(&tun, &sockets);
+        let opened = open_queues(netns, spec, queues, batched, keeper)?;
+        let features = opened.features;
         features.record(&metrics.offload);
         features.log_started(spec);
         let peers = Peers::default();
         peers.store(PeerTable::new(&spec.peers, &spec.senders, &spec.local));
         let stop = sys::Stop::new()?;
         let mut threads = sys::Threads::new(stop.clone());
-        for (i, (fd, socket)) in tun.queues.into_iter().zip(sockets).enumerate() {
+        for (i, (tun, socket)) in opened.queues.into_iter().zip(opened.sockets).enumerate() {
             let queue = Queue {
-                tun: Arc::new(fd),
-                socket: Arc::new(socket),
+                tun,
+                socket,
                 vnet: features.tun.vnet_hdr,
                 batched,
                 port: spec.port,
@@ -223,7 +252,7 @@ impl Engine {
             current: spec.clone(),
             threads,
             features,
-            keeper: keeper.cloned(),
+            handover: opened.handover,
         })
     }
 
@@ -267,9 +296,13 @@ impl Engine {
     /// closes its copies too.
     pub fn retire(mut self) {
         self.threads.stop();
-        if let Some(keeper) = &self.keeper {
-            kept::forget(keeper, &self.device);
-        }
+        self.handover.iter().for_each(kept::Handover::retire);
+    }
+
+    /// Hands the queues and sockets to the keeper again if it lost them (it
+    /// started after this engine, or restarted): at each full resync.
+    pub fn renew_handover(&self) {
+        self.handover.iter().for_each(kept::Handover::renew);
     }
 }
 

@@ -57,8 +57,8 @@ pub struct Engine {
     receivers: Threads,
     received: Arc<AtomicU64>,
     pub features: Features,
-    /// Holds duplicates of the queues and sockets across a restart.
-    keeper: Option<Keeper>,
+    /// What the keeper holds across a restart.
+    handover: Option<crate::udp::kept::Handover>,
 }
 
 /// A stopping engine receives until nothing arrived for this long...
@@ -77,8 +77,8 @@ impl Engine {
         keeper: Option<&Keeper>,
         metrics: &WireguardMetrics,
     ) -> io::Result<Engine> {
-        let (tun, sockets) = open_queues(netns, &spec.tun, options.queues, true, keeper)?;
-        let features = Features::of(&tun, &sockets);
+        let opened = open_queues(netns, &spec.tun, options.queues, true, keeper)?;
+        let features = opened.features;
         features.record(&metrics.offload);
         tracing::info!(
             device = %spec.tun.device,
@@ -98,7 +98,7 @@ impl Engine {
         let mut receivers = Threads::new(receiving.clone());
         let mut senders = Threads::new(sending.clone());
         let received = Arc::new(AtomicU64::new(0));
-        let sockets: Vec<_> = sockets.into_iter().map(Arc::new).collect();
+        let sockets = opened.sockets;
         let (fresh, fresh_rx) = channel();
         let clock = timers::Clock {
             peers: peers.clone(),
@@ -109,9 +109,9 @@ impl Engine {
             fresh: fresh_rx,
         };
         senders.spawn("tartan-wg-clock".into(), move || clock.run())?;
-        for (i, (fd, socket)) in tun.queues.into_iter().zip(sockets).enumerate() {
+        for (i, (tun, socket)) in opened.queues.into_iter().zip(sockets).enumerate() {
             let queue = Queue {
-                tun: Arc::new(fd),
+                tun,
                 socket,
                 vnet: features.tun.vnet_hdr,
                 peers: peers.clone(),
@@ -139,7 +139,7 @@ impl Engine {
             receivers,
             received,
             features,
-            keeper: keeper.cloned(),
+            handover: opened.handover,
         })
     }
 
@@ -200,9 +200,13 @@ impl Engine {
     /// copies too.
     pub fn retire(mut self) {
         self.shutdown();
-        if let Some(keeper) = &self.keeper {
-            crate::udp::kept::forget(keeper, &self.device);
-        }
+        (self.handover.iter()).for_each(crate::udp::kept::Handover::retire);
+    }
+
+    /// Hands the queues and sockets to the keeper again if it lost them: at
+    /// each full resync.
+    pub fn renew_handover(&self) {
+        (self.handover.iter()).for_each(crate::udp::kept::Handover::renew);
     }
 
     fn drain(&self) {

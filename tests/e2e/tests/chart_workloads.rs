@@ -308,35 +308,36 @@ fn the_wireguard_key_stays_on_the_node_and_out_of_the_chart() {
     );
 }
 
-/// The datapath keeper: a native sidecar (started before the agent, not
-/// restarted with it) without a single capability, sharing only its socket's
-/// volume with the agent, which is told where it listens. Off: none of it.
+/// The datapath keeper: a DaemonSet of its own that rolling the agents
+/// never restarts (OnDelete), root without a single capability or a token,
+/// sharing only its socket's host directory with the agent, which is told
+/// where it listens. Off: none of it.
 #[test]
 #[ignore = "e2e: needs the control plane that make deps builds (make test runs it)"]
-fn the_datapath_keeper_runs_beside_the_agent_with_no_capability() {
+fn the_datapath_keeper_outlives_agent_pods_and_has_no_capability() {
     require_binaries();
-    let socket = "/run/tartan-keeper/keeper.sock";
+    let socket = "/run/tartan/keeper/keeper.sock";
     for (sets, on) in [
         (&[][..], true),
-        (&["agent.datapathKeeper.enabled=false"][..], false),
+        (&["datapathKeeper.enabled=false"][..], false),
     ] {
         let docs = render(sets);
-        let spec = &find(&docs, "DaemonSet", "t-agent")["spec"]["template"]["spec"];
-        let keeper = (spec["initContainers"]
-            .as_sequence()
-            .expect("init containers"))
-        .iter()
-        .find(|c| c["name"] == "keeper");
-        let agent = &spec["containers"][0];
-        let told = serde_yaml::to_string(&agent["env"]).expect("yaml");
+        let agent = &find(&docs, "DaemonSet", "t-agent")["spec"]["template"]["spec"];
+        let told = serde_yaml::to_string(&agent["containers"][0]["env"]).expect("yaml");
         assert_eq!(told.contains(socket), on, "{told}");
+        let keeper = docs
+            .iter()
+            .find(|d| d["kind"] == "DaemonSet" && d["metadata"]["name"] == "t-keeper");
         let Some(keeper) = keeper else {
             assert!(!on, "the keeper is on by default");
             continue;
         };
-        assert_eq!(keeper["restartPolicy"], "Always", "a native sidecar");
-        assert_eq!(keeper["command"][1], "keep");
-        let security = &keeper["securityContext"];
+        assert_eq!(keeper["spec"]["updateStrategy"]["type"], "OnDelete");
+        let spec = &keeper["spec"]["template"]["spec"];
+        assert_eq!(spec["automountServiceAccountToken"], Value::Bool(false));
+        let container = &spec["containers"][0];
+        assert_eq!(container["command"][1], "keep");
+        let security = &container["securityContext"];
         assert_eq!(
             security["capabilities"]["drop"],
             serde_yaml::from_str::<Value>("[ALL]").expect("yaml")
@@ -344,18 +345,16 @@ fn the_datapath_keeper_runs_beside_the_agent_with_no_capability() {
         assert!(security["capabilities"]["add"].is_null(), "{security:?}");
         assert_eq!(security["allowPrivilegeEscalation"], Value::Bool(false));
         assert_eq!(security["readOnlyRootFilesystem"], Value::Bool(true));
-        let mounts = |c: &Value| -> BTreeSet<String> {
-            (c["volumeMounts"].as_sequence().expect("mounts"))
+        let host_paths = |spec: &Value| -> BTreeSet<String> {
+            (spec["volumes"].as_sequence().expect("volumes"))
                 .iter()
-                .filter_map(|m| m["name"].as_str().map(str::to_string))
+                .filter_map(|v| v["hostPath"]["path"].as_str().map(str::to_string))
                 .collect()
         };
-        assert_eq!(mounts(keeper), BTreeSet::from(["keeper".to_string()]));
-        assert!(mounts(agent).contains("keeper"));
-        let volume = (spec["volumes"].as_sequence().expect("volumes"))
-            .iter()
-            .find(|v| v["name"] == "keeper")
-            .expect("the keeper's volume");
-        assert!(volume["emptyDir"].is_mapping(), "pod-local: {volume:?}");
+        assert_eq!(
+            host_paths(spec),
+            BTreeSet::from(["/run/tartan/keeper".to_string()])
+        );
+        assert!(host_paths(agent).contains("/run/tartan/keeper"));
     }
 }

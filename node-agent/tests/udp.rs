@@ -139,6 +139,9 @@ fn an_agent_restart_under_a_100_per_second_ping_loses_nothing() {
     let (a, _) = f.add_pod(0, "a");
     let (_, b_ip) = f.add_pod(1, "b");
     eventually("pods talk over udp", || pings(&a, b_ip));
+    let link = exec(&f.topo.nodes[0].netns, &["ip", "link", "show", TUN]).expect("ip link");
+    let link = String::from_utf8_lossy(&link.stdout).into_owned();
+    assert!(link.contains("qlen 4096"), "room to wait in: {link}");
     // No agent on n1 for 300 ms: the keeper holds the TUN queue and the
     // socket, so requests and answers wait in the kernel instead of being
     // dropped, and the next agent takes the same queue and socket back.
@@ -165,6 +168,33 @@ fn a_tun_deleted_while_no_agent_runs_is_made_afresh_not_taken_back() {
         .expect("apply after restart");
     f.planes.insert(0, plane);
     eventually("a new tartan0 carries traffic", || pings(&a, b_ip));
+}
+
+#[test]
+#[ignore = "kernel test: needs root, network namespaces, a TUN device and iperf3 (make test runs it)"]
+fn queues_kept_for_another_network_namespace_are_not_taken() {
+    use std::os::unix::fs::MetadataExt;
+    let mut f = udp_fixture("un", 2);
+    let (a, _) = f.add_pod(0, "a");
+    let (_, b_ip) = f.add_pod(1, "b");
+    eventually("pods talk over udp", || pings(&a, b_ip));
+    // One keeper shared by two nodes by mistake (one /run for both): n2's
+    // keeper holds n1's queues and socket, under the same device name.
+    let theirs = f.keepers[0].get(TUN).expect("get").expect("n1's queues");
+    let fds: Vec<&std::os::fd::OwnedFd> = theirs.fds.iter().collect();
+    f.keepers[1].put(TUN, &theirs.meta, &fds).expect("put");
+    drop(theirs);
+    f.restart_plane(1, Duration::ZERO);
+    let n2 = std::fs::metadata(format!("/run/netns/{}", f.topo.nodes[1].netns))
+        .expect("n2's netns")
+        .ino();
+    let kept = f.keepers[1].get(TUN).expect("get").expect("n2's queues");
+    let queues = kept.fds.len() / 2;
+    for fd in &kept.fds[..queues] {
+        let netns = tartan_agent::udp::tun::device_netns(fd).expect("a TUN queue");
+        assert_eq!(netns, n2, "n2 opened queues of its own");
+    }
+    eventually("pods talk after the restart", || pings(&a, b_ip));
 }
 
 #[test]

@@ -41,6 +41,8 @@ pub(crate) enum Unusable {
     Queue(io::Error),
     #[error("a kept TUN queue is attached to {name:?} (virtio header {vnet})")]
     Device { name: String, vnet: bool },
+    #[error("a kept queue or socket belongs to another network namespace")]
+    Elsewhere,
     #[error("a kept socket: {0}")]
     Socket(io::Error),
 }
@@ -99,11 +101,31 @@ fn parse_meta(text: &str) -> Result<(Wanted, Features), Unusable> {
     Ok((wanted, features))
 }
 
+/// The network namespace the datapath runs in, as a TUN queue and as a
+/// socket name theirs: what kept descriptors must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Here {
+    pub netns: u64,
+    pub cookie: u64,
+}
+
+impl Here {
+    /// The calling thread's network namespace.
+    pub fn current() -> io::Result<Here> {
+        use std::os::unix::fs::MetadataExt;
+        let netns = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+        let probe = UdpSocket::bind(0, false)?;
+        let cookie = UdpSocket::netns_cookie(probe.fd())?;
+        Ok(Here { netns, cookie })
+    }
+}
+
 /// Checks what the keeper held for `device` and makes a datapath's queues
 /// and sockets of it.
 pub(crate) fn adopt(
     device: &str,
     wanted: Wanted,
+    here: Here,
     kept: Kept,
 ) -> Result<(Tun, Vec<UdpSocket>), Unusable> {
     let (was, features) = parse_meta(&kept.meta)?;
@@ -124,6 +146,14 @@ pub(crate) fn adopt(
         if name != device || vnet != features.tun.vnet_hdr {
             return Err(Unusable::Device { name, vnet });
         }
+        if tun::device_netns(fd).map_err(Unusable::Queue)? != here.netns {
+            return Err(Unusable::Elsewhere);
+        }
+    }
+    for fd in &socket_fds {
+        if UdpSocket::netns_cookie(fd).map_err(Unusable::Socket)? != here.cookie {
+            return Err(Unusable::Elsewhere);
+        }
     }
     let sockets = socket_fds
         .into_iter()
@@ -143,6 +173,7 @@ pub(crate) fn take_back(
     keeper: &Keeper,
     device: &str,
     wanted: Wanted,
+    here: Here,
 ) -> Option<(Tun, Vec<UdpSocket>)> {
     let kept = match keeper.get(device) {
         Ok(Some(kept)) => kept,
@@ -152,7 +183,7 @@ pub(crate) fn take_back(
             return None;
         }
     };
-    match adopt(device, wanted, kept) {
+    match adopt(device, wanted, here, kept) {
         Ok(taken) => {
             tracing::info!(
                 device,
@@ -253,6 +284,11 @@ mod tests {
         }
     }
 
+    const HERE: Here = Here {
+        netns: 1,
+        cookie: 1,
+    };
+
     const WANTED: Wanted = Wanted {
         port: 51820,
         queues: 2,
@@ -292,7 +328,7 @@ mod tests {
             meta: meta(other, &features()),
             fds: Vec::new(),
         };
-        let error = adopt("tartan-wg0", WANTED, kept)
+        let error = adopt("tartan-wg0", WANTED, HERE, kept)
             .map(|_| ())
             .expect_err("port");
         assert!(matches!(error, Unusable::Other { .. }), "{error}");
@@ -301,7 +337,7 @@ mod tests {
             meta: meta(WANTED, &features()),
             fds: vec![a, b],
         };
-        let error = adopt("tartan-wg0", WANTED, kept)
+        let error = adopt("tartan-wg0", WANTED, HERE, kept)
             .map(|_| ())
             .expect_err("count");
         assert!(
@@ -364,7 +400,7 @@ mod tests {
             meta: meta(WANTED, &features()),
             fds: pipes,
         };
-        let error = adopt("tartan-wg0", WANTED, kept)
+        let error = adopt("tartan-wg0", WANTED, HERE, kept)
             .map(|_| ())
             .expect_err("pipes");
         assert!(matches!(error, Unusable::Queue(_)), "{error}");

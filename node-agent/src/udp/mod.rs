@@ -168,7 +168,13 @@ pub(crate) fn open_queues(
         queues,
         offloads: batched,
     };
-    let taken = keeper.and_then(|k| kept::take_back(k, &spec.device, wanted));
+    let taken = match keeper {
+        Some(keeper) => {
+            let here = netns.run(kept::Here::current)??;
+            kept::take_back(keeper, &spec.device, wanted, here)
+        }
+        None => None,
+    };
     let (tun, sockets) = match taken {
         Some(taken) => taken,
         None => {

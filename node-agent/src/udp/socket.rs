@@ -146,6 +146,28 @@ impl UdpSocket {
         &self.fd
     }
 
+    /// The cookie of the network namespace the socket was made in.
+    pub fn netns_cookie(fd: &OwnedFd) -> io::Result<u64> {
+        /// `SO_NETNS_COOKIE` (Linux 5.14), which libc does not name.
+        const SO_NETNS_COOKIE: libc::c_int = 71;
+        let mut cookie = 0u64;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: writes at most `len` bytes into `cookie`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(cookie)
+    }
+
     /// Sends `messages` (GSO trains when `segment < len`) in one `sendmmsg`;
     /// returns how many messages the kernel took.
     pub fn send(&self, buffer: &[u8], messages: &[Outgoing]) -> io::Result<usize> {

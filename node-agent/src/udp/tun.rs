@@ -29,8 +29,22 @@ const TUNSETOFFLOAD: libc::c_ulong =
     nix::request_code_write!(b'T', 208, std::mem::size_of::<libc::c_uint>()) as libc::c_ulong;
 const TUNGETIFF: libc::c_ulong =
     nix::request_code_read!(b'T', 210, std::mem::size_of::<libc::c_uint>()) as libc::c_ulong;
+const TUNGETDEVNETNS: libc::c_ulong = nix::request_code_none!(b'T', 227) as libc::c_ulong;
 const TUNSETVNETHDRSZ: libc::c_ulong =
     nix::request_code_write!(b'T', 216, std::mem::size_of::<libc::c_int>()) as libc::c_ulong;
+
+/// Packets a queue holds while nothing reads it (the kernel's default for a
+/// TUN is 500): what pods send during an agent restart waits here, about
+/// 40 s of a 100/s flow. Bulk senders are held back by their own socket
+/// buffers long before, so this bounds small packets, not memory.
+pub const QUEUE_PACKETS: libc::c_int = 4096;
+
+#[repr(C)]
+struct IfReqQueueLen {
+    name: [u8; libc::IFNAMSIZ],
+    qlen: libc::c_int,
+    _pad: [u8; 20],
+}
 
 #[repr(C)]
 struct IfReq {
@@ -112,6 +126,51 @@ pub fn attached(fd: &OwnedFd) -> io::Result<(String, bool)> {
     Ok((name, request.flags & IFF_VNET_HDR != 0))
 }
 
+/// Sets the device's `txqueuelen`, each queue's length (in the calling
+/// thread's network namespace).
+fn set_queue_len(name: &str, packets: libc::c_int) -> io::Result<()> {
+    let mut request = IfReqQueueLen {
+        name: [0; libc::IFNAMSIZ],
+        qlen: packets,
+        _pad: [0; 20],
+    };
+    let len = name.len().min(libc::IFNAMSIZ - 1);
+    request.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    // SAFETY: socket(2) has no memory arguments; the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: SIOCSIFTXQLEN reads one `struct ifreq` (name, then the length
+    // as an int), which IfReqQueueLen lays out.
+    let rc = unsafe {
+        libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCSIFTXQLEN,
+            &mut request as *mut IfReqQueueLen,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The inode of the network namespace a queue's device lives in.
+pub fn device_netns(fd: &OwnedFd) -> io::Result<u64> {
+    // SAFETY: TUNGETDEVNETNS takes no argument and returns a new descriptor.
+    let raw = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETDEVNETNS) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a new descriptor nobody else owns.
+    let netns = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    use std::os::unix::fs::MetadataExt;
+    Ok(File::from(netns).metadata()?.ino())
+}
+
 /// Creates (or re-attaches to) the persistent TUN `name` with `queues` queues,
 /// in the calling thread's network namespace.
 pub fn open(name: &str, queues: usize, offloads: bool) -> io::Result<Tun> {
@@ -163,6 +222,7 @@ pub fn open(name: &str, queues: usize, offloads: bool) -> io::Result<Tun> {
         ioctl_value(&first, TUNSETOFFLOAD, 0)?;
     }
     ioctl_value(&first, TUNSETPERSIST, 1)?;
+    set_queue_len(name, QUEUE_PACKETS)?;
     let flags = if vnet_hdr { base | IFF_VNET_HDR } else { base };
     let mut fds = vec![first];
     for _ in 1..queues.max(1) {

@@ -6,7 +6,8 @@
 //! ```text
 //!   host ns: control plane on the switch's host port ─────────┐
 //!   node ns (net + mount, propagation slave) ───────────────── │ ──┐
-//!     /etc/cni/net.d  /opt/cni/bin  /var/lib/cni  /var/lib/kubelet  /var/log/pods  /run/tartan/cni
+//!     /etc/cni/net.d  /opt/cni/bin  /var/lib/cni  /var/lib/kubelet  /var/log/pods
+//!     /run/tartan/cni  /run/tartan/keeper
 //!        └── bind mounts of <dir>/… (the agent's conflist lands here)
 //!     containerd (own root, state, socket, runc root; native snapshotter)
 //!     kubelet (cgroupfs under /<cgroup root>, cgroup v1 allowed, image GC off)
@@ -31,7 +32,7 @@ use crate::process::Process;
 pub const SANDBOX_IMAGE: &str = "localhost/tartan/pause:3.10.2";
 
 /// Where a node's standard paths really live, under its own directory.
-const BIND_MOUNTS: [(&str, &str); 7] = [
+const BIND_MOUNTS: [(&str, &str); 8] = [
     // The pods' network namespaces (containerd's cni-* files) stay the node's own.
     ("netns", "/run/netns"),
     ("cni/net.d", "/etc/cni/net.d"),
@@ -41,6 +42,8 @@ const BIND_MOUNTS: [(&str, &str); 7] = [
     ("pod-logs", "/var/log/pods"),
     // The agent's socket for the tartan CNI plugin (a hostPath of the chart).
     ("tartan-cni", "/run/tartan/cni"),
+    // The datapath keeper's socket (a hostPath of the chart).
+    ("tartan-keeper", "/run/tartan/keeper"),
 ];
 
 /// What a node is.

@@ -308,8 +308,8 @@ fn the_wireguard_key_stays_on_the_node_and_out_of_the_chart() {
     );
 }
 
-/// The datapath keeper: a DaemonSet of its own that rolling the agents
-/// never restarts (OnDelete), root without a single capability or a token,
+/// The datapath keeper: a DaemonSet of its own (an upgrade keeps its image:
+/// `nodes.rs` checks its pods outlive one), root without a single capability or a token,
 /// sharing only its socket's host directory with the agent, which is told
 /// where it listens. Off: none of it.
 #[test]
@@ -332,7 +332,11 @@ fn the_datapath_keeper_outlives_agent_pods_and_has_no_capability() {
             assert!(!on, "the keeper is on by default");
             continue;
         };
-        assert_eq!(keeper["spec"]["updateStrategy"]["type"], "OnDelete");
+        assert_eq!(
+            keeper["spec"]["template"]["spec"]["containers"][0]["image"],
+            "ghcr.io/tartan-net/tartan:0.1.0",
+            "at install: the chart's image"
+        );
         let spec = &keeper["spec"]["template"]["spec"];
         assert_eq!(spec["automountServiceAccountToken"], Value::Bool(false));
         let container = &spec["containers"][0];

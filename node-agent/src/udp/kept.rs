@@ -5,8 +5,9 @@
 //!
 //! What is taken back is checked before it is used: the meta must say it was
 //! opened as this agent would open it, each queue must still be attached to
-//! the device (a deleted device detaches them), and each socket must be bound
-//! to the port. Anything else is dropped from the keeper and opened afresh.
+//! the device (a deleted device detaches them), each socket must be bound to
+//! the port, and all must belong to this network namespace. Anything else is
+//! dropped from the keeper and opened afresh.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,6 +18,7 @@ use super::Features;
 use super::socket::UdpSocket;
 use super::tun::{self, Tun, TunFeatures};
 use crate::keeper::{Keeper, Kept};
+use crate::netns::NetNs;
 
 const VERSION: &str = "v1";
 
@@ -43,6 +45,8 @@ pub(crate) enum Unusable {
     Device { name: String, vnet: bool },
     #[error("a kept queue or socket belongs to another network namespace")]
     Elsewhere,
+    #[error("this network namespace, to compare with: {0}")]
+    Namespace(io::Error),
     #[error("a kept socket: {0}")]
     Socket(io::Error),
 }
@@ -114,8 +118,14 @@ impl Here {
     pub fn current() -> io::Result<Here> {
         use std::os::unix::fs::MetadataExt;
         let netns = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
-        let probe = UdpSocket::bind(0, false)?;
-        let cookie = UdpSocket::netns_cookie(probe.fd())?;
+        // Unbound: only its namespace is asked.
+        let probe = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        let cookie = UdpSocket::netns_cookie(&probe)?;
         Ok(Here { netns, cookie })
     }
 }
@@ -171,9 +181,9 @@ pub(crate) fn adopt(
 /// there is dropped. A keeper that does not answer means opening afresh.
 pub(crate) fn take_back(
     keeper: &Keeper,
+    netns: &NetNs,
     device: &str,
     wanted: Wanted,
-    here: Here,
 ) -> Option<(Tun, Vec<UdpSocket>)> {
     let kept = match keeper.get(device) {
         Ok(Some(kept)) => kept,
@@ -183,7 +193,11 @@ pub(crate) fn take_back(
             return None;
         }
     };
-    match adopt(device, wanted, here, kept) {
+    let adopted = match netns.run(Here::current) {
+        Ok(Ok(here)) => adopt(device, wanted, here, kept),
+        Ok(Err(e)) | Err(e) => Err(Unusable::Namespace(e)),
+    };
+    match adopted {
         Ok(taken) => {
             tracing::info!(
                 device,
@@ -200,26 +214,6 @@ pub(crate) fn take_back(
     }
 }
 
-/// Hands duplicates of `tun`'s queues and `sockets` to the keeper.
-pub(crate) fn hand_over(
-    keeper: &Keeper,
-    device: &str,
-    wanted: Wanted,
-    tun: &Tun,
-    sockets: &[UdpSocket],
-) {
-    let fds: Vec<&OwnedFd> = (tun.queues.iter())
-        .chain(sockets.iter().map(UdpSocket::fd))
-        .collect();
-    put(keeper, device, wanted, &Features::of(tun, sockets), &fds);
-}
-
-fn put(keeper: &Keeper, device: &str, wanted: Wanted, features: &Features, fds: &[&OwnedFd]) {
-    if let Err(e) = keeper.put(device, &meta(wanted, features), fds) {
-        tracing::warn!(error = %e, device, "the datapath keeper: a restart will drop traffic");
-    }
-}
-
 /// A running datapath's side of the keeper: what it handed over, kept so it
 /// can hand it over again to a keeper that started after it, or restarted.
 pub(crate) struct Handover {
@@ -232,22 +226,25 @@ pub(crate) struct Handover {
 }
 
 impl Handover {
+    /// Hands duplicates of the queues and sockets to the keeper, in place of
+    /// anything it held for the device.
+    pub fn hand_over(&self) {
+        let fds: Vec<&OwnedFd> = (self.queues.iter().map(|q| &**q))
+            .chain(self.sockets.iter().map(|s| s.fd()))
+            .collect();
+        let meta = meta(self.wanted, &self.features);
+        if let Err(e) = self.keeper.put(&self.device, &meta, &fds) {
+            tracing::warn!(error = %e, device = %self.device, "the datapath keeper: a restart will drop traffic");
+        }
+    }
+
     /// Hands the queues and sockets over again if the keeper lost them.
     pub fn renew(&self) {
         match self.keeper.get(&self.device) {
             Ok(Some(_)) => {}
             Ok(None) => {
                 tracing::info!(device = %self.device, "the datapath keeper holds nothing: handing over again");
-                let fds: Vec<&OwnedFd> = (self.queues.iter().map(|q| &**q))
-                    .chain(self.sockets.iter().map(|s| s.fd()))
-                    .collect();
-                put(
-                    &self.keeper,
-                    &self.device,
-                    self.wanted,
-                    &self.features,
-                    &fds,
-                );
+                self.hand_over();
             }
             Err(e) => tracing::warn!(error = %e, device = %self.device, "the datapath keeper"),
         }

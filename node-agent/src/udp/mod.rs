@@ -168,28 +168,17 @@ pub(crate) fn open_queues(
         queues,
         offloads: batched,
     };
-    let taken = match keeper {
-        Some(keeper) => {
-            let here = netns.run(kept::Here::current)??;
-            kept::take_back(keeper, &spec.device, wanted, here)
-        }
-        None => None,
-    };
+    let taken = keeper.and_then(|k| kept::take_back(k, netns, &spec.device, wanted));
+    let fresh = taken.is_none();
     let (tun, sockets) = match taken {
         Some(taken) => taken,
-        None => {
-            let (tun, sockets) = netns.run(|| -> io::Result<_> {
-                let tun = tun::open(&spec.device, queues, batched)?;
-                let sockets = (0..tun.queues.len())
-                    .map(|_| UdpSocket::bind(spec.port, batched))
-                    .collect::<io::Result<Vec<_>>>()?;
-                Ok((tun, sockets))
-            })??;
-            if let Some(keeper) = keeper {
-                kept::hand_over(keeper, &spec.device, wanted, &tun, &sockets);
-            }
-            (tun, sockets)
-        }
+        None => netns.run(|| -> io::Result<_> {
+            let tun = tun::open(&spec.device, queues, batched)?;
+            let sockets = (0..tun.queues.len())
+                .map(|_| UdpSocket::bind(spec.port, batched))
+                .collect::<io::Result<Vec<_>>>()?;
+            Ok((tun, sockets))
+        })??,
     };
     let features = Features::of(&tun, &sockets);
     let queues: Vec<_> = tun.queues.into_iter().map(Arc::new).collect();
@@ -202,6 +191,9 @@ pub(crate) fn open_queues(
         queues: queues.clone(),
         sockets: sockets.clone(),
     });
+    if fresh {
+        handover.iter().for_each(kept::Handover::hand_over);
+    }
     Ok(Opened {
         queues,
         sockets,

@@ -5,12 +5,10 @@
 //! in between; `down` stops it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tartan_agent::keeper::{self, Keeper};
+use tartan_agent::keeper::{Keeper, Serving};
 
 use crate::state::{self, LabState, node_dir};
 
@@ -67,23 +65,15 @@ pub fn stop(name: &str) {
 /// The hidden `keeper` command: a keeper per node until SIGTERM.
 pub fn run(name: &str) -> anyhow::Result<()> {
     let lab = LabState::load(name)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for node in &lab.nodes {
-        std::fs::create_dir_all(node_dir(name, &node.name))?;
-    }
-    let threads: Vec<_> = (lab.nodes.iter())
+    let serving = (lab.nodes.iter())
         .map(|node| {
-            let (path, stop) = (socket(name, &node.name), stop.clone());
-            std::thread::spawn(move || keeper::serve(&path, &stop))
+            std::fs::create_dir_all(node_dir(name, &node.name))?;
+            Serving::start(&socket(name, &node.name)).context("a node's datapath keeper")
         })
-        .collect();
+        .collect::<anyhow::Result<Vec<_>>>()?;
     crate::sigterm::wait();
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        let served = thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("a keeper thread panicked"))?;
-        served.context("a node's datapath keeper")?;
+    for keeper in serving {
+        keeper.stop().context("a node's datapath keeper")?;
     }
     Ok(())
 }

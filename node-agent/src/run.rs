@@ -178,9 +178,11 @@ fn underlay_choice(args: &Args) -> Choice {
 async fn run_keeper(socket: std::path::PathBuf) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let listener = crate::keeper::Listener::bind(&socket)
+        .with_context(|| format!("the datapath keeper on {}", socket.display()))?;
     let mut serving = {
-        let (socket, stop) = (socket.clone(), stop.clone());
-        tokio::task::spawn_blocking(move || crate::keeper::serve(&socket, &stop))
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || listener.serve(&stop))
     };
     tracing::info!(socket = %socket.display(), "datapath keeper listening");
     let shutdown = tartan_runtime::Shutdown::on_signals();

@@ -34,7 +34,7 @@ use std::time::Duration;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 pub use protocol::{Reply, Request};
-pub use server::{Store, serve};
+pub use server::{Listener, Serving, Store};
 
 use protocol::{receive, send};
 
@@ -58,6 +58,8 @@ pub enum KeeperError {
     },
     #[error("a malformed keeper message: {0}")]
     Malformed(String),
+    #[error("the datapath keeper's thread panicked")]
+    Panicked,
 }
 
 /// Descriptors the keeper held, and what they are.

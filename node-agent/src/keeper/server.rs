@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 
@@ -61,58 +63,122 @@ impl Store {
     }
 }
 
-/// Listens on `path` (a stale socket file there is replaced; the new one is
-/// mode 0600) and answers requests until `stop` is set. Only root and this
-/// process's own user may talk to it.
-pub fn serve(path: &Path, stop: &AtomicBool) -> Result<Store, KeeperError> {
-    let io = |source| KeeperError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let listener = socket::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(io)?;
-    if let Err(e) = std::fs::remove_file(path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        return Err(io(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))));
-    }
-    socket::bind(listener.as_raw_fd(), &UnixAddr::new(path).map_err(io)?).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
-    socket::listen(&listener, Backlog::new(16).map_err(io)?).map_err(io)?;
-    let mut store = Store::default();
-    while !stop.load(Ordering::Relaxed) {
-        let mut ready = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+/// A keeper's socket, bound and listening.
+pub struct Listener {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Listener {
+    /// Listens on `path` (a stale socket file there is replaced; the new
+    /// one is mode 0600): clients may connect once this returns.
+    pub fn bind(path: &Path) -> Result<Listener, KeeperError> {
+        let io = |source| KeeperError::Io {
+            path: path.to_path_buf(),
+            source,
         };
-        // SAFETY: polls one pollfd that lives across the call.
-        match unsafe { libc::poll(&mut ready, 1, STOP_POLL_MS) } {
-            0 => continue,
-            n if n < 0 => match nix::Error::last() {
-                nix::Error::EINTR => continue,
-                e => return Err(io(e)),
-            },
-            _ => {}
+        let io_error = |e: std::io::Error| io(nix::Error::from_raw(e.raw_os_error().unwrap_or(0)));
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io)?;
+        if let Err(e) = std::fs::remove_file(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io_error(e));
         }
-        let raw = match socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-            Ok(raw) => raw,
-            Err(nix::Error::EINTR | nix::Error::EAGAIN | nix::Error::ECONNABORTED) => continue,
-            Err(e) => return Err(io(e)),
+        socket::bind(fd.as_raw_fd(), &UnixAddr::new(path).map_err(io)?).map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_error)?;
+        socket::listen(&fd, Backlog::new(16).map_err(io)?).map_err(io)?;
+        Ok(Listener {
+            path: path.to_path_buf(),
+            fd,
+        })
+    }
+
+    /// Answers requests until `stop` is set; what it held, for the caller
+    /// to close. Only root and this process's own user may talk to it.
+    pub fn serve(self, stop: &AtomicBool) -> Result<Store, KeeperError> {
+        let io = |source| KeeperError::Io {
+            path: self.path.clone(),
+            source,
         };
-        // SAFETY: accept4 returned a new descriptor nobody else owns.
-        let connection = unsafe { OwnedFd::from_raw_fd(raw) };
-        if let Err(e) = handle(&mut store, &connection) {
-            tracing::warn!(error = %e, "a datapath keeper request failed");
+        let mut store = Store::default();
+        while !stop.load(Ordering::Relaxed) {
+            let mut ready = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: polls one pollfd that lives across the call.
+            match unsafe { libc::poll(&mut ready, 1, STOP_POLL_MS) } {
+                0 => continue,
+                n if n < 0 => match nix::Error::last() {
+                    nix::Error::EINTR => continue,
+                    e => return Err(io(e)),
+                },
+                _ => {}
+            }
+            let raw = match socket::accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                Ok(raw) => raw,
+                Err(nix::Error::EINTR | nix::Error::EAGAIN | nix::Error::ECONNABORTED) => continue,
+                Err(e) => return Err(io(e)),
+            };
+            // SAFETY: accept4 returned a new descriptor nobody else owns.
+            let connection = unsafe { OwnedFd::from_raw_fd(raw) };
+            if let Err(e) = handle(&mut store, &connection) {
+                tracing::warn!(error = %e, "a datapath keeper request failed");
+            }
+        }
+        Ok(store)
+    }
+}
+
+/// A keeper answering in a thread of this process until stopped (or
+/// dropped): the lab's keepers and the tests'.
+pub struct Serving {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<Store, KeeperError>>>,
+}
+
+impl Serving {
+    /// Binds `path` here, so clients may connect once this returns, and
+    /// answers in a thread.
+    pub fn start(path: &Path) -> Result<Serving, KeeperError> {
+        let listener = Listener::bind(path)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || listener.serve(&stop))
+        };
+        Ok(Serving {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops answering; what it held, for the caller to close.
+    pub fn stop(mut self) -> Result<Store, KeeperError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Store, KeeperError> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(served)) => served,
+            Some(Err(_)) => Err(KeeperError::Panicked),
+            None => Ok(Store::default()),
         }
     }
-    Ok(store)
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
 }
 
 fn handle(store: &mut Store, connection: &OwnedFd) -> Result<(), KeeperError> {

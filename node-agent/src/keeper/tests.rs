@@ -1,15 +1,12 @@
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 
 /// A keeper serving in a thread of this process, in a fresh directory.
 struct Running {
     keeper: Keeper,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Result<Store, KeeperError>>>,
+    serving: Serving,
     _dir: TempDir,
 }
 
@@ -26,33 +23,15 @@ impl Running {
         let dir = std::env::temp_dir().join(format!("tartan-keeper-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("keeper.sock");
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (path, stop) = (path.clone(), stop.clone());
-            std::thread::spawn(move || serve(&path, &stop))
-        };
-        let keeper = Keeper::at(&path);
-        for _ in 0..200 {
-            if path.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
         Running {
-            keeper,
-            stop,
-            thread: Some(thread),
+            serving: Serving::start(&path).expect("the keeper listens"),
+            keeper: Keeper::at(&path),
             _dir: TempDir(dir),
         }
     }
 
-    fn stop(mut self) -> Store {
-        self.stop.store(true, Ordering::Relaxed);
-        let thread = self.thread.take().expect("running");
-        thread
-            .join()
-            .expect("keeper thread")
-            .expect("keeper served")
+    fn stop(self) -> Store {
+        self.serving.stop().expect("keeper served")
     }
 }
 

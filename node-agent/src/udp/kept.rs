@@ -345,18 +345,10 @@ mod tests {
 
     #[test]
     fn a_keeper_that_lost_what_it_held_gets_it_again_at_the_next_renewal() {
-        use std::sync::atomic::{AtomicBool, Ordering};
         let dir = std::env::temp_dir().join(format!("tartan-renew-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("keeper.sock");
-        let stop = Arc::new(AtomicBool::new(false));
-        let serving = {
-            let (path, stop) = (path.clone(), stop.clone());
-            std::thread::spawn(move || crate::keeper::serve(&path, &stop))
-        };
-        while !path.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        let serving = crate::keeper::Serving::start(&path).expect("the keeper listens");
         let (queue, _other_end) = nix::unistd::pipe().expect("pipe");
         let socket = UdpSocket::bind(0, false).expect("a socket");
         let handover = Handover {
@@ -380,8 +372,7 @@ mod tests {
         assert!(kept.meta.contains("attached=1"), "{}", kept.meta);
         handover.retire();
         assert!(handover.keeper.get("tartan0").expect("get").is_none());
-        stop.store(true, Ordering::Relaxed);
-        serving.join().expect("thread").expect("served");
+        serving.stop().expect("served");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tartan_crds::validate::ValidEndpoint;
@@ -18,7 +17,7 @@ use tartan_crds::{BackendType, OverlayNetworkSpec, ValidNetwork, ValidNodeSubnet
 use tartan_agent::bgp::BirdMode;
 use tartan_agent::cni::CniConfig;
 use tartan_agent::dataplane::{Dataplane, DataplaneConfig, Target};
-use tartan_agent::keeper::{self, Keeper};
+use tartan_agent::keeper::{Keeper, Serving};
 use tartan_agent::metrics::Metrics;
 use tartan_agent::netns::NetNs;
 use tartan_agent::plan::{self, LocalFacts, Peer, vtep_mac};
@@ -42,26 +41,7 @@ pub struct Fixture {
     /// Each node's datapath keeper (served by a thread of the test), as the
     /// chart runs one beside each agent.
     pub keepers: Vec<Keeper>,
-    keeper_stop: Arc<AtomicBool>,
-    keeper_threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-/// Serves a keeper on `path` in a thread until `stop`.
-fn serve_keeper(path: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::fs::create_dir_all(path.parent().expect("a directory")).expect("keeper directory");
-    let thread = {
-        let path = path.clone();
-        std::thread::spawn(move || {
-            keeper::serve(&path, &stop).expect("the keeper serves");
-        })
-    };
-    for _ in 0..500 {
-        if path.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    thread
+    serving: Vec<Serving>,
 }
 
 pub fn network(backend: BackendType, direct: bool) -> ValidNetwork {
@@ -108,8 +88,7 @@ impl Fixture {
                 .map(|_| NodeKey::generate().expect("WireGuard key"))
                 .collect(),
             keepers: Vec::new(),
-            keeper_stop: Arc::new(AtomicBool::new(false)),
-            keeper_threads: Vec::new(),
+            serving: Vec::new(),
         };
         for i in 0..nodes {
             fixture.subnets.push(ValidNodeSubnet {
@@ -128,8 +107,10 @@ impl Fixture {
             };
             fixture.cni.push(cni);
             let socket = fixture.dir.join(format!("n{}/keeper.sock", i + 1));
-            let served = serve_keeper(socket.clone(), fixture.keeper_stop.clone());
-            fixture.keeper_threads.push(served);
+            std::fs::create_dir_all(fixture.dir.join(format!("n{}", i + 1))).expect("node dir");
+            fixture
+                .serving
+                .push(Serving::start(&socket).expect("the keeper listens"));
             fixture.keepers.push(Keeper::at(socket));
             let plane = fixture.start_plane(i);
             fixture.planes.push(plane);
@@ -273,9 +254,8 @@ impl Drop for Fixture {
         for plane in self.planes.drain(..) {
             plane.stop();
         }
-        self.keeper_stop.store(true, Ordering::Relaxed);
-        for thread in self.keeper_threads.drain(..) {
-            let _ = thread.join();
+        for serving in self.serving.drain(..) {
+            let _ = serving.stop();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -190,8 +190,7 @@ impl Engine {
     /// quiet, so the answers to what already left are decrypted under the
     /// sessions that only this process knows.
     pub fn stop(mut self) {
-        self.fresh = channel().0;
-        self.senders.stop();
+        self.stop_sending();
         self.drain();
         self.shutdown();
     }
@@ -223,10 +222,15 @@ impl Engine {
         }
     }
 
-    fn shutdown(&mut self) {
-        // The clock sees its channel close at once.
+    /// The send loops and the clock stop (the clock sees its channel close
+    /// at once); stopping them twice is nothing.
+    fn stop_sending(&mut self) {
         self.fresh = channel().0;
         self.senders.stop();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop_sending();
         self.receivers.stop();
     }
 }

@@ -39,6 +39,19 @@ async fn attempt(
     leads
 }
 
+/// The manager reading the Lease.
+fn get_lease() -> Expect {
+    Expect::new(Method::GET, format!("{LEASE}/tartan-operator"))
+}
+
+/// The manager writing the Lease (server-side apply).
+fn apply_lease() -> Expect {
+    Expect::new(
+        Method::PATCH,
+        format!("{LEASE}/tartan-operator?&force=true&fieldManager=tartan-operator"),
+    )
+}
+
 fn lease(holder: &str, rv: &str) -> serde_json::Value {
     json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -52,8 +65,7 @@ fn lease(holder: &str, rv: &str) -> serde_json::Value {
 async fn creates_the_lease_when_there_is_none() {
     let (m, leadership, handle) = manager("a");
     let script = vec![
-        Expect::new(Method::GET, format!("{LEASE}/tartan-operator"))
-            .reply(404, status_error(404, "NotFound")),
+        get_lease().reply(404, status_error(404, "NotFound")),
         Expect::new(Method::POST, format!("{LEASE}?"))
             .body(|b| assert_eq!(b["spec"]["holderIdentity"], "a"))
             .echo(),
@@ -69,20 +81,17 @@ async fn creates_the_lease_when_there_is_none() {
 async fn takes_over_with_the_seen_resource_version_as_a_precondition() {
     let (m, _, handle) = manager("b");
     let script = vec![
-        Expect::new(Method::GET, format!("{LEASE}/tartan-operator")).reply(200, lease("", "41")),
-        Expect::new(
-            Method::PATCH,
-            format!("{LEASE}/tartan-operator?&force=true&fieldManager=tartan-operator"),
-        )
-        .body(|b| {
-            assert_eq!(
-                b["metadata"]["resourceVersion"], "41",
-                "fencing precondition"
-            );
-            assert_eq!(b["spec"]["holderIdentity"], "b");
-            assert_eq!(b["spec"]["leaseTransitions"], 4);
-        })
-        .echo(),
+        get_lease().reply(200, lease("", "41")),
+        apply_lease()
+            .body(|b| {
+                assert_eq!(
+                    b["metadata"]["resourceVersion"], "41",
+                    "fencing precondition"
+                );
+                assert_eq!(b["spec"]["holderIdentity"], "b");
+                assert_eq!(b["spec"]["leaseTransitions"], 4);
+            })
+            .echo(),
     ];
     assert!(attempt(&m, handle, script, &mut None).await);
 }
@@ -91,12 +100,8 @@ async fn takes_over_with_the_seen_resource_version_as_a_precondition() {
 async fn a_lost_race_is_a_409_not_an_overwrite() {
     let (m, _, handle) = manager("b");
     let script = vec![
-        Expect::new(Method::GET, format!("{LEASE}/tartan-operator")).reply(200, lease("", "41")),
-        Expect::new(
-            Method::PATCH,
-            format!("{LEASE}/tartan-operator?&force=true&fieldManager=tartan-operator"),
-        )
-        .reply(409, status_error(409, "Conflict")),
+        get_lease().reply(200, lease("", "41")),
+        apply_lease().reply(409, status_error(409, "Conflict")),
     ];
     assert!(!attempt(&m, handle, script, &mut None).await);
 }
@@ -104,9 +109,7 @@ async fn a_lost_race_is_a_409_not_an_overwrite() {
 #[tokio::test]
 async fn a_live_holder_is_left_alone() {
     let (m, _, handle) = manager("b");
-    let script = vec![
-        Expect::new(Method::GET, format!("{LEASE}/tartan-operator")).reply(200, lease("a", "41")),
-    ];
+    let script = vec![get_lease().reply(200, lease("a", "41"))];
     let mut seen = None;
     assert!(!attempt(&m, handle, script, &mut seen).await);
     assert_eq!(seen.map(|s| s.holder), Some(Some("a".to_string())));
@@ -116,14 +119,11 @@ async fn a_live_holder_is_left_alone() {
 async fn an_unchanged_record_expires_after_its_duration_by_our_clock() {
     let (m, _, handle) = manager("b");
     let script = vec![
-        Expect::new(Method::GET, format!("{LEASE}/tartan-operator")).reply(200, lease("a", "41")),
-        Expect::new(Method::GET, format!("{LEASE}/tartan-operator")).reply(200, lease("a", "41")),
-        Expect::new(
-            Method::PATCH,
-            format!("{LEASE}/tartan-operator?&force=true&fieldManager=tartan-operator"),
-        )
-        .body(|b| assert_eq!(b["spec"]["holderIdentity"], "b"))
-        .echo(),
+        get_lease().reply(200, lease("a", "41")),
+        get_lease().reply(200, lease("a", "41")),
+        apply_lease()
+            .body(|b| assert_eq!(b["spec"]["holderIdentity"], "b"))
+            .echo(),
     ];
     let server = tokio::spawn(serve(handle, script));
     let mut seen = None;

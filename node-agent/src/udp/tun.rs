@@ -136,13 +136,13 @@ fn set_queue_len(name: &str, packets: libc::c_int) -> io::Result<()> {
     };
     let len = name.len().min(libc::IFNAMSIZ - 1);
     request.name[..len].copy_from_slice(&name.as_bytes()[..len]);
-    // SAFETY: socket(2) has no memory arguments; the fd is owned below.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor nobody else owns.
-    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let socket = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     // SAFETY: SIOCSIFTXQLEN reads one `struct ifreq` (name, then the length
     // as an int), which IfReqQueueLen lays out.
     let rc = unsafe {

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub bgp_routes_learned: IntGauge,
     pub pod_source_drops: prometheus::IntCounter,
     pub pod_bindings: IntGauge,
+    /// What the udp and wireguard datapaths and the keeper did (see
+    /// [`crate::keeper::Event`]).
+    pub datapath_keeper: IntCounterVec,
 }
 
 /// Builds a metric and registers it in one step, so each field of
@@ -137,6 +140,11 @@ impl Metrics {
                 "tartan_agent_pod_source_bindings",
                 "Local pod ports bound to their addresses by the pod source check.",
             )?)?,
+            datapath_keeper: r.counters(
+                "tartan_agent_datapath_keeper_total",
+                "What the TUN datapaths and the datapath keeper did: taken_back (a restart kept the queues), nothing_kept, refused, handed_over, unreachable.",
+                "event",
+            )?,
             registry,
         };
         m.create_series();
@@ -158,6 +166,9 @@ impl Metrics {
             self.watch_errors.with_label_values(&[resource]);
         }
         self.apply_errors.with_label_values(&["netlink"]);
+        for event in crate::keeper::Event::ALL {
+            self.datapath_keeper.with_label_values(&[event.label()]);
+        }
         self.record_bgp(&crate::plan::BgpObserved::default());
         for kind in ["link", "address", "route", "neighbour", "fdb", "offload"] {
             self.netlink_changes.with_label_values(&[kind]);

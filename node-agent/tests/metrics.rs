@@ -21,6 +21,7 @@ const PROMISED: &[&str] = &[
     "tartan_agent_wireguard_handshakes_total",
     "tartan_agent_wireguard_peers",
     "tartan_agent_wireguard_oldest_handshake_age_seconds",
+    "tartan_agent_datapath_keeper_total",
 ];
 
 fn exposition() -> String {

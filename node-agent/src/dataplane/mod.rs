@@ -151,7 +151,8 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Starts the worker and the drift monitor in `config.netns`.
-    pub fn start(config: DataplaneConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn start(mut config: DataplaneConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        config.keeper = (config.keeper.take()).map(|k| k.counted(metrics.datapath_keeper.clone()));
         let applier = Applier::open(config.netns.clone())?;
         let mut monitor = Monitor::open(&config.netns)?;
         let (tx, rx) = mpsc::channel();

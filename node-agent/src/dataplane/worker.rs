@@ -23,6 +23,11 @@ use crate::plan::{DesiredState, MasqueradeSpec, PeerDelta, UdpSpec, WireguardSpe
 use crate::sysctl;
 use crate::udp::Engine;
 
+/// How often a running TUN datapath checks that the keeper is the one it
+/// handed over to (one `stat`): a replaced keeper is handed the datapath
+/// within this, not at the next resync.
+const KEEPER_FOLLOW: Duration = Duration::from_secs(2);
+
 pub(super) struct Worker {
     pub(super) config: DataplaneConfig,
     pub(super) applier: Applier,
@@ -45,9 +50,13 @@ pub(super) struct Worker {
 impl Worker {
     pub(super) fn run(mut self, rx: Receiver<Command>) {
         let mut next_resync = Instant::now() + self.config.resync;
+        let mut next_follow = Instant::now() + KEEPER_FOLLOW;
         let mut pending: Option<Command> = None;
         loop {
-            let wake = (self.retiring.next()).map_or(next_resync, |r| r.min(next_resync));
+            let mut wake = (self.retiring.next()).map_or(next_resync, |r| r.min(next_resync));
+            if self.config.keeper.is_some() {
+                wake = wake.min(next_follow);
+            }
             let wait = wake.saturating_duration_since(Instant::now());
             let next = match pending.take() {
                 Some(command) => Ok(command),
@@ -84,13 +93,23 @@ impl Worker {
                     (self.wireguard.take().into_iter()).for_each(crate::wireguard::Engine::stop);
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) if wake < next_resync => self.on_deadline(),
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.target.is_some() {
-                        let _ = self.full(true);
-                    }
-                    next_resync = Instant::now() + self.config.resync;
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            // After commands too: a steady stream of them (peer changes in a
+            // large cluster) must not starve the deadlines.
+            let now = Instant::now();
+            if now >= next_follow {
+                (self.udp.iter()).for_each(Engine::follow_keeper);
+                (self.wireguard.iter()).for_each(crate::wireguard::Engine::follow_keeper);
+                next_follow = now + KEEPER_FOLLOW;
+            }
+            if now >= next_resync {
+                if self.target.is_some() {
+                    let _ = self.full(true);
                 }
+                next_resync = Instant::now() + self.config.resync;
+            } else {
+                self.on_deadline();
             }
         }
     }

@@ -69,19 +69,96 @@ pub struct Kept {
     pub fds: Vec<OwnedFd>,
 }
 
-/// The agent's side: where the keeper listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a datapath and the keeper did, as `tartan_agent_datapath_keeper_total`
+/// counts it: an operator sees whether a restart or an upgrade kept the
+/// queues (`taken_back`) or opened them afresh, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A starting datapath took the queues and sockets back.
+    TakenBack,
+    /// The keeper held nothing for the device: opened afresh.
+    NothingKept,
+    /// The keeper held descriptors this agent could not use (another
+    /// namespace, device or layout): closed, opened afresh.
+    Refused,
+    /// The keeper now holds the datapath's duplicates.
+    HandedOver,
+    /// A round trip to the keeper failed (not running, or not answering).
+    Unreachable,
+}
+
+impl Event {
+    pub const ALL: [Event; 5] = [
+        Event::TakenBack,
+        Event::NothingKept,
+        Event::Refused,
+        Event::HandedOver,
+        Event::Unreachable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Event::TakenBack => "taken_back",
+            Event::NothingKept => "nothing_kept",
+            Event::Refused => "refused",
+            Event::HandedOver => "handed_over",
+            Event::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// See [`Keeper::socket_identity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketIdentity {
+    inode: (u64, u64),
+    changed: (i64, i64),
+}
+
+/// The agent's side: where the keeper listens, and where what happened is
+/// counted.
+#[derive(Debug, Clone)]
 pub struct Keeper {
     path: PathBuf,
+    events: Option<prometheus::IntCounterVec>,
 }
 
 impl Keeper {
     pub fn at(path: impl Into<PathBuf>) -> Keeper {
-        Keeper { path: path.into() }
+        Keeper {
+            path: path.into(),
+            events: None,
+        }
+    }
+
+    /// This client, counting its [`Event`]s in `events` (labelled `event`).
+    pub fn counted(self, events: prometheus::IntCounterVec) -> Keeper {
+        Keeper {
+            events: Some(events),
+            ..self
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn count(&self, event: Event) {
+        if let Some(events) = &self.events {
+            events.with_label_values(&[event.label()]).inc();
+        }
+    }
+
+    /// Which socket file the keeper listens on: a keeper that restarted
+    /// binds a new one. The inode alone is not enough (a file system reuses
+    /// a freed one at once), its change time tells them apart. `None` while
+    /// there is none.
+    pub fn socket_identity(&self) -> Option<SocketIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(&self.path).ok()?;
+        Some(SocketIdentity {
+            inode: (meta.dev(), meta.ino()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        })
     }
 
     /// Duplicates of what is kept for `device`, if anything.

@@ -190,6 +190,7 @@ pub(crate) fn open_queues(
         features,
         queues: queues.clone(),
         sockets: sockets.clone(),
+        seen: Default::default(),
     });
     if fresh {
         handover.iter().for_each(kept::Handover::hand_over);
@@ -301,6 +302,11 @@ impl Engine {
     /// started after this engine, or restarted): at each full resync.
     pub fn renew_handover(&self) {
         self.handover.iter().for_each(kept::Handover::renew);
+    }
+
+    /// Hands over again if the keeper was replaced since the last hand-over.
+    pub fn follow_keeper(&self) {
+        self.handover.iter().for_each(kept::Handover::follow);
     }
 }
 

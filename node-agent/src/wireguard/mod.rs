@@ -208,6 +208,13 @@ impl Engine {
         (self.handover.iter()).for_each(crate::udp::kept::Handover::renew);
     }
 
+    /// Hands over again if the keeper was replaced since the last hand-over.
+    pub fn follow_keeper(&self) {
+        self.handover
+            .iter()
+            .for_each(crate::udp::kept::Handover::follow);
+    }
+
     fn drain(&self) {
         let start = Instant::now();
         let mut seen = self.received.load(Ordering::Relaxed);

@@ -138,6 +138,21 @@ impl Fixture {
         Dataplane::start(config, self.metrics.clone()).expect("data plane starts")
     }
 
+    /// Node `i`'s keeper replaced (its pod upgraded): the old one exits,
+    /// closing what it held, and a new one, holding nothing, listens on a
+    /// new socket at the same path.
+    pub fn replace_keeper(&mut self, i: usize) {
+        // A keeper outlives a change-time tick of its socket file (see
+        // Keeper::socket_identity).
+        std::thread::sleep(Duration::from_millis(20));
+        self.serving
+            .remove(i)
+            .stop()
+            .expect("the old keeper served");
+        let new = Serving::start(self.keepers[i].path()).expect("the new keeper listens");
+        self.serving.insert(i, new);
+    }
+
     /// An agent restart on node `i`: its data plane stops, none runs for
     /// `down`, then a new one starts and applies the same target.
     pub fn restart_plane(&mut self, i: usize, down: Duration) {

@@ -249,6 +249,7 @@ fn operator_is_hardened_and_images_follow_app_version() {
         "tartan_agent_wireguard_handshakes_total",
         "tartan_agent_wireguard_peers",
         "tartan_agent_wireguard_drops_total",
+        "tartan_agent_datapath_keeper_total",
     ] {
         assert!(exprs.contains(metric), "dashboard uses {metric}");
     }

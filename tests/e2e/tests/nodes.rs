@@ -81,6 +81,12 @@ fn ready_condition(cluster: &KubeletCluster, node: &str) -> anyhow::Result<(Stri
 }
 
 fn restart_agent(cluster: &KubeletCluster, node: &str) {
+    replace_pod(cluster, "agent", node);
+}
+
+/// Deletes `node`'s pod of the `component` DaemonSet (agent, keeper) and
+/// waits until that DaemonSet runs Ready on every node again.
+fn replace_pod(cluster: &KubeletCluster, component: &str, node: &str) {
     cluster
         .kubectl(&[
             "delete",
@@ -88,12 +94,12 @@ fn restart_agent(cluster: &KubeletCluster, node: &str) {
             "-n",
             NAMESPACE,
             "-l",
-            "app.kubernetes.io/component=agent",
+            &format!("app.kubernetes.io/component={component}"),
             "--field-selector",
             &format!("spec.nodeName={node}"),
         ])
-        .expect("delete the agent pod");
-    agents_rolled(cluster);
+        .expect("delete the pod");
+    rolled(cluster, component);
 }
 
 /// UDP datagrams the echo pods' kernels dropped on receive (a socket
@@ -135,16 +141,20 @@ fn keeper_pods(cluster: &KubeletCluster) -> String {
 
 /// Waits until every node runs a Ready agent of the current DaemonSet.
 fn agents_rolled(cluster: &KubeletCluster) {
+    rolled(cluster, "agent");
+}
+
+fn rolled(cluster: &KubeletCluster, component: &str) {
     cluster
         .kubectl(&[
             "rollout",
             "status",
             "-n",
             NAMESPACE,
-            "daemonset/tartan-agent",
+            &format!("daemonset/tartan-{component}"),
             "--timeout=120s",
         ])
-        .expect("agents rolled");
+        .expect("the DaemonSet rolled");
 }
 
 /// A node whose agent cannot open the TUN device (/dev/null bound over
@@ -426,6 +436,10 @@ async fn helm_installs_tartan_on_real_nodes_and_pods_talk_across_them() {
     // the new agent takes them back and sends on what waited, at once. Late
     // answers are answers; a burst that overflows the echo pods' own socket
     // buffers is counted there (UDP InErrors), not lost by the network.
+    // n1's keeper was replaced first (its pod deleted): the running agent
+    // hands the new one its queues within 2 s, not at its next resync.
+    replace_pod(&cluster, "keeper", "n1");
+    std::thread::sleep(std::time::Duration::from_secs(4));
     let overflowed_before = udp_receive_errors(&cluster, &echo);
     let flow = Flow::start(&cluster, &echo, 15);
     let started = std::time::Instant::now();

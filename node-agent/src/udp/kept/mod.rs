@@ -12,12 +12,12 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::Features;
 use super::socket::UdpSocket;
 use super::tun::{self, Tun, TunFeatures};
-use crate::keeper::{Keeper, Kept};
+use crate::keeper::{Event, Keeper, Kept, SocketIdentity};
 use crate::netns::NetNs;
 
 const VERSION: &str = "v1";
@@ -187,8 +187,12 @@ pub(crate) fn take_back(
 ) -> Option<(Tun, Vec<UdpSocket>)> {
     let kept = match keeper.get(device) {
         Ok(Some(kept)) => kept,
-        Ok(None) => return None,
+        Ok(None) => {
+            keeper.count(Event::NothingKept);
+            return None;
+        }
         Err(e) => {
+            keeper.count(Event::Unreachable);
             tracing::warn!(error = %e, device, "the datapath keeper: opening afresh");
             return None;
         }
@@ -199,6 +203,7 @@ pub(crate) fn take_back(
     };
     match adopted {
         Ok(taken) => {
+            keeper.count(Event::TakenBack);
             tracing::info!(
                 device,
                 queues = taken.0.queues.len(),
@@ -207,6 +212,7 @@ pub(crate) fn take_back(
             Some(taken)
         }
         Err(why) => {
+            keeper.count(Event::Refused);
             tracing::warn!(%why, device, "not using what the datapath keeper held");
             forget(keeper, device);
             None
@@ -223,6 +229,8 @@ pub(crate) struct Handover {
     pub features: Features,
     pub queues: Vec<Arc<OwnedFd>>,
     pub sockets: Vec<Arc<UdpSocket>>,
+    /// The keeper socket file last handed over to (or tried).
+    pub seen: Mutex<Option<SocketIdentity>>,
 }
 
 impl Handover {
@@ -233,21 +241,46 @@ impl Handover {
             .chain(self.sockets.iter().map(|s| s.fd()))
             .collect();
         let meta = meta(self.wanted, &self.features);
-        if let Err(e) = self.keeper.put(&self.device, &meta, &fds) {
-            tracing::warn!(error = %e, device = %self.device, "the datapath keeper: a restart will drop traffic");
+        self.see();
+        match self.keeper.put(&self.device, &meta, &fds) {
+            Ok(()) => self.keeper.count(Event::HandedOver),
+            Err(e) => {
+                self.keeper.count(Event::Unreachable);
+                tracing::warn!(error = %e, device = %self.device, "the datapath keeper: a restart will drop traffic");
+            }
         }
     }
 
     /// Hands the queues and sockets over again if the keeper lost them.
     pub fn renew(&self) {
+        self.see();
         match self.keeper.get(&self.device) {
             Ok(Some(_)) => {}
             Ok(None) => {
                 tracing::info!(device = %self.device, "the datapath keeper holds nothing: handing over again");
                 self.hand_over();
             }
-            Err(e) => tracing::warn!(error = %e, device = %self.device, "the datapath keeper"),
+            Err(e) => {
+                self.keeper.count(Event::Unreachable);
+                tracing::warn!(error = %e, device = %self.device, "the datapath keeper");
+            }
         }
+    }
+
+    /// Renews the hand-over when the keeper's socket is not the one last
+    /// handed over to: a keeper whose pod was replaced binds a new socket
+    /// and holds nothing, and an agent restart before the next resync would
+    /// otherwise drop traffic. One `stat` while nothing changed.
+    pub fn follow(&self) {
+        let now = self.keeper.socket_identity();
+        let seen = *self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if now.is_some() && now != seen {
+            self.renew();
+        }
+    }
+
+    fn see(&self) {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = self.keeper.socket_identity();
     }
 
     /// The datapath is gone for good: the keeper closes its copies.
@@ -260,137 +293,10 @@ impl Handover {
 /// for good, or is about to be opened differently).
 pub(crate) fn forget(keeper: &Keeper, device: &str) {
     if let Err(e) = keeper.forget(device) {
+        keeper.count(Event::Unreachable);
         tracing::warn!(error = %e, device, "the datapath keeper: could not drop a datapath");
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn features() -> Features {
-        Features {
-            tun: TunFeatures {
-                vnet_hdr: true,
-                tso: true,
-                uso: false,
-                queues: 2,
-            },
-            gso: true,
-            gro: true,
-        }
-    }
-
-    const HERE: Here = Here {
-        netns: 1,
-        cookie: 1,
-    };
-
-    const WANTED: Wanted = Wanted {
-        port: 51820,
-        queues: 2,
-        offloads: true,
-    };
-
-    #[test]
-    fn the_meta_round_trips() {
-        let text = meta(WANTED, &features());
-        assert_eq!(
-            text,
-            "v1 port=51820 queues=2 offloads=1 vnet=1 tso=1 uso=0 attached=2 gso=1 gro=1"
-        );
-        let (wanted, granted) = parse_meta(&text).expect("parses");
-        assert_eq!((wanted, granted), (WANTED, features()));
-    }
-
-    #[test]
-    fn another_version_or_a_missing_field_is_unusable() {
-        for text in [
-            "v2 port=51820 queues=2 offloads=1 vnet=1 tso=1 uso=0 attached=2 gso=1 gro=1",
-            "v1 port=51820 queues=2 offloads=1 vnet=1 tso=1 uso=0 attached=2 gso=1",
-            "v1 port=70000 queues=2 offloads=1 vnet=1 tso=1 uso=0 attached=2 gso=1 gro=1",
-            "v1 port=x",
-        ] {
-            assert!(matches!(parse_meta(text), Err(Unusable::Meta(_))), "{text}");
-        }
-    }
-
-    #[test]
-    fn descriptors_opened_otherwise_or_miscounted_are_unusable() {
-        let other = Wanted {
-            port: 8472,
-            ..WANTED
-        };
-        let kept = Kept {
-            meta: meta(other, &features()),
-            fds: Vec::new(),
-        };
-        let error = adopt("tartan-wg0", WANTED, HERE, kept)
-            .map(|_| ())
-            .expect_err("port");
-        assert!(matches!(error, Unusable::Other { .. }), "{error}");
-        let (a, b) = nix::unistd::pipe().expect("pipe");
-        let kept = Kept {
-            meta: meta(WANTED, &features()),
-            fds: vec![a, b],
-        };
-        let error = adopt("tartan-wg0", WANTED, HERE, kept)
-            .map(|_| ())
-            .expect_err("count");
-        assert!(
-            matches!(error, Unusable::Count { got: 2, queues: 2 }),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn a_keeper_that_lost_what_it_held_gets_it_again_at_the_next_renewal() {
-        let dir = std::env::temp_dir().join(format!("tartan-renew-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("keeper.sock");
-        let serving = crate::keeper::Serving::start(&path).expect("the keeper listens");
-        let (queue, _other_end) = nix::unistd::pipe().expect("pipe");
-        let socket = UdpSocket::bind(0, false).expect("a socket");
-        let handover = Handover {
-            keeper: Keeper::at(&path),
-            device: "tartan0".into(),
-            wanted: WANTED,
-            features: Features {
-                tun: TunFeatures {
-                    queues: 1,
-                    ..features().tun
-                },
-                ..features()
-            },
-            queues: vec![Arc::new(queue)],
-            sockets: vec![Arc::new(socket)],
-        };
-        // The keeper started after the datapath: it holds nothing yet.
-        handover.renew();
-        let kept = handover.keeper.get("tartan0").expect("get").expect("kept");
-        assert_eq!(kept.fds.len(), 2);
-        assert!(kept.meta.contains("attached=1"), "{}", kept.meta);
-        handover.retire();
-        assert!(handover.keeper.get("tartan0").expect("get").is_none());
-        serving.stop().expect("served");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_descriptor_that_is_no_tun_queue_is_unusable() {
-        let pipes: Vec<OwnedFd> = (0..2)
-            .flat_map(|_| {
-                let (a, b) = nix::unistd::pipe().expect("pipe");
-                [a, b]
-            })
-            .collect();
-        let kept = Kept {
-            meta: meta(WANTED, &features()),
-            fds: pipes,
-        };
-        let error = adopt("tartan-wg0", WANTED, HERE, kept)
-            .map(|_| ())
-            .expect_err("pipes");
-        assert!(matches!(error, Unusable::Queue(_)), "{error}");
-    }
-}
+mod tests;

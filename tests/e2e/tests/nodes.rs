@@ -102,6 +102,51 @@ fn replace_pod(cluster: &KubeletCluster, component: &str, node: &str) {
     rolled(cluster, component);
 }
 
+/// Restarts `node`'s agent container in its pod (SIGTERM to its PID 1; the
+/// kubelet starts the container again, the pod stays), and waits until it
+/// is Ready again.
+fn restart_agent_container(cluster: &KubeletCluster, node: &str) {
+    let pod = cluster
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "app.kubernetes.io/component=agent",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .expect("the agent pod");
+    let restarts = || {
+        let path = r#"jsonpath={.status.containerStatuses[?(@.name=="agent")].restartCount}"#;
+        cluster.kubectl(&["get", "pod", "-n", NAMESPACE, &pod, "-o", path])
+    };
+    let before = restarts().expect("the restart count");
+    let kill = ["exec", "-n", NAMESPACE, &pod, "-c", "agent", "--"];
+    (cluster.kubectl(&[&kill[..], &["/bin/sh", "-c", "kill -TERM 1"]].concat()))
+        .expect("SIGTERM to the agent");
+    cluster
+        .wait(
+            "the agent container restarted",
+            Duration::from_secs(60),
+            || Ok((restarts()? != before).then_some(())),
+        )
+        .expect("the kubelet restarts the container");
+    let ready = format!("pod/{pod}");
+    (cluster.kubectl(&[
+        "wait",
+        "-n",
+        NAMESPACE,
+        "--for=condition=Ready",
+        &ready,
+        "--timeout=120s",
+    ]))
+    .expect("the agent Ready again");
+}
+
 /// UDP datagrams the echo pods' kernels dropped on receive (a socket
 /// buffer full, mostly), summed over the pods.
 fn udp_receive_errors(cluster: &KubeletCluster, echo: &Echo) -> u64 {
@@ -454,6 +499,21 @@ async fn helm_installs_tartan_on_real_nodes_and_pods_talk_across_them() {
     assert!(
         report.lost <= overflowed,
         "udp agent restart: the network lost datagrams: {report}, {overflowed} overflowed"
+    );
+    // The same for a container restart (the pod stays: no new IP, no
+    // rescheduling), which is what a crash or an OOM kill is.
+    let overflowed_before = udp_receive_errors(&cluster, &echo);
+    let flow = Flow::start(&cluster, &echo, 15);
+    restart_agent_container(&cluster, "n1");
+    let report = flow.finish();
+    let overflowed = udp_receive_errors(&cluster, &echo) - overflowed_before;
+    eprintln!(
+        "udp: agent container restarted under a 100/s flow: {report}; \
+         {overflowed} overflowed the echo pods' socket buffers"
+    );
+    assert!(
+        report.lost <= overflowed,
+        "udp agent container restart: the network lost datagrams: {report}, {overflowed} overflowed"
     );
     drop(echo);
     cluster

@@ -102,24 +102,29 @@ fn replace_pod(cluster: &KubeletCluster, component: &str, node: &str) {
     rolled(cluster, component);
 }
 
-/// Restarts `node`'s agent container in its pod (SIGTERM to its PID 1; the
-/// kubelet starts the container again, the pod stays), and waits until it
-/// is Ready again.
-fn restart_agent_container(cluster: &KubeletCluster, node: &str) {
-    let pod = cluster
+/// The name of `node`'s pod of the `component` DaemonSet (agent, keeper).
+fn pod_on(cluster: &KubeletCluster, component: &str, node: &str) -> String {
+    cluster
         .kubectl(&[
             "get",
             "pods",
             "-n",
             NAMESPACE,
             "-l",
-            "app.kubernetes.io/component=agent",
+            &format!("app.kubernetes.io/component={component}"),
             "--field-selector",
             &format!("spec.nodeName={node}"),
             "-o",
             "jsonpath={.items[0].metadata.name}",
         ])
-        .expect("the agent pod");
+        .unwrap_or_else(|e| panic!("{node}'s {component} pod: {e:#}"))
+}
+
+/// Restarts `node`'s agent container in its pod (SIGTERM to its PID 1; the
+/// kubelet starts the container again, the pod stays), and waits until it
+/// is Ready again.
+fn restart_agent_container(cluster: &KubeletCluster, node: &str) {
+    let pod = pod_on(cluster, "agent", node);
     let restarts = || {
         let path = r#"jsonpath={.status.containerStatuses[?(@.name=="agent")].restartCount}"#;
         cluster.kubectl(&["get", "pod", "-n", NAMESPACE, &pod, "-o", path])

@@ -3,6 +3,7 @@
 //! `helm install` from charts/tartan, and pods that kubelet and containerd
 //! created with the conflist the agent wrote.
 
+mod daemonsets;
 mod policies;
 mod real_tokens;
 mod workload;
@@ -10,6 +11,7 @@ mod workload;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use daemonsets::{agents_rolled, keeper_pods, replace_pod, restart_agent, restart_agent_container};
 use tartan_harness::kubelet_cluster::{KubeletCluster, build_images};
 use tartan_harness::prometheus::Prometheus;
 use tartan_harness::require_binaries;
@@ -80,78 +82,6 @@ fn ready_condition(cluster: &KubeletCluster, node: &str) -> anyhow::Result<(Stri
     Ok((reason.to_string(), message.to_string()))
 }
 
-fn restart_agent(cluster: &KubeletCluster, node: &str) {
-    replace_pod(cluster, "agent", node);
-}
-
-/// Deletes `node`'s pod of the `component` DaemonSet (agent, keeper) and
-/// waits until that DaemonSet runs Ready on every node again.
-fn replace_pod(cluster: &KubeletCluster, component: &str, node: &str) {
-    cluster
-        .kubectl(&[
-            "delete",
-            "pod",
-            "-n",
-            NAMESPACE,
-            "-l",
-            &format!("app.kubernetes.io/component={component}"),
-            "--field-selector",
-            &format!("spec.nodeName={node}"),
-        ])
-        .expect("delete the pod");
-    rolled(cluster, component);
-}
-
-/// The name of `node`'s pod of the `component` DaemonSet (agent, keeper).
-fn pod_on(cluster: &KubeletCluster, component: &str, node: &str) -> String {
-    cluster
-        .kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            NAMESPACE,
-            "-l",
-            &format!("app.kubernetes.io/component={component}"),
-            "--field-selector",
-            &format!("spec.nodeName={node}"),
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ])
-        .unwrap_or_else(|e| panic!("{node}'s {component} pod: {e:#}"))
-}
-
-/// Restarts `node`'s agent container in its pod (SIGTERM to its PID 1; the
-/// kubelet starts the container again, the pod stays), and waits until it
-/// is Ready again.
-fn restart_agent_container(cluster: &KubeletCluster, node: &str) {
-    let pod = pod_on(cluster, "agent", node);
-    let restarts = || {
-        let path = r#"jsonpath={.status.containerStatuses[?(@.name=="agent")].restartCount}"#;
-        cluster.kubectl(&["get", "pod", "-n", NAMESPACE, &pod, "-o", path])
-    };
-    let before = restarts().expect("the restart count");
-    let kill = ["exec", "-n", NAMESPACE, &pod, "-c", "agent", "--"];
-    (cluster.kubectl(&[&kill[..], &["/bin/sh", "-c", "kill -TERM 1"]].concat()))
-        .expect("SIGTERM to the agent");
-    cluster
-        .wait(
-            "the agent container restarted",
-            Duration::from_secs(60),
-            || Ok((restarts()? != before).then_some(())),
-        )
-        .expect("the kubelet restarts the container");
-    let ready = format!("pod/{pod}");
-    (cluster.kubectl(&[
-        "wait",
-        "-n",
-        NAMESPACE,
-        "--for=condition=Ready",
-        &ready,
-        "--timeout=120s",
-    ]))
-    .expect("the agent Ready again");
-}
-
 /// UDP datagrams the echo pods' kernels dropped on receive (a socket
 /// buffer full, mostly), summed over the pods.
 fn udp_receive_errors(cluster: &KubeletCluster, echo: &Echo) -> u64 {
@@ -171,40 +101,6 @@ fn udp_receive_errors(cluster: &KubeletCluster, echo: &Echo) -> u64 {
                 .expect("Udp InErrors")
         })
         .sum()
-}
-
-/// The names of the datapath keepers' pods.
-fn keeper_pods(cluster: &KubeletCluster) -> String {
-    cluster
-        .kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            NAMESPACE,
-            "-l",
-            "app.kubernetes.io/component=keeper",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ])
-        .expect("keeper pods")
-}
-
-/// Waits until every node runs a Ready agent of the current DaemonSet.
-fn agents_rolled(cluster: &KubeletCluster) {
-    rolled(cluster, "agent");
-}
-
-fn rolled(cluster: &KubeletCluster, component: &str) {
-    cluster
-        .kubectl(&[
-            "rollout",
-            "status",
-            "-n",
-            NAMESPACE,
-            &format!("daemonset/tartan-{component}"),
-            "--timeout=120s",
-        ])
-        .expect("the DaemonSet rolled");
 }
 
 /// A node whose agent cannot open the TUN device (/dev/null bound over

@@ -8,7 +8,7 @@ const NAMESPACE: &str = "tartan-system";
 /// The token kubelet projected into n1's agent pod passed the admission
 /// policy (n1 is Ready); with it, n1's status is writable and n2's is not.
 pub fn an_agent_pod_token_writes_only_its_own_node(cluster: &KubeletCluster) {
-    let pod = super::pod_on(cluster, "agent", "n1");
+    let pod = super::daemonsets::pod_on(cluster, "agent", "n1");
     let token = cluster.projected_token(NAMESPACE, &pod).expect("its token");
     let file = cluster.dir.join("agent-n1-pod.token");
     std::fs::write(&file, token).expect("a copy of the token");

@@ -190,7 +190,9 @@ pub(crate) fn open_queues(
         features,
         queues: queues.clone(),
         sockets: sockets.clone(),
-        seen: Default::default(),
+        // Taken back: the keeper listening now already holds them, so the
+        // first follow has nothing to renew (a fresh start hands over below).
+        seen: std::sync::Mutex::new(keeper.socket_identity()),
     });
     if fresh {
         handover.iter().for_each(kept::Handover::hand_over);

@@ -29,22 +29,23 @@ pub fn replace_pod(cluster: &KubeletCluster, component: &str, node: &str) {
     rolled(cluster, component);
 }
 
+/// `kubectl get pods` of the `component` DaemonSet (agent, keeper), with `more`.
+fn get_pods(cluster: &KubeletCluster, component: &str, more: &[&str]) -> anyhow::Result<String> {
+    let selector = format!("app.kubernetes.io/component={component}");
+    let args = [&["get", "pods", "-n", NAMESPACE, "-l", &selector][..], more].concat();
+    cluster.kubectl(&args)
+}
+
 /// The name of `node`'s pod of the `component` DaemonSet (agent, keeper).
 pub fn pod_on(cluster: &KubeletCluster, component: &str, node: &str) -> String {
-    cluster
-        .kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            NAMESPACE,
-            "-l",
-            &format!("app.kubernetes.io/component={component}"),
-            "--field-selector",
-            &format!("spec.nodeName={node}"),
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ])
-        .unwrap_or_else(|e| panic!("{node}'s {component} pod: {e:#}"))
+    let on_node = format!("spec.nodeName={node}");
+    let name = "jsonpath={.items[0].metadata.name}";
+    get_pods(
+        cluster,
+        component,
+        &["--field-selector", &on_node, "-o", name],
+    )
+    .unwrap_or_else(|e| panic!("{node}'s {component} pod: {e:#}"))
 }
 
 /// Restarts `node`'s agent container in its pod (SIGTERM to its PID 1; the
@@ -81,18 +82,8 @@ pub fn restart_agent_container(cluster: &KubeletCluster, node: &str) {
 
 /// The names of the datapath keepers' pods.
 pub fn keeper_pods(cluster: &KubeletCluster) -> String {
-    cluster
-        .kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            NAMESPACE,
-            "-l",
-            "app.kubernetes.io/component=keeper",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ])
-        .expect("keeper pods")
+    let names = "jsonpath={.items[*].metadata.name}";
+    get_pods(cluster, "keeper", &["-o", names]).expect("keeper pods")
 }
 
 /// Waits until every node runs a Ready agent of the current DaemonSet.

@@ -5,25 +5,17 @@
 //! groups' throughput in one run: the ratio is the price of encryption.
 
 use boringtun::noise::{Tunn, TunnResult};
-use boringtun::x25519::{PublicKey, StaticSecret};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tartan_agent::udp::segment::segment_into;
 use tartan_agent::udp::vnet::{GSO_TCPV4, NEEDS_CSUM, VnetHeader};
+use tartan_testbed::wireguard::{ipv4_tcp_packet, session_pair};
 
 const MSS: usize = 1448;
 const PAYLOAD: usize = 45 * MSS;
 
 /// An IPv4 TCP super-packet and the virtio header the TUN gives with it.
 fn super_packet() -> (VnetHeader, Vec<u8>) {
-    let total = 20 + 20 + PAYLOAD;
-    let mut p = vec![
-        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 244, 1, 5, 10, 244, 2, 7,
-    ];
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p.extend_from_slice(&[
-        0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0,
-    ]);
-    p.extend((0..PAYLOAD).map(|i| (i % 251) as u8));
+    let p = ipv4_tcp_packet(PAYLOAD);
     let header = VnetHeader {
         flags: NEEDS_CSUM,
         gso_type: GSO_TCPV4,
@@ -33,27 +25,6 @@ fn super_packet() -> (VnetHeader, Vec<u8>) {
         csum_offset: 16,
     };
     (header, p)
-}
-
-/// Two state machines with a session: (sender, receiver).
-fn session() -> (Tunn, Tunn) {
-    let (a, b) = (StaticSecret::from([1u8; 32]), StaticSecret::from([2u8; 32]));
-    let (pa, pb) = (PublicKey::from(&a), PublicKey::from(&b));
-    let mut sender = Tunn::new(a, pb, None, None, 1, None);
-    let mut receiver = Tunn::new(b, pa, None, None, 2, None);
-    let (mut m1, mut m2, mut m3) = ([0u8; 256], [0u8; 256], [0u8; 256]);
-    let TunnResult::WriteToNetwork(init) = sender.format_handshake_initiation(&mut m1, false)
-    else {
-        panic!("initiation");
-    };
-    let TunnResult::WriteToNetwork(response) = receiver.decapsulate(None, init, &mut m2) else {
-        panic!("response");
-    };
-    let TunnResult::WriteToNetwork(keepalive) = sender.decapsulate(None, response, &mut m3) else {
-        panic!("keepalive");
-    };
-    let _ = receiver.decapsulate(None, keepalive, &mut m1);
-    (sender, receiver)
 }
 
 /// Cuts the super-packet and encrypts each segment into `out`.
@@ -85,7 +56,7 @@ fn hot_path(c: &mut Criterion) {
             segment_into(&header, &packet, &mut plain, None).expect("segments")
         })
     });
-    let (mut sender, mut receiver) = session();
+    let (mut sender, mut receiver) = session_pair().expect("a session");
     let mut messages = (0..45)
         .map(|_| Vec::with_capacity(MSS + 100))
         .collect::<Vec<_>>();

@@ -7,6 +7,7 @@
 //!   iperf      one TCP stream between two namespaces
 //!   promtool   `promtool check metrics` on an exposition
 //!   require    what a kernel test needs, or a loud failure
+//!   wireguard  two boringtun sessions for the crypto benchmarks
 //! ```
 //!
 //! The `tartan-echo` binary (`src/bin/tartan-echo.rs`) is the workload of the
@@ -21,6 +22,7 @@ pub mod cni;
 pub mod iperf;
 pub mod promtool;
 pub mod topology;
+pub mod wireguard;
 
 use std::io;
 use std::path::PathBuf;

@@ -1,11 +1,15 @@
 //! `bench`: in one run, pod-to-pod TCP throughput (iperf3) across two nodes
 //! for each backend, next to the raw underlay and hand-programmed kernel
 //! VXLAN; the time to program 1,000 and 5,000 peers from empty (Tartan against
-//! `ip -batch`), one peer joining 5,000, and the process RSS holding 5,000.
+//! `ip -batch`), one peer joining 5,000, the process RSS holding 5,000, and
+//! where the CPU goes on the TUN paths ([`cpu`]).
 //! Written as Markdown and an SVG bar chart. `--scale N` is another
 //! benchmark: Tartan at N nodes on a real API server ([`scale`]).
 
+mod aead;
 pub mod busy_poll;
+mod chart;
+pub mod cpu;
 pub mod guard;
 pub mod netpol;
 pub mod program;
@@ -14,7 +18,6 @@ pub mod scale;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use plotters::prelude::*;
 use tartan_crds::{BackendType, OverlayNetworkSpec};
 use tartan_testbed::{Topology, ip};
 
@@ -103,6 +106,17 @@ pub(crate) fn lab_throughput(
     udp: UdpDatapath,
     seconds: u32,
 ) -> anyhow::Result<f64> {
+    lab_throughput_and_cpu(name, backend, direct, udp, seconds).map(|(run, _)| run.gbps)
+}
+
+/// [`lab_throughput`], with how the machine's CPU was spent during the run.
+fn lab_throughput_and_cpu(
+    name: &str,
+    backend: BackendType,
+    direct: bool,
+    udp: UdpDatapath,
+    seconds: u32,
+) -> anyhow::Result<(tartan_testbed::iperf::Transfer, cpu::CpuShare)> {
     let mut network = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
     network.backend.type_ = backend;
     network.backend.vxlan.direct_routing = direct;
@@ -116,12 +130,21 @@ pub(crate) fn lab_throughput(
         control_plane: false,
         udp,
     })?;
-    let result = iperf(
-        &lab.pods[0].netns,
-        &lab.pods[1].netns,
-        &lab.pods[1].ip.to_string(),
-        seconds,
-    );
+    let result = (|| {
+        let before = cpu::CpuTicks::now().context("reading CPU time from /proc")?;
+        let run = tartan_testbed::iperf::tcp(
+            &lab.pods[0].netns,
+            &lab.pods[1].netns,
+            &lab.pods[1].ip.to_string(),
+            seconds,
+        )
+        .context("iperf3")?;
+        let after = cpu::CpuTicks::now().context("reading CPU time from /proc")?;
+        let ticks = scale::procfs::clock_ticks_per_second()? as u64;
+        let share = cpu::CpuShare::between(&before, &after, ticks)
+            .context("no CPU time passed during the iperf run")?;
+        anyhow::Ok((run, share))
+    })();
     down(name)?;
     result
 }
@@ -177,6 +200,8 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
             gbps: kernel_vxlan,
         },
     ];
+    let mut cpu_rows = Vec::new();
+    let aead_cost = aead::seconds_per_payload_byte(std::time::Duration::from_millis(500))?;
     let batched = UdpDatapath::Batched;
     for (label, backend, direct, udp) in [
         ("tartan vxlan", BackendType::Vxlan, false, batched),
@@ -212,13 +237,24 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
             UdpDatapath::Unbatched,
         ),
     ] {
-        let gbps = lab_throughput(
+        let (run, share) = lab_throughput_and_cpu(
             &format!("bench{}", std::process::id() % 1000),
             backend,
             direct,
             udp,
             seconds,
         )?;
+        let gbps = run.gbps;
+        if matches!(backend, BackendType::Udp | BackendType::Wireguard) {
+            let aead = (backend == BackendType::Wireguard)
+                .then(|| cpu::aead_share(&share, run.bytes, aead_cost));
+            cpu_rows.push(cpu::CpuRow {
+                label: label.into(),
+                gbps,
+                share,
+                aead,
+            });
+        }
         rows.push(Throughput {
             label: label.into(),
             gbps,
@@ -263,11 +299,12 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
             row.gbps / kernel_vxlan
         ));
     }
+    md.push_str(&cpu::section(&cpu_rows, kernel_vxlan));
     md.push_str(&programming_section(&p1000, &p5000, rss_before, rss_after));
     md.push_str(&netpol::section(&netpol::run(&prefix)?));
     std::fs::create_dir_all(out_dir)?;
     std::fs::write(out_dir.join("bench.md"), &md)?;
-    chart(&out_dir.join("throughput.svg"), &rows)?;
+    chart::bars(&out_dir.join("throughput.svg"), &rows)?;
     Ok(md)
 }
 
@@ -289,46 +326,6 @@ pub(crate) fn machine() -> String {
     format!(
         "Machine: {cores} cores ({cpu}), Linux {kernel}; all namespaces on one host, so the \"network\" is veth and memory bandwidth."
     )
-}
-
-fn chart(path: &Path, rows: &[Throughput]) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let max = rows.iter().map(|r| r.gbps).fold(0.0, f64::max) * 1.15;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Pod-to-pod TCP throughput (Gbit/s)", ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(230)
-        .build_cartesian_2d(0.0..max.max(0.1), (0..rows.len()).into_segmented())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => rows.get(*i).map(|r| r.label.clone()).unwrap_or_default(),
-            _ => String::new(),
-        })
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart
-        .draw_series(rows.iter().enumerate().map(|(i, r)| {
-            let color = if r.label.starts_with("tartan") {
-                BLUE.mix(0.7)
-            } else {
-                BLACK.mix(0.4)
-            };
-            Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(i)),
-                    (r.gbps, SegmentValue::Exact(i + 1)),
-                ],
-                color.filled(),
-            )
-        }))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
 }
 
 /// `bench --programming-only`: just the peer-programming comparison (root, iproute2).

@@ -13,16 +13,23 @@ pub fn parse_rss_kib(status: &str) -> Option<u64> {
 }
 
 /// utime + stime in clock ticks from the text of `/proc/<pid>/stat`.
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    parse_times(stat).map(|(_, user, system)| user + system)
+}
+
+/// `(name, utime, stime)` from the text of a `/proc/<pid>/stat` (or a
+/// thread's `/proc/<pid>/task/<tid>/stat`), times in clock ticks.
 ///
 /// The command name (field 2) is in parentheses and may itself hold spaces
 /// and parentheses, so the fields are counted from the last `)`.
-pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
+pub fn parse_times(stat: &str) -> Option<(&str, u64, u64)> {
+    let close = stat.rfind(')')?;
+    let name = stat.get(stat.find('(')? + 1..close)?;
     // After the name: state is field 3, utime field 14, stime field 15.
-    let fields: Vec<&str> = after.split_whitespace().collect();
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
     let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
     let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
-    Some(utime + stime)
+    Some((name, utime, stime))
 }
 
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -39,7 +46,7 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 / clock_ticks_per_second()?)
 }
 
-fn clock_ticks_per_second() -> anyhow::Result<f64> {
+pub fn clock_ticks_per_second() -> anyhow::Result<f64> {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .context("sysconf(CLK_TCK)")?
         .context("CLK_TCK has no value")?;
@@ -64,6 +71,7 @@ mod tests {
         let stat = "4242 (tartan) (x y) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 4 0 100 1000000 500 18446744073709551615";
         assert_eq!(parse_cpu_ticks(stat), Some(300));
         assert_eq!(parse_cpu_ticks("4242 (short) S 1"), None);
+        assert_eq!(parse_times(stat), Some(("tartan) (x y", 250, 50)));
     }
 
     #[test]

@@ -384,6 +384,7 @@ fn bulk_tcp_crosses_encrypted_in_offloaded_trains_without_a_decrypt_failure() {
         "spoofed_source",
         "send_error",
         "no_peer",
+        "queue_full",
     ] {
         let series = format!("tartan_agent_wireguard_drops_total{{reason=\"{reason}\"}}");
         assert_eq!(sample(&text, &series), 0.0, "{reason}:\n{text}");

@@ -34,13 +34,20 @@ pub enum Drop {
     Malformed,
     /// A packet from the TUN for a destination no peer owns.
     NoPeer,
-    /// Queued while a handshake was pending and lost (the queue was full).
+    /// A packet for a peer whose handshake was pending, beyond the 256 its
+    /// queue holds.
+    QueueFull,
+    /// Packets that waited for a handshake that gave up (90 s of retries):
+    /// boringtun discards its queue.
+    HandshakeExpired,
+    /// Datagrams the kernel refused to send.
     SendError,
+    /// Packets the TUN refused.
     TunError,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 14] = [
+    pub const ALL: [Drop; 16] = [
         Drop::UnknownPeer,
         Drop::InvalidPacket,
         Drop::InvalidMac,
@@ -53,6 +60,8 @@ impl Drop {
         Drop::NotLocal,
         Drop::Malformed,
         Drop::NoPeer,
+        Drop::QueueFull,
+        Drop::HandshakeExpired,
         Drop::SendError,
         Drop::TunError,
     ];
@@ -71,6 +80,8 @@ impl Drop {
             Drop::NotLocal => "not_local",
             Drop::Malformed => "malformed",
             Drop::NoPeer => "no_peer",
+            Drop::QueueFull => "queue_full",
+            Drop::HandshakeExpired => "handshake_expired",
             Drop::SendError => "send_error",
             Drop::TunError => "tun_error",
         }

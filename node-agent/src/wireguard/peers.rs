@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,18 +21,75 @@ use crate::udp::peers::PeerTable;
 /// Handshake initiations a node answers per second before it asks for cookies.
 const HANDSHAKES_PER_SECOND: u64 = 1_000;
 
+/// boringtun 0.7.1's `MAX_QUEUE_DEPTH`: the packets it holds for a peer
+/// while a handshake is pending. It drops any beyond that without a word;
+/// a unit test checks the figure against boringtun itself.
+pub const HANDSHAKE_QUEUE: usize = 256;
+
 /// One peer node: where it listens and its WireGuard state.
 pub struct WgPeer {
     pub node: Ipv4Addr,
     pub key: [u8; 32],
     pub endpoint: SocketAddrV4,
-    tunn: Mutex<Tunn>,
+    session: Mutex<PeerSession>,
 }
 
 impl WgPeer {
     /// The state machine, held for one train or one timer tick at most.
-    pub fn lock(&self) -> MutexGuard<'_, Tunn> {
-        self.tunn.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn lock(&self) -> MutexGuard<'_, PeerSession> {
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A peer's WireGuard state machine, and how many packets this node handed
+/// it while it had no session: boringtun keeps that count to itself, and
+/// without it the packets its full queue drops would go uncounted.
+pub struct PeerSession {
+    tunn: Tunn,
+    waiting: usize,
+}
+
+impl PeerSession {
+    fn new(tunn: Tunn) -> Self {
+        Self { tunn, waiting: 0 }
+    }
+
+    /// A packet went to the state machine and came back as no data message:
+    /// it waits for the handshake, or (`false`) the queue was full and
+    /// boringtun dropped it.
+    pub fn held_for_handshake(&mut self) -> bool {
+        if self.waiting < HANDSHAKE_QUEUE {
+            self.waiting += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The queue was sent: once a session exists, nothing waits.
+    pub fn sent_queued(&mut self) {
+        if self.waiting > 0 && self.tunn.time_since_last_handshake().is_some() {
+            self.waiting = 0;
+        }
+    }
+
+    /// The handshake gave up (`ConnectionExpired`) and boringtun discarded its
+    /// queue: how many packets that lost.
+    pub fn discarded(&mut self) -> u64 {
+        std::mem::take(&mut self.waiting) as u64
+    }
+}
+
+impl Deref for PeerSession {
+    type Target = Tunn;
+    fn deref(&self) -> &Tunn {
+        &self.tunn
+    }
+}
+
+impl DerefMut for PeerSession {
+    fn deref_mut(&mut self) -> &mut Tunn {
+        &mut self.tunn
     }
 }
 
@@ -67,7 +125,7 @@ impl Factory {
             node,
             key,
             endpoint: SocketAddrV4::new(node, port),
-            tunn: Mutex::new(tunn),
+            session: Mutex::new(PeerSession::new(tunn)),
         }
     }
 }

@@ -6,11 +6,11 @@
 
 use std::net::IpAddr;
 
+use boringtun::noise::TunnResult;
 use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::{Tunn, TunnResult};
 
 use super::metrics::Drop;
-use super::peers::WgPeer;
+use super::peers::{PeerSession, WgPeer};
 use crate::udp::packet::Layout;
 use crate::udp::peers::{Admission, LastAdmission, PeerTable};
 
@@ -68,14 +68,14 @@ pub fn reason(error: &WireGuardError) -> Drop {
     }
 }
 
-/// Receives `datagram` from `peer` (whose state `tunn` is) with `scratch`
+/// Receives `datagram` from `peer` (whose state `session` is) with `scratch`
 /// (at least as long as the datagram, and 148 bytes) to decrypt into;
 /// `last` is the verdict on the train's previous packet.
 pub fn receive(
     subnets: &PeerTable,
     last: &mut LastAdmission,
     peer: &WgPeer,
-    tunn: &mut Tunn,
+    session: &mut PeerSession,
     datagram: &[u8],
     scratch: &mut [u8],
     sink: &mut impl Sink,
@@ -85,6 +85,7 @@ pub fn receive(
         return sink.dropped(Drop::InvalidPacket);
     }
     let kind = datagram[0];
+    let tunn = &mut **session;
     match tunn.decapsulate(Some(IpAddr::V4(peer.node)), datagram, scratch) {
         TunnResult::Done => {}
         TunnResult::Err(e) => {
@@ -113,7 +114,7 @@ pub fn receive(
                 _ => {}
             }
             sink.reply(out);
-            send_queued(tunn, scratch, sink);
+            send_queued(session, scratch, sink);
         }
         TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
             check_inner(subnets, last, peer, packet, sink)
@@ -121,14 +122,15 @@ pub fn receive(
     }
 }
 
-/// Sends what waited in `tunn`'s queue for a session, if it has one now. A
+/// Sends what waited in `session`'s queue for a session, if it has one now. A
 /// responder may send only once the initiator's first data message (often a
 /// bare keepalive) arrives, so this runs after every train, not only after
 /// handshakes; on an empty queue it costs one check.
-pub fn send_queued(tunn: &mut Tunn, scratch: &mut [u8], sink: &mut impl Sink) {
-    while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], scratch) {
+pub fn send_queued(session: &mut PeerSession, scratch: &mut [u8], sink: &mut impl Sink) {
+    while let TunnResult::WriteToNetwork(queued) = session.decapsulate(None, &[], scratch) {
         sink.reply(queued);
     }
+    session.sent_queued();
 }
 
 /// Hands a decrypted packet on only when it is whole, for this node and from

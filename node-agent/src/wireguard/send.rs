@@ -40,6 +40,8 @@ struct Sealed {
     bytes: Vec<u8>,
     used: usize,
     batch: SendBatch,
+    /// Packets of this round that a peer's full handshake queue dropped.
+    lost: u64,
 }
 
 impl Queue {
@@ -52,6 +54,7 @@ impl Queue {
             bytes: vec![0u8; SEALED_BYTES],
             used: 0,
             batch: SendBatch::default(),
+            lost: 0,
         };
         let mut control = SendBatch::default();
         let mut gso = self.socket.gso;
@@ -59,10 +62,12 @@ impl Queue {
         while !self.stop.is_set() {
             sealed.batch.clear();
             sealed.used = 0;
+            sealed.lost = 0;
             control.clear();
             let counts = self.fill(&mut frame, &mut plain, &mut sealed, &mut control, gso);
             self.metrics.count(Drop::NoPeer, counts.no_peer);
             self.metrics.count(Drop::Malformed, counts.malformed);
+            self.metrics.count(Drop::QueueFull, sealed.lost);
             send_all(
                 &self.socket,
                 &self.stop,
@@ -194,8 +199,15 @@ impl Queue {
                     let from = control.buffer.len();
                     control.buffer.extend_from_slice(init);
                     control.add(peer.endpoint, from, one(init.len()), false);
+                    if !tunn.held_for_handshake() {
+                        sealed.lost += 1;
+                    }
                 }
-                _ => {}
+                _ => {
+                    if !tunn.held_for_handshake() {
+                        sealed.lost += 1;
+                    }
+                }
             }
         }
         if sealed.used == offset {

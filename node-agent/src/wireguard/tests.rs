@@ -13,7 +13,7 @@ use proptest::prelude::*;
 
 use super::keys::NodeKey;
 use super::metrics::Drop;
-use super::peers::{Factory, WgPeer, WgTable};
+use super::peers::{Factory, HANDSHAKE_QUEUE, WgPeer, WgTable};
 use super::receive::{Role, Sink, receive};
 use crate::plan::{UdpSpec, WireguardSpec};
 use crate::udp::packet::Layout;
@@ -291,6 +291,59 @@ fn a_packet_held_through_crossed_handshakes_is_delivered() {
     };
     let (_, at_n2) = exchange(&mut n1, &mut n2, vec![i1], vec![i2]);
     assert_eq!(at_n2, 1, "the held packet arrived");
+}
+
+#[test]
+fn a_pending_handshake_holds_boringtuns_queue_and_the_packets_beyond_it_are_counted_lost() {
+    let (k1, k2) = (
+        NodeKey::generate().expect("key"),
+        NodeKey::generate().expect("key"),
+    );
+    let mut n1 = Node::new(&k1, "10.244.1.0/24", N2, &k2, "10.244.2.0/24");
+    let mut n2 = Node::new(&k2, "10.244.2.0/24", N1, &k1, "10.244.1.0/24");
+    let (sent, mut lost, mut initiation) = (HANDSHAKE_QUEUE + 44, 0, None);
+    let mut out = vec![0u8; 256];
+    let pod_packet = packet([10, 244, 1, 5], [10, 244, 2, 7], b"waits for the handshake");
+    let peer = n1.peer(N2);
+    for _ in 0..sent {
+        let mut session = peer.lock();
+        if let TunnResult::WriteToNetwork(init) = session.encapsulate(&pod_packet, &mut out) {
+            assert_eq!(init[0], 1, "no session yet, so no data message");
+            initiation = Some(init.to_vec());
+        }
+        if !session.held_for_handshake() {
+            lost += 1;
+        }
+    }
+    assert_eq!(lost, 44);
+    let response = n2.receive(N1, &initiation.expect("a handshake initiation"));
+    let confirmed = n1.receive(N2, &response.replies[0]);
+    // boringtun's own queue: exactly as many data messages leave as we counted held.
+    let data: Vec<_> = confirmed
+        .replies
+        .iter()
+        .filter(|m| m[0] == 4 && m.len() > 32)
+        .collect();
+    assert_eq!(data.len(), HANDSHAKE_QUEUE);
+    assert_eq!(peer.lock().discarded(), 0, "sent, so nothing waits");
+}
+
+#[test]
+fn packets_held_for_a_handshake_that_gives_up_are_counted_once() {
+    let (k1, k2) = (
+        NodeKey::generate().expect("key"),
+        NodeKey::generate().expect("key"),
+    );
+    let n1 = Node::new(&k1, "10.244.1.0/24", N2, &k2, "10.244.2.0/24");
+    let peer = n1.peer(N2);
+    let mut session = peer.lock();
+    for _ in 0..10 {
+        assert!(session.held_for_handshake());
+    }
+    // Without a session, sending the queue leaves it waiting.
+    session.sent_queued();
+    assert_eq!(session.discarded(), 10);
+    assert_eq!(session.discarded(), 0);
 }
 
 proptest! {

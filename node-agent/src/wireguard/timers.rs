@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use boringtun::noise::TunnResult;
 use boringtun::noise::errors::WireGuardError;
 
-use super::metrics::{AGE_BANDS, WireguardMetrics, age_band};
+use super::metrics::{AGE_BANDS, Drop, WireguardMetrics, age_band};
 use super::peers::{Factory, WgPeer, WgPeers};
 use super::send::send_all;
 use crate::udp::batch::SendBatch;
@@ -85,7 +85,11 @@ impl Clock {
             let mut tunn = peer.lock();
             match tunn.update_timers(buffer) {
                 TunnResult::WriteToNetwork(message) => queue(out, peer, message),
-                TunnResult::Err(WireGuardError::ConnectionExpired) | TunnResult::Done => {}
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                    // boringtun gave up on the handshake and emptied the queue.
+                    self.metrics.count(Drop::HandshakeExpired, tunn.discarded());
+                }
+                TunnResult::Done => {}
                 TunnResult::Err(e) => {
                     tracing::debug!(peer = %peer.node, error = ?e, "WireGuard timers")
                 }

@@ -22,6 +22,7 @@ use crate::netlink::{Applier, ApplyReport};
 use crate::plan::{DesiredState, MasqueradeSpec, PeerDelta, UdpSpec, WireguardSpec};
 use crate::sysctl;
 use crate::udp::Engine;
+use crate::udp::kept::Handover;
 
 /// How often a running TUN datapath checks that the keeper is the one it
 /// handed over to (one `stat`): a replaced keeper is handed the datapath
@@ -99,8 +100,7 @@ impl Worker {
             // large cluster) must not starve the deadlines.
             let now = Instant::now();
             if now >= next_follow {
-                (self.udp.iter()).for_each(Engine::follow_keeper);
-                (self.wireguard.iter()).for_each(crate::wireguard::Engine::follow_keeper);
+                self.handovers().for_each(Handover::follow);
                 next_follow = now + KEEPER_FOLLOW;
             }
             if now >= next_resync {
@@ -163,8 +163,7 @@ impl Worker {
         }
         if resync {
             // A keeper that started after the datapath, or restarted.
-            (self.udp.iter()).for_each(Engine::renew_handover);
-            (self.wireguard.iter()).for_each(crate::wireguard::Engine::renew_handover);
+            self.handovers().for_each(Handover::renew);
         }
         let report = self.applier.apply(state);
         if let Ok(report) = &report {
@@ -293,6 +292,16 @@ impl Worker {
     }
 
     /// Runs the udp datapath for `spec` (see [`ensure_tun`]).
+    /// What the running TUN datapaths handed the keeper.
+    fn handovers(&self) -> impl Iterator<Item = &Handover> {
+        let udp = self.udp.iter().filter_map(Engine::handover);
+        udp.chain(
+            self.wireguard
+                .iter()
+                .filter_map(crate::wireguard::Engine::handover),
+        )
+    }
+
     fn ensure_udp(&mut self, spec: &UdpSpec) -> Result<(), DataplaneError> {
         let (config, metrics) = (&self.config, &self.metrics);
         let applier = &mut self.applier;

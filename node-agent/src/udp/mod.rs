@@ -300,15 +300,9 @@ impl Engine {
         self.handover.iter().for_each(kept::Handover::retire);
     }
 
-    /// Hands the queues and sockets to the keeper again if it lost them (it
-    /// started after this engine, or restarted): at each full resync.
-    pub fn renew_handover(&self) {
-        self.handover.iter().for_each(kept::Handover::renew);
-    }
-
-    /// Hands over again if the keeper was replaced since the last hand-over.
-    pub fn follow_keeper(&self) {
-        self.handover.iter().for_each(kept::Handover::follow);
+    /// Its queues and sockets as the keeper holds them, when there is a keeper.
+    pub(crate) fn handover(&self) -> Option<&kept::Handover> {
+        self.handover.as_ref()
     }
 }
 

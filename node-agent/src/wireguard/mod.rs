@@ -202,17 +202,9 @@ impl Engine {
         (self.handover.iter()).for_each(crate::udp::kept::Handover::retire);
     }
 
-    /// Hands the queues and sockets to the keeper again if it lost them: at
-    /// each full resync.
-    pub fn renew_handover(&self) {
-        (self.handover.iter()).for_each(crate::udp::kept::Handover::renew);
-    }
-
-    /// Hands over again if the keeper was replaced since the last hand-over.
-    pub fn follow_keeper(&self) {
-        self.handover
-            .iter()
-            .for_each(crate::udp::kept::Handover::follow);
+    /// Its queues and sockets as the keeper holds them, when there is a keeper.
+    pub(crate) fn handover(&self) -> Option<&crate::udp::kept::Handover> {
+        self.handover.as_ref()
     }
 
     fn drain(&self) {

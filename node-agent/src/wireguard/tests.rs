@@ -139,6 +139,18 @@ fn pair() -> (Node, Node) {
     pair_of(&k1, &k2)
 }
 
+/// Two nodes that know each other's keys but have no session yet.
+fn strangers() -> (Node, Node) {
+    let (k1, k2) = (
+        NodeKey::generate().expect("key"),
+        NodeKey::generate().expect("key"),
+    );
+    (
+        Node::new(&k1, "10.244.1.0/24", N2, &k2, "10.244.2.0/24"),
+        Node::new(&k2, "10.244.2.0/24", N1, &k1, "10.244.1.0/24"),
+    )
+}
+
 /// Two nodes with a session: n1 (10.244.1.0/24) and n2 (10.244.2.0/24).
 fn pair_of(k1: &NodeKey, k2: &NodeKey) -> (Node, Node) {
     let mut n1 = Node::new(k1, "10.244.1.0/24", N2, k2, "10.244.2.0/24");
@@ -269,12 +281,7 @@ fn a_packet_held_through_crossed_handshakes_is_delivered() {
     // Both nodes (re)started at once: n1 has a packet for n2 and starts a
     // handshake; n2's clock starts one too. n1 may end up the responder,
     // which sends only once n2 confirms: the packet must leave then.
-    let (k1, k2) = (
-        NodeKey::generate().expect("key"),
-        NodeKey::generate().expect("key"),
-    );
-    let mut n1 = Node::new(&k1, "10.244.1.0/24", N2, &k2, "10.244.2.0/24");
-    let mut n2 = Node::new(&k2, "10.244.2.0/24", N1, &k1, "10.244.1.0/24");
+    let (mut n1, mut n2) = strangers();
     let mut out = vec![0u8; 256];
     let held = packet([10, 244, 1, 5], [10, 244, 2, 7], b"held");
     let i1 = match n1.peer(N2).lock().encapsulate(&held, &mut out) {
@@ -295,12 +302,7 @@ fn a_packet_held_through_crossed_handshakes_is_delivered() {
 
 #[test]
 fn a_pending_handshake_holds_boringtuns_queue_and_the_packets_beyond_it_are_counted_lost() {
-    let (k1, k2) = (
-        NodeKey::generate().expect("key"),
-        NodeKey::generate().expect("key"),
-    );
-    let mut n1 = Node::new(&k1, "10.244.1.0/24", N2, &k2, "10.244.2.0/24");
-    let mut n2 = Node::new(&k2, "10.244.2.0/24", N1, &k1, "10.244.1.0/24");
+    let (mut n1, mut n2) = strangers();
     let (sent, mut lost, mut initiation) = (HANDSHAKE_QUEUE + 44, 0, None);
     let mut out = vec![0u8; 256];
     let pod_packet = packet([10, 244, 1, 5], [10, 244, 2, 7], b"waits for the handshake");
@@ -330,11 +332,7 @@ fn a_pending_handshake_holds_boringtuns_queue_and_the_packets_beyond_it_are_coun
 
 #[test]
 fn packets_held_for_a_handshake_that_gives_up_are_counted_once() {
-    let (k1, k2) = (
-        NodeKey::generate().expect("key"),
-        NodeKey::generate().expect("key"),
-    );
-    let n1 = Node::new(&k1, "10.244.1.0/24", N2, &k2, "10.244.2.0/24");
+    let (n1, _) = strangers();
     let peer = n1.peer(N2);
     let mut session = peer.lock();
     for _ in 0..10 {

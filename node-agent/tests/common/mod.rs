@@ -8,6 +8,12 @@ pub mod fixture;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// What `args` printed, run in `netns`; the test fails if it does not run.
+pub fn stdout(netns: &str, args: &[&str]) -> String {
+    let out = tartan_testbed::exec(netns, args).expect("command");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The value of one sample in the Prometheus text, 0 when absent.
 pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()

@@ -10,7 +10,7 @@
 //!   wireguard  two boringtun sessions for the crypto benchmarks
 //! ```
 //!
-//! The `tartan-echo` binary (`src/bin/tartan-echo.rs`) is the workload of the
+//! The `tartan-echo` binary (`src/bin/tartan-echo/`) is the workload of the
 //! test images (`tests/images/build.sh`): a TCP/UDP echo server, a probe and
 //! a UDP flow that counts its losses.
 //!

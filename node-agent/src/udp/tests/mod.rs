@@ -7,7 +7,6 @@ mod property;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-
 use super::checksum;
 use super::coalesce::Coalescer;
 use super::datapath::{ReceiveCounts, receive_train};

@@ -18,15 +18,11 @@
 //! SIGTERM, so pods running it want a short `terminationGracePeriodSeconds`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const USAGE: &str = "usage:
   tartan-echo serve [--tcp PORT(8080)] [--udp PORT(8081)]
@@ -37,6 +33,12 @@ const USAGE: &str = "usage:
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request line (or HTTP header section) a connection may send.
 const REQUEST_LIMIT: u64 = 8192;
+
+mod flow;
+
+use flow::flow_udp;
+#[cfg(test)]
+use flow::{Tally, flow_datagram, flow_seq, tally};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -289,55 +291,6 @@ fn tcp_response(answer: &str, http: bool) -> String {
     }
 }
 
-/// A datagram of a flow: `flow <n>`.
-fn flow_datagram(seq: u64) -> String {
-    format!("flow {seq}")
-}
-
-/// The number a flow answer (`<hostname> flow <n>`) carries back.
-fn flow_seq(answer: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(answer).ok()?;
-    let mut words = text.split_whitespace().rev();
-    let seq = words.next()?.parse().ok()?;
-    (words.next()? == "flow").then_some(seq)
-}
-
-/// What a flow saw: each number counted once, answers to numbers never sent ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tally {
-    sent: u64,
-    received: u64,
-    lost: u64,
-}
-
-fn tally(sent: u64, answers: impl IntoIterator<Item = u64>) -> Tally {
-    let mut seen = vec![false; sent as usize];
-    let mut received = 0;
-    for seq in answers {
-        if let Some(slot) = seen.get_mut(seq as usize)
-            && !*slot
-        {
-            *slot = true;
-            received += 1;
-        }
-    }
-    Tally {
-        sent,
-        received,
-        lost: sent - received,
-    }
-}
-
-impl fmt::Display for Tally {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "sent {} received {} lost {}",
-            self.sent, self.received, self.lost
-        )
-    }
-}
-
 /// Binds both stacks when the kernel has IPv6, else IPv4 only.
 fn bind<T>(port: u16, bind: impl Fn(SocketAddr) -> io::Result<T>) -> io::Result<T> {
     bind(SocketAddr::from(([0u16; 8], port))).or_else(|_| bind(SocketAddr::from(([0u8; 4], port))))
@@ -451,56 +404,5 @@ fn nonempty(answer: &str) -> io::Result<String> {
     Ok(answer.to_string())
 }
 
-/// Sends `rate * seconds` numbered datagrams, evenly spaced, and counts the
-/// answers that come back until `grace` after the last one (or all are in).
-fn flow_udp(addr: SocketAddr, rate: u32, seconds: u32, grace: Duration) -> io::Result<Tally> {
-    let socket = udp_to(addr)?;
-    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let receiver = socket.try_clone()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel();
-    let listening = {
-        let stop = stop.clone();
-        thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while !stop.load(Ordering::Relaxed) {
-                // Timeouts, and refusals while the path is down, are loss, not the end.
-                if let Ok(len) = receiver.recv(&mut buf)
-                    && let Some(seq) = flow_seq(&buf[..len])
-                    && tx.send(seq).is_err()
-                {
-                    break;
-                }
-            }
-        })
-    };
-    let total = u64::from(rate) * u64::from(seconds);
-    let start = Instant::now();
-    for seq in 0..total {
-        let due = start + Duration::from_secs_f64(seq as f64 / f64::from(rate));
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            thread::sleep(wait);
-        }
-        // A send refused (an earlier ICMP unreachable) is a lost datagram.
-        let _ = socket.send(flow_datagram(seq).as_bytes());
-    }
-    let mut answers = Vec::new();
-    let deadline = Instant::now() + grace;
-    while tally(total, answers.iter().copied()).received < total {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            break;
-        };
-        match rx.recv_timeout(left) {
-            Ok(seq) => answers.push(seq),
-            Err(_) => break,
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    let _ = listening.join();
-    answers.extend(rx.try_iter());
-    Ok(tally(total, answers))
-}
-
 #[cfg(test)]
-#[path = "tartan-echo/tests.rs"]
 mod tests;

@@ -9,19 +9,11 @@ mod common;
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use common::fixture::{Fixture, pings};
+use common::fixture::{Fixture, pings, udp_fixture};
 use common::{eventually, ping_flow, sample};
 use tartan_agent::netns::NetNs;
 use tartan_agent::plan::TUN;
-use tartan_crds::BackendType;
 use tartan_testbed::exec;
-
-fn udp_fixture(tag: &str, nodes: usize) -> Fixture {
-    tartan_testbed::require(&["iperf3"]);
-    let f = Fixture::new(tag, nodes, BackendType::Udp, false);
-    f.program_all();
-    f
-}
 
 #[test]
 #[ignore = "kernel test: needs root, network namespaces, a TUN device and iperf3 (make test runs it)"]
@@ -153,27 +145,6 @@ fn an_agent_restart_under_a_100_per_second_ping_loses_nothing() {
         .with_label_values(&["taken_back"])
         .get();
     assert_eq!(taken_back, 1, "the restart counted as taken back");
-}
-
-#[test]
-#[ignore = "kernel test: needs root, network namespaces, a TUN device and iperf3 (make test runs it)"]
-fn a_replaced_keeper_is_handed_the_datapath_so_a_restart_after_it_loses_nothing() {
-    let mut f = udp_fixture("ur", 2);
-    let (a, _) = f.add_pod(0, "a");
-    let (_, b_ip) = f.add_pod(1, "b");
-    eventually("pods talk over udp", || pings(&a, b_ip));
-    f.replace_keeper(0);
-    assert!(
-        f.keepers[0].get(TUN).expect("get").is_none(),
-        "a new keeper holds nothing"
-    );
-    // Within seconds, not at the next resync (300 s here).
-    eventually("the running agent hands over to the new keeper", || {
-        f.keepers[0].get(TUN).expect("get").is_some()
-    });
-    let (sent, lost) = ping_flow(&a, b_ip, || f.restart_plane(0, Duration::from_millis(300)));
-    eprintln!("udp restart after a keeper replacement: {sent} sent, {lost} lost");
-    assert_eq!(lost, 0, "{sent} sent, {lost} lost");
 }
 
 #[test]

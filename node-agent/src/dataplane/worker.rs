@@ -89,6 +89,9 @@ impl Worker {
                     self.repair(&events);
                 }
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    // A keeper replaced since the last check gets the queues
+                    // now, so a restart right after its replacement keeps them.
+                    self.handovers().for_each(Handover::follow);
                     // Each drains what it can, and leaves its queues to the keeper.
                     self.udp.take().into_iter().for_each(Engine::stop);
                     (self.wireguard.take().into_iter()).for_each(crate::wireguard::Engine::stop);

@@ -276,6 +276,14 @@ impl Drop for Fixture {
     }
 }
 
+/// A udp fixture of `nodes` nodes, all programmed.
+pub fn udp_fixture(tag: &str, nodes: usize) -> Fixture {
+    tartan_testbed::require(&["iperf3"]);
+    let f = Fixture::new(tag, nodes, BackendType::Udp, false);
+    f.program_all();
+    f
+}
+
 pub fn pings(from_netns: &str, to: Ipv4Addr) -> bool {
     exec(from_netns, &["ping", "-c", "1", "-W", "1", &to.to_string()]).is_ok()
 }

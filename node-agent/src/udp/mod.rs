@@ -29,6 +29,7 @@ pub mod packet;
 pub mod peers;
 pub mod segment;
 pub mod socket;
+pub mod steer;
 pub mod sys;
 pub mod tun;
 pub mod vnet;
@@ -221,6 +222,13 @@ impl Engine {
         let features = opened.features;
         features.record(&metrics.offload);
         features.log_started(spec);
+        let group: Vec<&UdpSocket> = opened.sockets.iter().map(|s| &**s).collect();
+        if let Err(e) = steer::steer_by_inner_flow(&group) {
+            tracing::warn!(
+                error = %e,
+                "udp backend: the kernel refused the steering program, so each peer's flows share one queue"
+            );
+        }
         let peers = Peers::default();
         peers.store(PeerTable::new(&spec.peers, &spec.senders, &spec.local));
         let stop = sys::Stop::new()?;

@@ -1,5 +1,6 @@
-//! The UDP side: one socket per queue on the same port (`SO_REUSEPORT`, so
-//! the kernel spreads flows over the queues), sending many datagrams per
+//! The UDP side: one socket per queue on the same port (`SO_REUSEPORT`; the
+//! udp backend spreads a peer's flows over them by the inner packet, see
+//! [`super::steer`]), sending many datagrams per
 //! system call (`sendmmsg`, each message a UDP GSO train) and receiving many
 //! (`recvmmsg`, each message a GRO'd train with its segment size).
 

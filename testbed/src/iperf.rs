@@ -1,5 +1,5 @@
-//! One TCP stream between two namespaces with iperf3: the throughput figure
-//! of the bench and the "bulk traffic crosses" check of the kernel tests.
+//! TCP between two namespaces with iperf3: the throughput figure of the
+//! bench and the "bulk traffic crosses" check of the kernel tests.
 
 use std::io;
 use std::process::Stdio;
@@ -14,12 +14,23 @@ pub struct Transfer {
     pub gbps: f64,
 }
 
-/// `seconds` of TCP from `client` to `server_ip`, where `server_netns` listens.
+/// `seconds` of one TCP stream from `client` to `server_ip`, where `server_netns` listens.
 pub fn tcp(
     client: &str,
     server_netns: &str,
     server_ip: &str,
     seconds: u32,
+) -> io::Result<Transfer> {
+    tcp_streams(client, server_netns, server_ip, seconds, 1)
+}
+
+/// [`tcp`] with `streams` parallel streams (`iperf3 -P`), summed.
+pub fn tcp_streams(
+    client: &str,
+    server_netns: &str,
+    server_ip: &str,
+    seconds: u32,
+    streams: u32,
 ) -> io::Result<Transfer> {
     let mut server = crate::command_in(server_netns, "iperf3")
         .args(["-s", "-1"])
@@ -29,7 +40,16 @@ pub fn tcp(
     std::thread::sleep(Duration::from_millis(300));
     let out = exec(
         client,
-        &["iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"],
+        &[
+            "iperf3",
+            "-c",
+            server_ip,
+            "-t",
+            &seconds.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ],
     );
     let _ = server.kill();
     let _ = server.wait();

@@ -14,6 +14,7 @@ pub mod guard;
 pub mod netpol;
 pub mod program;
 pub mod scale;
+mod streams;
 
 use std::path::Path;
 
@@ -38,8 +39,19 @@ pub fn iperf(
     server_ip: &str,
     seconds: u32,
 ) -> anyhow::Result<f64> {
+    iperf_streams(client, server_netns, server_ip, seconds, 1)
+}
+
+/// [`iperf`] with `streams` parallel streams, summed.
+pub fn iperf_streams(
+    client: &str,
+    server_netns: &str,
+    server_ip: &str,
+    seconds: u32,
+    streams: u32,
+) -> anyhow::Result<f64> {
     Ok(
-        tartan_testbed::iperf::tcp(client, server_netns, server_ip, seconds)
+        tartan_testbed::iperf::tcp_streams(client, server_netns, server_ip, seconds, streams)
             .context("iperf3")?
             .gbps,
     )
@@ -106,16 +118,18 @@ pub(crate) fn lab_throughput(
     udp: UdpDatapath,
     seconds: u32,
 ) -> anyhow::Result<f64> {
-    lab_throughput_and_cpu(name, backend, direct, udp, seconds).map(|(run, _)| run.gbps)
+    lab_throughput_and_cpu(name, backend, direct, udp, seconds, 1).map(|(run, _)| run.gbps)
 }
 
-/// [`lab_throughput`], with how the machine's CPU was spent during the run.
+/// [`lab_throughput`] over `streams` streams, with how the machine's CPU
+/// was spent during the run.
 fn lab_throughput_and_cpu(
     name: &str,
     backend: BackendType,
     direct: bool,
     udp: UdpDatapath,
     seconds: u32,
+    streams: u32,
 ) -> anyhow::Result<(tartan_testbed::iperf::Transfer, cpu::CpuShare)> {
     let mut network = OverlayNetworkSpec::with_cidr("10.244.0.0/16");
     network.backend.type_ = backend;
@@ -132,11 +146,12 @@ fn lab_throughput_and_cpu(
     })?;
     let result = (|| {
         let before = cpu::CpuTicks::now().context("reading CPU time from /proc")?;
-        let run = tartan_testbed::iperf::tcp(
+        let run = tartan_testbed::iperf::tcp_streams(
             &lab.pods[0].netns,
             &lab.pods[1].netns,
             &lab.pods[1].ip.to_string(),
             seconds,
+            streams,
         )
         .context("iperf3")?;
         let after = cpu::CpuTicks::now().context("reading CPU time from /proc")?;
@@ -149,8 +164,9 @@ fn lab_throughput_and_cpu(
     result
 }
 
-/// The underlay alone, and a VXLAN tunnel set up by hand with iproute2.
-fn baselines(prefix: &str, seconds: u32) -> anyhow::Result<(f64, f64)> {
+/// The underlay alone, and a VXLAN tunnel set up by hand with iproute2 (one
+/// stream, and [`streams::STREAMS`]).
+fn baselines(prefix: &str, seconds: u32) -> anyhow::Result<(f64, f64, f64)> {
     let topo = Topology::l2(prefix, 2)?;
     let (a, b) = (&topo.nodes[0], &topo.nodes[1]);
     let raw = iperf(&a.netns, &b.netns, &b.ip.to_string(), seconds)?;
@@ -164,7 +180,8 @@ fn baselines(prefix: &str, seconds: u32) -> anyhow::Result<(f64, f64)> {
         ip(&["-n", &me.netns, "addr", "add", addr, "dev", "vx0"])?;
     }
     let vxlan = iperf(&a.netns, &b.netns, "10.99.0.2", seconds)?;
-    Ok((raw, vxlan))
+    let vxlan_streams = iperf_streams(&a.netns, &b.netns, "10.99.0.2", seconds, streams::STREAMS)?;
+    Ok((raw, vxlan, vxlan_streams))
 }
 
 fn rss_kib() -> u64 {
@@ -189,7 +206,7 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
         );
     }
     let prefix = format!("tbench{}", std::process::id() % 10_000);
-    let (raw, kernel_vxlan) = baselines(&prefix, seconds)?;
+    let (raw, kernel_vxlan, kernel_vxlan_streams) = baselines(&prefix, seconds)?;
     let mut rows = vec![
         Throughput {
             label: "raw underlay (node to node)".into(),
@@ -243,6 +260,7 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
             direct,
             udp,
             seconds,
+            1,
         )?;
         let gbps = run.gbps;
         if matches!(backend, BackendType::Udp | BackendType::Wireguard) {
@@ -262,6 +280,7 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
         if udp == batched && matches!(backend, BackendType::Udp | BackendType::Wireguard) {
             let name = format!("bench{}", std::process::id() % 1000);
             rows.push(busy_poll::row(&name, backend, seconds, 5)?);
+            rows.push(streams::row(&name, backend, seconds, kernel_vxlan_streams)?);
         }
         if label == "tartan vxlan" {
             // The same path with NetworkPolicy, then with the pod source
@@ -288,7 +307,7 @@ pub fn run(out_dir: &Path, seconds: u32) -> anyhow::Result<String> {
 
     let machine = machine();
     let mut md = format!(
-        "# tartan-lab bench\n\n{machine}\n\n## Pod-to-pod TCP throughput (iperf3, {seconds} s, one stream)\n\n| path | Gbit/s | ratio to raw underlay | ratio to kernel VXLAN |\n|---|---:|---:|---:|\n"
+        "# tartan-lab bench\n\n{machine}\n\n## Pod-to-pod TCP throughput (iperf3, {seconds} s, one stream unless the row says more)\n\n| path | Gbit/s | ratio to raw underlay | ratio to kernel VXLAN |\n|---|---:|---:|---:|\n"
     );
     for row in &rows {
         md.push_str(&format!(

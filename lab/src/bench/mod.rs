@@ -39,19 +39,8 @@ pub fn iperf(
     server_ip: &str,
     seconds: u32,
 ) -> anyhow::Result<f64> {
-    iperf_streams(client, server_netns, server_ip, seconds, 1)
-}
-
-/// [`iperf`] with `streams` parallel streams, summed.
-pub fn iperf_streams(
-    client: &str,
-    server_netns: &str,
-    server_ip: &str,
-    seconds: u32,
-    streams: u32,
-) -> anyhow::Result<f64> {
     Ok(
-        tartan_testbed::iperf::tcp_streams(client, server_netns, server_ip, seconds, streams)
+        tartan_testbed::iperf::tcp(client, server_netns, server_ip, seconds)
             .context("iperf3")?
             .gbps,
     )
@@ -180,7 +169,15 @@ fn baselines(prefix: &str, seconds: u32) -> anyhow::Result<(f64, f64, f64)> {
         ip(&["-n", &me.netns, "addr", "add", addr, "dev", "vx0"])?;
     }
     let vxlan = iperf(&a.netns, &b.netns, "10.99.0.2", seconds)?;
-    let vxlan_streams = iperf_streams(&a.netns, &b.netns, "10.99.0.2", seconds, streams::STREAMS)?;
+    let vxlan_streams = tartan_testbed::iperf::tcp_streams(
+        &a.netns,
+        &b.netns,
+        "10.99.0.2",
+        seconds,
+        streams::STREAMS,
+    )
+    .context("iperf3")?
+    .gbps;
     Ok((raw, vxlan, vxlan_streams))
 }
 

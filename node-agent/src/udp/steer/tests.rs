@@ -1,5 +1,4 @@
 use std::net::UdpSocket as StdSocket;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -87,21 +86,17 @@ fn arrival(sender: &StdSocket, port: u16, group: &[UdpSocket], datagram: &[u8]) 
         .send_to(datagram, ("127.0.0.1", port))
         .expect("sending on loopback");
     let deadline = Instant::now() + Duration::from_secs(2);
-    let mut buffer = [0u8; 2048];
+    let (mut buffers, mut received) = (vec![vec![0u8; 2048]], Vec::new());
     while Instant::now() < deadline {
         for (i, socket) in group.iter().enumerate() {
-            // SAFETY: reads at most the buffer's length into it.
-            let n = unsafe {
-                libc::recv(
-                    socket.fd().as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                assert_eq!(&buffer[..n as usize], datagram);
-                return i;
+            match socket.receive(&mut buffers, &mut received) {
+                Ok(()) if !received.is_empty() => {
+                    assert_eq!(&buffers[0][..received[0].len], datagram);
+                    return i;
+                }
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("receiving on the group: {e}"),
             }
         }
         std::thread::sleep(Duration::from_millis(1));
